@@ -1,0 +1,34 @@
+//! `pmbench`: measures pmrun against baselines taken in the same run.
+//!
+//! Every scenario prints one JSON object with `--json` (for scripts and the
+//! closing notes of issues) or a short table otherwise. Absolute times on
+//! shared machines are noisy; the ratios to a baseline measured seconds
+//! earlier on the same machine are what to compare.
+
+mod ckpt;
+mod size;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "pmrun benchmarks: each scenario reports figures and same-run baselines")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Checkpoint store: full, incremental and restore times against memcpy.
+    Ckpt(ckpt::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().scenario {
+        Scenario::Ckpt(args) => ckpt::run(&args),
+    }
+}

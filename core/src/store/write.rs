@@ -1,0 +1,353 @@
+//! Writing a snapshot atomically and incrementally, and pruning old epochs.
+
+use super::{CachedMap, Store};
+use crate::StoreError;
+use crate::format::{ChunkRef, Manifest, RegionManifest, chunk_hash};
+use crate::names::validate_region_name;
+use crate::region::{RegionRef, page_align};
+use memmap2::MmapOptions;
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The phases of [`Store::write`], in order. A crash in any of them leaves
+/// the previously published snapshots intact and the new one absent, except
+/// in `Prune`, after which the new snapshot is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WritePhase {
+    /// Validating input, discarding snapshots of this or later epochs left
+    /// by an abandoned run, and obtaining the data file (a recycled spare).
+    Prepare,
+    /// Hashing every chunk and copying the changed ones into the data file.
+    CopyChunks,
+    /// Forcing the data file to stable storage (skipped in RAM).
+    SyncData,
+    /// Writing the manifest under a temporary name.
+    WriteManifest,
+    /// Renaming the manifest into place: the snapshot becomes visible.
+    Publish,
+    /// Forcing the rename to stable storage (skipped in RAM).
+    SyncDir,
+    /// Removing epochs beyond the newest `keep` and recycling their data files.
+    Prune,
+}
+
+impl WritePhase {
+    pub const ALL: [WritePhase; 7] = [
+        WritePhase::Prepare,
+        WritePhase::CopyChunks,
+        WritePhase::SyncData,
+        WritePhase::WriteManifest,
+        WritePhase::Publish,
+        WritePhase::SyncDir,
+        WritePhase::Prune,
+    ];
+}
+
+/// What one [`Store::write`] did.
+#[derive(Clone, Debug)]
+pub struct WriteReport {
+    pub epoch: u64,
+    pub step: u64,
+    /// Bytes of region data in the snapshot.
+    pub state_bytes: u64,
+    /// Bytes copied into this snapshot's data file (the chunks that changed).
+    pub bytes_written: u64,
+    pub chunks: usize,
+    pub chunks_written: usize,
+    /// Time until the snapshot was published (durable where the medium is).
+    pub publish_time: Duration,
+    /// Epochs removed by pruning.
+    pub pruned: Vec<u64>,
+}
+
+impl Store {
+    /// Writes the snapshot of `regions` at `epoch` (taken at application step
+    /// `step`) and publishes it atomically, then keeps only the newest
+    /// `keep` epochs. Snapshots of `epoch` or later left by an abandoned run
+    /// are discarded first: writing an epoch always starts a new timeline.
+    pub fn write(&mut self, epoch: u64, step: u64, regions: &[RegionRef<'_>]) -> Result<WriteReport, StoreError> {
+        let started = Instant::now();
+        self.phase(WritePhase::Prepare);
+        check_regions(regions)?;
+        self.discard_from(epoch)?;
+        let prev = self.newest_valid_before(epoch);
+        let cs = self.opts.chunk_size;
+
+        // Layout: each region at a page-aligned offset, chunks back to back.
+        let mut bases = Vec::with_capacity(regions.len());
+        let mut end = 0u64;
+        for r in regions {
+            let base = page_align(end);
+            bases.push(base);
+            end = base + r.bytes.len() as u64;
+        }
+        let file_len = page_align(end);
+
+        let mut data = self.acquire_data_file(epoch, file_len)?;
+        self.phase(WritePhase::CopyChunks);
+        let mut items = Vec::new();
+        {
+            let mut rest: &mut [u8] = data.as_mut().map(|d| &mut d.map[..]).unwrap_or(&mut []);
+            let mut consumed = 0u64;
+            for (r, &base) in regions.iter().zip(&bases) {
+                let prev_region = prev
+                    .as_ref()
+                    .and_then(|m| m.region(r.name))
+                    .filter(|p| p.chunk_size == cs as u64);
+                for (i, src) in r.bytes.chunks(cs).enumerate() {
+                    let offset = base + (i * cs) as u64;
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut((offset - consumed) as usize);
+                    let (dst, tail) = tail.split_at_mut(src.len());
+                    rest = tail;
+                    consumed = offset + src.len() as u64;
+                    let reusable = prev_region
+                        .filter(|p| i < p.chunks.len() && p.chunk_len(i) == src.len() as u64)
+                        .map(|p| p.chunks[i]);
+                    items.push((src, dst, reusable, offset));
+                }
+            }
+        }
+        let refs: Vec<(ChunkRef, bool)> = items
+            .into_par_iter()
+            .map(|(src, dst, reusable, offset)| {
+                let hash = chunk_hash(src);
+                match reusable {
+                    Some(old) if old.hash == hash => (old, false),
+                    _ => {
+                        dst.copy_from_slice(src);
+                        let fresh = ChunkRef {
+                            hash,
+                            file_epoch: epoch,
+                            offset,
+                        };
+                        (fresh, true)
+                    }
+                }
+            })
+            .collect();
+
+        let mut chunk_refs = refs.iter();
+        let mut bytes_written = 0u64;
+        let mut chunks_written = 0usize;
+        let region_manifests = regions
+            .iter()
+            .map(|r| {
+                let n = r.bytes.len().div_ceil(cs);
+                let chunks = chunk_refs
+                    .by_ref()
+                    .take(n)
+                    .enumerate()
+                    .map(|(i, &(c, written))| {
+                        if written {
+                            chunks_written += 1;
+                            bytes_written += cs.min(r.bytes.len() - i * cs) as u64;
+                        }
+                        c
+                    })
+                    .collect();
+                RegionManifest {
+                    name: r.name.to_owned(),
+                    len: r.bytes.len() as u64,
+                    chunk_size: cs as u64,
+                    chunks,
+                }
+            })
+            .collect();
+
+        self.phase(WritePhase::SyncData);
+        if let Some(d) = &data {
+            if self.sync && chunks_written > 0 {
+                d.map
+                    .flush()
+                    .map_err(|e| StoreError::io("sync data file", self.data_path(epoch), e))?;
+            }
+            let ino = d.file.metadata().map(|m| m.ino()).unwrap_or(0);
+            self.maps.insert(ino, data.take().unwrap());
+        }
+
+        let manifest = Manifest {
+            job: self.job.clone(),
+            rank: self.rank,
+            epoch,
+            step,
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            regions: region_manifests,
+        };
+        self.publish_manifest(&manifest)?;
+        let publish_time = started.elapsed();
+
+        self.phase(WritePhase::Prune);
+        let pruned = self.prune()?;
+        tracing::debug!(
+            epoch,
+            step,
+            bytes_written,
+            chunks_written,
+            elapsed_ms = publish_time.as_secs_f64() * 1e3,
+            "snapshot published"
+        );
+        Ok(WriteReport {
+            epoch,
+            step,
+            state_bytes: manifest.state_bytes(),
+            bytes_written,
+            chunks: refs.len(),
+            chunks_written,
+            publish_time,
+            pruned,
+        })
+    }
+
+    fn publish_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        self.phase(WritePhase::WriteManifest);
+        let tmp = self.tmp_manifest_path(manifest.epoch);
+        let mut f = File::create(&tmp).map_err(|e| StoreError::io("create manifest", &tmp, e))?;
+        f.write_all(&manifest.encode())
+            .map_err(|e| StoreError::io("write manifest", &tmp, e))?;
+        if self.sync {
+            f.sync_all()
+                .map_err(|e| StoreError::io("sync manifest", &tmp, e))?;
+        }
+        drop(f);
+        self.phase(WritePhase::Publish);
+        let path = self.manifest_path(manifest.epoch);
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io("publish manifest", &path, e))?;
+        self.phase(WritePhase::SyncDir);
+        self.sync_dir()
+    }
+
+    /// Removes manifests of `epoch` and later: they belong to a run that was
+    /// abandoned (the job restarted from an older epoch).
+    fn discard_from(&mut self, epoch: u64) -> Result<(), StoreError> {
+        let stale: Vec<u64> = self.list()?.manifests.into_iter().filter(|&e| e >= epoch).collect();
+        for &e in &stale {
+            let path = self.manifest_path(e);
+            fs::remove_file(&path).map_err(|err| StoreError::io("remove stale manifest", &path, err))?;
+        }
+        if !stale.is_empty() {
+            tracing::info!(?stale, "discarded snapshots of an abandoned run");
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    /// The newest manifest older than `epoch` that decodes; its chunks are
+    /// the candidates for reuse. A damaged one is skipped (its chunks are
+    /// then simply written again).
+    fn newest_valid_before(&self, epoch: u64) -> Option<Manifest> {
+        let epochs = self.list().ok()?.manifests;
+        epochs
+            .into_iter()
+            .rev()
+            .filter(|&e| e < epoch)
+            .find_map(|e| self.manifest(e).ok())
+    }
+
+    /// Opens the data file for `epoch` with length `len` and its mapping,
+    /// preferring a leftover file of this epoch or the spare, whose pages are
+    /// already allocated. `None` when the snapshot has no bytes.
+    fn acquire_data_file(&mut self, epoch: u64, len: u64) -> Result<Option<CachedMap>, StoreError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let path = self.data_path(epoch);
+        let spare = self.spare_path();
+        if !path.exists() && spare.exists() {
+            fs::rename(&spare, &path).map_err(|e| StoreError::io("recycle spare data file", &path, e))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io("open data file", &path, e))?;
+        let meta = file.metadata().map_err(|e| StoreError::io("stat data file", &path, e))?;
+        if meta.len() != len {
+            file.set_len(len)
+                .map_err(|e| StoreError::io("size data file", &path, e))?;
+        }
+        if let Some(cached) = self.maps.remove(&meta.ino()) {
+            // Reuse only a live mapping of this very file at this size.
+            let same_file = cached.file.metadata().is_ok_and(|m| m.nlink() > 0 && m.ino() == meta.ino());
+            if same_file && cached.map.len() as u64 == len {
+                return Ok(Some(CachedMap { file, map: cached.map }));
+            }
+        }
+        // SAFETY: the data file is private to this store (directory mode 0700)
+        // and only this writer changes it while it is mapped.
+        let map = unsafe { MmapOptions::new().len(len as usize).map_mut(&file) }
+            .map_err(|e| StoreError::io("map data file", &path, e))?;
+        Ok(Some(CachedMap { file, map }))
+    }
+
+    /// Keeps the newest `keep` valid snapshots, removes the rest, and recycles
+    /// data files no kept manifest references (one becomes the spare).
+    pub fn prune(&mut self) -> Result<Vec<u64>, StoreError> {
+        let listing = self.list()?;
+        let mut valid = Vec::new();
+        let mut damaged = Vec::new();
+        for &e in &listing.manifests {
+            match self.manifest(e) {
+                Ok(m) => valid.push(m),
+                Err(err) if err.is_damage() => damaged.push(e),
+                Err(err) => return Err(err),
+            }
+        }
+        let split = valid.len().saturating_sub(self.opts.keep);
+        let kept = valid.split_off(split);
+        let oldest_kept = kept.first().map_or(u64::MAX, |m| m.epoch);
+        let mut pruned: Vec<u64> = valid.iter().map(|m| m.epoch).collect();
+        pruned.extend(damaged.into_iter().filter(|&e| e < oldest_kept));
+        pruned.sort_unstable();
+        for &e in &pruned {
+            let path = self.manifest_path(e);
+            fs::remove_file(&path).map_err(|err| StoreError::io("remove old manifest", &path, err))?;
+        }
+        for tmp in &listing.temporaries {
+            let _ = fs::remove_file(tmp);
+        }
+        // Make the removals durable before any data file they referenced is reused.
+        if !pruned.is_empty() {
+            self.sync_dir()?;
+        }
+
+        let referenced: HashSet<u64> = kept
+            .iter()
+            .flat_map(|m| m.regions.iter().flat_map(|r| r.chunks.iter().map(|c| c.file_epoch)))
+            .collect();
+        let mut have_spare = self.spare_path().exists();
+        for &e in listing.data.iter().filter(|e| !referenced.contains(e)) {
+            let path = self.data_path(e);
+            if !have_spare {
+                fs::rename(&path, self.spare_path())
+                    .map_err(|err| StoreError::io("recycle data file", &path, err))?;
+                have_spare = true;
+            } else {
+                if let Ok(meta) = fs::metadata(&path) {
+                    self.maps.remove(&meta.ino());
+                }
+                fs::remove_file(&path).map_err(|err| StoreError::io("remove data file", &path, err))?;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+fn check_regions(regions: &[RegionRef<'_>]) -> Result<(), StoreError> {
+    let mut names = HashSet::new();
+    for r in regions {
+        validate_region_name(r.name)?;
+        if !names.insert(r.name) {
+            return Err(StoreError::DuplicateRegion(r.name.to_owned()));
+        }
+    }
+    Ok(())
+}

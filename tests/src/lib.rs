@@ -1,0 +1,3 @@
+//! `pm-tests`: integration tests that start pmrun's real binaries and real
+//! processes and kill them with SIGKILL. The helper programs the tests drive
+//! live in `src/bin/`; shared helpers live here.
