@@ -105,15 +105,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     progress("filling the state with pseudo-random bytes");
     let mut state = RegionBuf::new(size)?;
     let mut copy = RegionBuf::new(size)?;
-    state.par_chunks_mut(1 << 16).enumerate().for_each(|(i, c)| {
-        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for b in c.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
-    });
+    state
+        .par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for b in c.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+            }
+        });
 
     progress("memcpy baseline");
     let memcpy: Vec<f64> = (0..args.repeat)
@@ -140,7 +143,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for round in 0..args.repeat {
         touch_chunks(&mut state, chunk, 1, round as u8);
         let (t, written) = write(&mut store, &state)?;
-        ensure!(written == args.size, "a full checkpoint wrote {written} of {} bytes", args.size);
+        ensure!(
+            written == args.size,
+            "a full checkpoint wrote {written} of {} bytes",
+            args.size
+        );
         full.push(t);
     }
     progress("incremental checkpoints (1% of chunks changed)");
@@ -161,7 +168,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         copy.fill(0);
         let snapshot = store.open_snapshot(epoch)?;
         restore.push(timed(|| Ok(snapshot.read_region("state", &mut copy)?))?);
-        ensure!(copy[..] == state[..], "the restored state differs from the checkpointed one");
+        ensure!(
+            copy[..] == state[..],
+            "the restored state differs from the checkpointed one"
+        );
     }
 
     let durable = store.is_durable();
@@ -189,12 +199,39 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         let gbs = |s: f64| args.size as f64 / s / 1e9;
-        println!("state            {} bytes in {}-byte chunks, store {} ({})", report.bytes, report.chunk_size, report.store.display(), if durable { "fsync" } else { "RAM" });
-        println!("memcpy           {:8.4} s  {:6.2} GB/s", memcpy_s, gbs(memcpy_s));
-        println!("first checkpoint {:8.4} s  {:6.2} GB/s", ckpt_first, gbs(ckpt_first));
-        println!("full checkpoint  {:8.4} s  {:6.2} GB/s  {:.2}x memcpy", ckpt_full_s, gbs(ckpt_full_s), report.ckpt_full_over_memcpy);
-        println!("1% incremental   {:8.4} s  wrote {:.4} of the state", report.ckpt_incr_1pct_s, report.incr_bytes_over_full);
-        println!("restore+verify   {:8.4} s  {:6.2} GB/s  {:.2}x memcpy", restore_s, gbs(restore_s), report.restore_over_memcpy);
+        println!(
+            "state            {} bytes in {}-byte chunks, store {} ({})",
+            report.bytes,
+            report.chunk_size,
+            report.store.display(),
+            if durable { "fsync" } else { "RAM" }
+        );
+        println!(
+            "memcpy           {:8.4} s  {:6.2} GB/s",
+            memcpy_s,
+            gbs(memcpy_s)
+        );
+        println!(
+            "first checkpoint {:8.4} s  {:6.2} GB/s",
+            ckpt_first,
+            gbs(ckpt_first)
+        );
+        println!(
+            "full checkpoint  {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
+            ckpt_full_s,
+            gbs(ckpt_full_s),
+            report.ckpt_full_over_memcpy
+        );
+        println!(
+            "1% incremental   {:8.4} s  wrote {:.4} of the state",
+            report.ckpt_incr_1pct_s, report.incr_bytes_over_full
+        );
+        println!(
+            "restore+verify   {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
+            restore_s,
+            gbs(restore_s),
+            report.restore_over_memcpy
+        );
     }
     Ok(())
 }

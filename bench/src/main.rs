@@ -11,7 +11,10 @@ mod size;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "pmrun benchmarks: each scenario reports figures and same-run baselines")]
+#[command(
+    version,
+    about = "pmrun benchmarks: each scenario reports figures and same-run baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,

@@ -33,7 +33,9 @@ pub enum StoreError {
         source: io::Error,
     },
 
-    #[error("{path}: the manifest is truncated ({len} bytes, expected {expected}); the snapshot was damaged after it was written")]
+    #[error(
+        "{path}: the manifest is truncated ({len} bytes, expected {expected}); the snapshot was damaged after it was written"
+    )]
     ManifestTruncated {
         path: PathBuf,
         len: u64,
@@ -43,14 +45,18 @@ pub enum StoreError {
     #[error("{path}: not a pmrun snapshot manifest (bad magic bytes)")]
     BadMagic { path: PathBuf },
 
-    #[error("{path}: snapshot format version {found} is not supported (this pmrun reads version {supported}); restore it with the pmrun release that wrote it")]
+    #[error(
+        "{path}: snapshot format version {found} is not supported (this pmrun reads version {supported}); restore it with the pmrun release that wrote it"
+    )]
     UnsupportedVersion {
         path: PathBuf,
         found: u32,
         supported: u32,
     },
 
-    #[error("{path}: manifest checksum mismatch (stored {stored:016x}, computed {computed:016x}): the manifest is corrupt")]
+    #[error(
+        "{path}: manifest checksum mismatch (stored {stored:016x}, computed {computed:016x}): the manifest is corrupt"
+    )]
     ManifestChecksum {
         path: PathBuf,
         stored: u64,
@@ -60,7 +66,9 @@ pub enum StoreError {
     #[error("{path}: the manifest is malformed: {reason}")]
     ManifestInvalid { path: PathBuf, reason: String },
 
-    #[error("{path}: snapshot belongs to job {found_job:?} rank {found_rank}, not job {job:?} rank {rank}")]
+    #[error(
+        "{path}: snapshot belongs to job {found_job:?} rank {found_rank}, not job {job:?} rank {rank}"
+    )]
     WrongOwner {
         path: PathBuf,
         job: String,
@@ -69,7 +77,9 @@ pub enum StoreError {
         found_rank: u32,
     },
 
-    #[error("{path}: region {region:?} chunk {chunk} (file bytes {offset}..{end}) is corrupt: its content hash does not match the manifest")]
+    #[error(
+        "{path}: region {region:?} chunk {chunk} (file bytes {offset}..{end}) is corrupt: its content hash does not match the manifest"
+    )]
     ChunkCorrupt {
         path: PathBuf,
         region: String,
@@ -78,7 +88,9 @@ pub enum StoreError {
         end: u64,
     },
 
-    #[error("{path}: region {region:?} chunk {chunk} (file bytes {offset}..{end}) lies past the end of the data file: the data file is truncated or missing")]
+    #[error(
+        "{path}: region {region:?} chunk {chunk} (file bytes {offset}..{end}) lies past the end of the data file: the data file is truncated or missing"
+    )]
     ChunkMissing {
         path: PathBuf,
         region: String,
@@ -97,7 +109,9 @@ pub enum StoreError {
         epoch: u64,
     },
 
-    #[error("region {region:?} has {given} bytes but the snapshot of epoch {epoch} holds {stored} bytes ({path}); restart with the same problem size")]
+    #[error(
+        "region {region:?} has {given} bytes but the snapshot of epoch {epoch} holds {stored} bytes ({path}); restart with the same problem size"
+    )]
     RegionSize {
         path: PathBuf,
         region: String,

@@ -12,7 +12,11 @@ use crate::region::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::Path;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+use twox_hash::{XxHash3_64, XxHash3_128};
+
+fn xxh3_64(bytes: &[u8]) -> u64 {
+    XxHash3_64::oneshot(bytes)
+}
 
 /// First bytes of every manifest file.
 pub const MAGIC: [u8; 8] = *b"PMSNAP\r\n";
@@ -23,7 +27,7 @@ const TRAILER_LEN: usize = 8;
 
 /// Content hash of one chunk.
 pub fn chunk_hash(bytes: &[u8]) -> u128 {
-    xxh3_128(bytes)
+    XxHash3_128::oneshot(bytes)
 }
 
 /// Where one chunk's bytes are stored and what they hash to.
@@ -124,7 +128,10 @@ impl Manifest {
         if bytes.len() > total {
             return Err(StoreError::ManifestInvalid {
                 path: path.to_owned(),
-                reason: format!("{} unexpected bytes after the checksum", bytes.len() - total),
+                reason: format!(
+                    "{} unexpected bytes after the checksum",
+                    bytes.len() - total
+                ),
             });
         }
         let stored = u64::from_le_bytes(bytes[total - TRAILER_LEN..].try_into().unwrap());
@@ -159,7 +166,10 @@ impl Manifest {
                 return Err(format!("region {:?} appears twice", r.name));
             }
             if r.chunk_size == 0 || r.chunk_size % PAGE_SIZE as u64 != 0 {
-                return Err(format!("region {:?} has chunk size {}", r.name, r.chunk_size));
+                return Err(format!(
+                    "region {:?} has chunk size {}",
+                    r.name, r.chunk_size
+                ));
             }
             if r.chunks.len() as u64 != r.len.div_ceil(r.chunk_size) {
                 return Err(format!(

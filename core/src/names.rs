@@ -13,8 +13,7 @@ fn plain(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && !s.starts_with('.')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -51,7 +50,9 @@ mod tests {
     #[test]
     fn rejects_path_tricks() {
         let too_long = "a".repeat(65);
-        for bad in ["", ".", "..", "../x", "a/b", "/abs", ".hidden", "a\0b", "sp ace", &too_long] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "/abs", ".hidden", "a\0b", "sp ace", &too_long,
+        ] {
             assert!(validate_job_id(bad).is_err(), "{bad:?}");
         }
         assert!(validate_region_name(&"r".repeat(129)).is_err());

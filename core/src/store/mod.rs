@@ -82,7 +82,10 @@ impl std::fmt::Debug for StoreOptions {
 
 /// The default store root: RAM, private to the user.
 pub fn default_root() -> PathBuf {
-    PathBuf::from(format!("/dev/shm/pmrun-{}", rustix::process::getuid().as_raw()))
+    PathBuf::from(format!(
+        "/dev/shm/pmrun-{}",
+        rustix::process::getuid().as_raw()
+    ))
 }
 
 /// A data file kept mapped between checkpoints so that its pages stay faulted in.
@@ -181,7 +184,10 @@ impl Store {
         if m.epoch != epoch {
             return Err(StoreError::ManifestInvalid {
                 path,
-                reason: format!("it records epoch {} but is named for epoch {epoch}", m.epoch),
+                reason: format!(
+                    "it records epoch {} but is named for epoch {epoch}",
+                    m.epoch
+                ),
             });
         }
         Ok(m)
@@ -189,7 +195,8 @@ impl Store {
 
     /// Deletes every snapshot of this rank (the end of a job).
     pub fn destroy(self) -> Result<(), StoreError> {
-        fs::remove_dir_all(&self.dir).map_err(|e| StoreError::io("remove store directory", &self.dir, e))
+        fs::remove_dir_all(&self.dir)
+            .map_err(|e| StoreError::io("remove store directory", &self.dir, e))
     }
 
     pub fn manifest_path(&self, epoch: u64) -> PathBuf {
@@ -210,8 +217,8 @@ impl Store {
 
     fn list(&self) -> Result<Listing, StoreError> {
         let mut listing = Listing::default();
-        let entries =
-            fs::read_dir(&self.dir).map_err(|e| StoreError::io("list store directory", &self.dir, e))?;
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|e| StoreError::io("list store directory", &self.dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io("list store directory", &self.dir, e))?;
             let name = entry.file_name();

@@ -60,14 +60,19 @@ impl Store {
     pub fn latest_valid(&self) -> Result<Recovery, StoreError> {
         let mut skipped = Vec::new();
         for epoch in self.epochs()?.into_iter().rev() {
-            match self.open_snapshot(epoch).and_then(|s| s.verify().map(|()| s)) {
+            match self
+                .open_snapshot(epoch)
+                .and_then(|s| s.verify().map(|()| s))
+            {
                 Ok(snapshot) => {
                     return Ok(Recovery {
                         snapshot: Some(snapshot),
                         skipped,
                     });
                 }
-                Err(error) if error.is_damage() || matches!(error, StoreError::NoSuchEpoch { .. }) => {
+                Err(error)
+                    if error.is_damage() || matches!(error, StoreError::NoSuchEpoch { .. }) =>
+                {
                     tracing::warn!(epoch, %error, "skipping snapshot that does not verify");
                     skipped.push(Skipped { epoch, error });
                 }
@@ -120,21 +125,30 @@ impl Snapshot {
             .iter()
             .flat_map(|r| (0..r.chunks.len()).map(move |i| (r, i)))
             .collect();
-        chunks.par_iter().try_for_each_init(Vec::new, |scratch, &(region, i)| {
-            scratch.resize(region.chunk_len(i) as usize, 0);
-            self.read_chunk(region, i, scratch)
-        })
+        chunks
+            .par_iter()
+            .try_for_each_init(Vec::new, |scratch, &(region, i)| {
+                scratch.resize(region.chunk_len(i) as usize, 0);
+                self.read_chunk(region, i, scratch)
+            })
     }
 
     fn region(&self, name: &str) -> Result<&RegionManifest, StoreError> {
-        self.manifest.region(name).ok_or_else(|| StoreError::RegionMissing {
-            path: self.manifest_path.clone(),
-            region: name.to_owned(),
-            epoch: self.manifest.epoch,
-        })
+        self.manifest
+            .region(name)
+            .ok_or_else(|| StoreError::RegionMissing {
+                path: self.manifest_path.clone(),
+                region: name.to_owned(),
+                epoch: self.manifest.epoch,
+            })
     }
 
-    fn read_chunk(&self, region: &RegionManifest, i: usize, buf: &mut [u8]) -> Result<(), StoreError> {
+    fn read_chunk(
+        &self,
+        region: &RegionManifest,
+        i: usize,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
         let c = region.chunks[i];
         let (path, file) = &self.files[&c.file_epoch];
         let end = c.offset + buf.len() as u64;
@@ -146,10 +160,11 @@ impl Snapshot {
             end,
         };
         let file = file.as_ref().ok_or_else(missing)?;
-        file.read_exact_at(buf, c.offset).map_err(|e| match e.kind() {
-            ErrorKind::UnexpectedEof => missing(),
-            _ => StoreError::io("read data file", path, e),
-        })?;
+        file.read_exact_at(buf, c.offset)
+            .map_err(|e| match e.kind() {
+                ErrorKind::UnexpectedEof => missing(),
+                _ => StoreError::io("read data file", path, e),
+            })?;
         if chunk_hash(buf) != c.hash {
             return Err(StoreError::ChunkCorrupt {
                 path: path.clone(),

@@ -69,7 +69,12 @@ impl Store {
     /// `step`) and publishes it atomically, then keeps only the newest
     /// `keep` epochs. Snapshots of `epoch` or later left by an abandoned run
     /// are discarded first: writing an epoch always starts a new timeline.
-    pub fn write(&mut self, epoch: u64, step: u64, regions: &[RegionRef<'_>]) -> Result<WriteReport, StoreError> {
+    pub fn write(
+        &mut self,
+        epoch: u64,
+        step: u64,
+        regions: &[RegionRef<'_>],
+    ) -> Result<WriteReport, StoreError> {
         let started = Instant::now();
         self.phase(WritePhase::Prepare);
         check_regions(regions)?;
@@ -100,7 +105,8 @@ impl Store {
                     .filter(|p| p.chunk_size == cs as u64);
                 for (i, src) in r.bytes.chunks(cs).enumerate() {
                     let offset = base + (i * cs) as u64;
-                    let (_, tail) = std::mem::take(&mut rest).split_at_mut((offset - consumed) as usize);
+                    let (_, tail) =
+                        std::mem::take(&mut rest).split_at_mut((offset - consumed) as usize);
                     let (dst, tail) = tail.split_at_mut(src.len());
                     rest = tail;
                     consumed = offset + src.len() as u64;
@@ -226,10 +232,16 @@ impl Store {
     /// Removes manifests of `epoch` and later: they belong to a run that was
     /// abandoned (the job restarted from an older epoch).
     fn discard_from(&mut self, epoch: u64) -> Result<(), StoreError> {
-        let stale: Vec<u64> = self.list()?.manifests.into_iter().filter(|&e| e >= epoch).collect();
+        let stale: Vec<u64> = self
+            .list()?
+            .manifests
+            .into_iter()
+            .filter(|&e| e >= epoch)
+            .collect();
         for &e in &stale {
             let path = self.manifest_path(e);
-            fs::remove_file(&path).map_err(|err| StoreError::io("remove stale manifest", &path, err))?;
+            fs::remove_file(&path)
+                .map_err(|err| StoreError::io("remove stale manifest", &path, err))?;
         }
         if !stale.is_empty() {
             tracing::info!(?stale, "discarded snapshots of an abandoned run");
@@ -260,7 +272,8 @@ impl Store {
         let path = self.data_path(epoch);
         let spare = self.spare_path();
         if !path.exists() && spare.exists() {
-            fs::rename(&spare, &path).map_err(|e| StoreError::io("recycle spare data file", &path, e))?;
+            fs::rename(&spare, &path)
+                .map_err(|e| StoreError::io("recycle spare data file", &path, e))?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -269,16 +282,24 @@ impl Store {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io("open data file", &path, e))?;
-        let meta = file.metadata().map_err(|e| StoreError::io("stat data file", &path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| StoreError::io("stat data file", &path, e))?;
         if meta.len() != len {
             file.set_len(len)
                 .map_err(|e| StoreError::io("size data file", &path, e))?;
         }
         if let Some(cached) = self.maps.remove(&meta.ino()) {
             // Reuse only a live mapping of this very file at this size.
-            let same_file = cached.file.metadata().is_ok_and(|m| m.nlink() > 0 && m.ino() == meta.ino());
+            let same_file = cached
+                .file
+                .metadata()
+                .is_ok_and(|m| m.nlink() > 0 && m.ino() == meta.ino());
             if same_file && cached.map.len() as u64 == len {
-                return Ok(Some(CachedMap { file, map: cached.map }));
+                return Ok(Some(CachedMap {
+                    file,
+                    map: cached.map,
+                }));
             }
         }
         // SAFETY: the data file is private to this store (directory mode 0700)
@@ -309,7 +330,8 @@ impl Store {
         pruned.sort_unstable();
         for &e in &pruned {
             let path = self.manifest_path(e);
-            fs::remove_file(&path).map_err(|err| StoreError::io("remove old manifest", &path, err))?;
+            fs::remove_file(&path)
+                .map_err(|err| StoreError::io("remove old manifest", &path, err))?;
         }
         for tmp in &listing.temporaries {
             let _ = fs::remove_file(tmp);
@@ -321,7 +343,11 @@ impl Store {
 
         let referenced: HashSet<u64> = kept
             .iter()
-            .flat_map(|m| m.regions.iter().flat_map(|r| r.chunks.iter().map(|c| c.file_epoch)))
+            .flat_map(|m| {
+                m.regions
+                    .iter()
+                    .flat_map(|r| r.chunks.iter().map(|c| c.file_epoch))
+            })
             .collect();
         let mut have_spare = self.spare_path().exists();
         for &e in listing.data.iter().filter(|e| !referenced.contains(e)) {
@@ -334,7 +360,8 @@ impl Store {
                 if let Ok(meta) = fs::metadata(&path) {
                     self.maps.remove(&meta.ino());
                 }
-                fs::remove_file(&path).map_err(|err| StoreError::io("remove data file", &path, err))?;
+                fs::remove_file(&path)
+                    .map_err(|err| StoreError::io("remove data file", &path, err))?;
             }
         }
         Ok(pruned)
