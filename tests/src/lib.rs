@@ -1,3 +1,5 @@
 //! `pm-tests`: integration tests that start pmrun's real binaries and real
 //! processes and kill them with SIGKILL. The helper programs the tests drive
-//! live in `src/bin/`; shared helpers live here.
+//! live in `src/bin/`; what they share with the tests lives here.
+
+pub mod store_workload;
