@@ -1,0 +1,53 @@
+# pmrun developer entry points. `make` (or `make help`) lists the targets.
+#
+# Every target first runs scripts/ensure-packages.sh for its group, which is
+# silent when the Debian packages (Open MPI, hwloc, libclang, ...) are already
+# installed and installs or names them otherwise.
+
+CARGO ?= cargo
+# Extra arguments for `make bench`, e.g. make bench BENCH_ARGS='ckpt --size 256MiB --json'
+BENCH_ARGS ?= ckpt --json
+
+ENSURE_SCRIPT := $(dir $(lastword $(MAKEFILE_LIST)))scripts/ensure-packages.sh
+ENSURE_PACKAGES = CARGO='$(CARGO)' bash $(ENSURE_SCRIPT)
+
+ifeq ($(origin CARGO_TERM_COLOR),undefined)
+export CARGO_TERM_COLOR := always
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help build test demo bench clean
+
+help:
+	@echo 'pmrun targets:'
+	@echo '  make help    show this list (default)'
+	@echo '  make build   release build of the whole workspace'
+	@echo '  make test    cargo fmt --check, clippy -D warnings, cargo test --workspace (what CI runs)'
+	@echo '  make demo    run the checkpoint store demo (pm-core example store_demo)'
+	@echo '  make bench   run pmbench $(BENCH_ARGS) (1 GiB in /dev/shm by default; override BENCH_ARGS)'
+	@echo '  make clean   cargo clean'
+	@echo 'Each target except help and clean first installs or names missing Debian packages.'
+
+build:
+	@$(ENSURE_PACKAGES) build
+	$(CARGO) build --release --workspace
+
+test:
+	@$(ENSURE_PACKAGES) test
+	@echo '==> cargo fmt --check'
+	$(CARGO) fmt --all -- --check
+	@echo '==> cargo clippy (warnings are errors)'
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@echo '==> cargo test'
+	$(CARGO) test --workspace
+
+demo:
+	@$(ENSURE_PACKAGES) demo
+	$(CARGO) run --release -q -p pm-core --example store_demo
+
+bench:
+	@$(ENSURE_PACKAGES) bench
+	$(CARGO) run --release -q -p pm-bench --bin pmbench -- $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean
