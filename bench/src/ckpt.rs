@@ -120,7 +120,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     progress("memcpy baseline");
     let memcpy: Vec<f64> = (0..args.repeat)
-        .map(|_| timed(|| Ok(copy.copy_from_slice(&state))))
+        .map(|_| {
+            timed(|| {
+                copy.copy_from_slice(&state);
+                Ok(())
+            })
+        })
         .collect::<Result<_, _>>()?;
 
     let mut epoch = 0u64;
