@@ -106,56 +106,41 @@ proptest! {
     }
 }
 
-#[test]
-fn pruning_keeps_exactly_k_restorable_epochs() {
-    for keep in 1..=4 {
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Epoch `e` changes the chunks listed in `changes[e - 1]`, so kept epochs
+    /// share data files in every possible way.
+    #[test]
+    fn pruning_keeps_exactly_k_restorable_epochs(
+        keep in 1usize..5,
+        changes in prop::collection::vec(prop::collection::vec(0usize..10, 0..11), 1..12),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path(), keep);
-        let mut states = Vec::new();
-        for e in 1..=9u64 {
-            // Alternate full changes with sparse ones so kept epochs share data files.
-            let mut s = states
-                .last()
-                .cloned()
-                .unwrap_or_else(|| pattern(0, 10 * CHUNK));
-            if e % 3 == 0 {
-                s = pattern(e, s.len());
-            } else {
-                s[(e as usize % 10) * CHUNK] ^= 0xFF;
+        let mut states: Vec<Vec<u8>> = Vec::new();
+        for (i, chunks) in changes.iter().enumerate() {
+            let e = i as u64 + 1;
+            let mut s = states.last().cloned().unwrap_or_else(|| pattern(0, 10 * CHUNK));
+            for &c in chunks {
+                s[c * CHUNK + i] ^= 0xFF;
             }
             write(&mut store, e, &[("s", &s)]);
             states.push(s);
         }
-        let kept: Vec<u64> = (10 - keep as u64..=9).collect();
-        assert_eq!(store.epochs().unwrap(), kept, "keep={keep}");
+        let newest = changes.len() as u64;
+        let kept: Vec<u64> = (newest.saturating_sub(keep as u64) + 1..=newest).collect();
+        prop_assert_eq!(store.epochs().unwrap(), kept.clone());
         for &e in &kept {
-            assert_eq!(
-                read(&store, e, "s", 10 * CHUNK),
-                states[e as usize - 1],
-                "keep={keep} epoch {e}"
-            );
+            prop_assert_eq!(read(&store, e, "s", 10 * CHUNK), states[e as usize - 1].clone(), "epoch {}", e);
         }
         // Only data files that kept manifests reference remain, plus at most one spare.
-        let referenced: std::collections::HashSet<u64> = kept
+        let referenced: std::collections::BTreeSet<u64> = kept
             .iter()
-            .flat_map(|&e| {
-                store.manifest(e).unwrap().regions[0]
-                    .chunks
-                    .iter()
-                    .map(|c| c.file_epoch)
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|&e| store.manifest(e).unwrap().regions[0].chunks.iter().map(|c| c.file_epoch).collect::<Vec<_>>())
             .collect();
-        let data_files: Vec<String> = fs::read_dir(store.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".data") && n != "spare.data")
-            .collect();
-        assert_eq!(
-            data_files.len(),
-            referenced.len(),
-            "keep={keep}: {data_files:?}"
-        );
+        let data_files: std::collections::BTreeSet<u64> = (1..=newest).filter(|&e| store.data_path(e).exists()).collect();
+        prop_assert_eq!(data_files, referenced);
     }
 }
 
