@@ -99,6 +99,9 @@ pub enum StoreError {
         end: u64,
     },
 
+    #[error("{path}: the commit record is damaged ({reason}); remove it to start the job afresh")]
+    CommitRecordInvalid { path: PathBuf, reason: String },
+
     #[error("no snapshot of epoch {epoch} in {dir}")]
     NoSuchEpoch { dir: PathBuf, epoch: u64 },
 

@@ -429,3 +429,40 @@ fn ram_store_is_detected() {
     let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     assert!(open(disk.path(), 2).is_durable());
 }
+
+#[test]
+fn pruning_preserves_committed_epochs_while_newer_ones_are_unconfirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let explicit = StoreOptions {
+        auto_commit: false,
+        ..opts(2)
+    };
+    let mut store = Store::open(dir.path(), "job-1", 0, explicit).unwrap();
+    assert_eq!(store.committed().unwrap(), None);
+    let states: Vec<Vec<u8>> = (1..=5).map(|e| pattern(e, 3 * CHUNK)).collect();
+    for e in 1..=2 {
+        write(&mut store, e, &[("s", &states[e as usize - 1])]);
+        store.commit(e).unwrap();
+    }
+    // Epochs 3 and 4 are published here but the job never agreed on them.
+    write(&mut store, 3, &[("s", &states[2])]);
+    write(&mut store, 4, &[("s", &states[3])]);
+    assert_eq!(store.epochs().unwrap(), vec![1, 2, 3, 4]);
+    write(&mut store, 5, &[("s", &states[4])]);
+    assert_eq!(
+        store.epochs().unwrap(),
+        vec![1, 2, 4, 5],
+        "committed 1 and 2 survive"
+    );
+    let rec = store.committed().unwrap().unwrap();
+    assert_eq!((rec.epoch, rec.step), (2, 20));
+    assert_eq!(read(&store, 2, "s", 3 * CHUNK), states[1]);
+
+    store.commit(5).unwrap();
+    assert_eq!(store.epochs().unwrap(), vec![4, 5]);
+    assert_eq!(store.committed().unwrap().unwrap().epoch, 5);
+    assert!(matches!(
+        store.commit(9).unwrap_err(),
+        StoreError::NoSuchEpoch { epoch: 9, .. }
+    ));
+}

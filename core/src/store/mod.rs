@@ -13,9 +13,11 @@
 //! into pages that are already allocated and mapped (first-touch page faults
 //! cost several times a memcpy on these machines).
 
+pub mod commit;
 mod read;
 mod write;
 
+pub use commit::CommitRecord;
 pub use read::{Recovery, Skipped, Snapshot};
 pub use write::{WritePhase, WriteReport};
 
@@ -56,6 +58,11 @@ pub struct StoreOptions {
     /// Chunk size in bytes: a positive multiple of the page size.
     pub chunk_size: usize,
     pub durability: Durability,
+    /// Whether every published snapshot counts as committed. The rank
+    /// runtime turns this off and calls [`Store::commit`] once the whole job
+    /// has agreed on an epoch; until then pruning keeps the epoch's
+    /// predecessors.
+    pub auto_commit: bool,
     pub phase_hook: Option<PhaseHook>,
 }
 
@@ -65,6 +72,7 @@ impl Default for StoreOptions {
             keep: DEFAULT_KEEP,
             chunk_size: DEFAULT_CHUNK_SIZE,
             durability: Durability::Auto,
+            auto_commit: true,
             phase_hook: None,
         }
     }
@@ -76,6 +84,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("keep", &self.keep)
             .field("chunk_size", &self.chunk_size)
             .field("durability", &self.durability)
+            .field("auto_commit", &self.auto_commit)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +147,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The job's directory (`<root>/<job>`), shared by the ranks on this node.
+    pub fn job_dir(&self) -> &Path {
+        self.dir.parent().expect("a rank directory has a parent")
     }
 
     pub fn job(&self) -> &str {
@@ -205,6 +219,10 @@ impl Store {
 
     pub fn data_path(&self, epoch: u64) -> PathBuf {
         self.dir.join(format!("epoch-{epoch:020}.data"))
+    }
+
+    fn commit_path(&self) -> PathBuf {
+        self.dir.join("committed")
     }
 
     fn spare_path(&self) -> PathBuf {

@@ -1,5 +1,6 @@
 //! Writing a snapshot atomically and incrementally, and pruning old epochs.
 
+use super::commit::{self, CommitRecord};
 use super::{CachedMap, Store};
 use crate::StoreError;
 use crate::format::{ChunkRef, Manifest, RegionManifest, chunk_hash};
@@ -309,9 +310,37 @@ impl Store {
         Ok(Some(CachedMap { file, map }))
     }
 
-    /// Keeps the newest `keep` valid snapshots, removes the rest, and recycles
-    /// data files no kept manifest references (one becomes the spare).
+    /// Marks `epoch` (which must be published here) as committed for this
+    /// rank, then prunes: from now on the newest `keep` epochs up to it are
+    /// what pruning preserves.
+    pub fn commit(&mut self, epoch: u64) -> Result<Vec<u64>, StoreError> {
+        let step = self.manifest(epoch)?.step;
+        commit::write_record(&self.commit_path(), CommitRecord { epoch, step }, self.sync)?;
+        self.prune()
+    }
+
+    /// The newest committed epoch of this rank: its commit record or, with
+    /// `auto_commit`, the newest snapshot whose manifest decodes.
+    pub fn committed(&self) -> Result<Option<CommitRecord>, StoreError> {
+        if !self.opts.auto_commit {
+            return commit::read_record(&self.commit_path());
+        }
+        let newest = self.newest_valid_before(u64::MAX);
+        Ok(newest.map(|m| CommitRecord {
+            epoch: m.epoch,
+            step: m.step,
+        }))
+    }
+
+    /// Keeps the newest `keep` valid snapshots up to the committed epoch and
+    /// the newest `keep` beyond it (not yet committed), removes the rest, and
+    /// recycles data files no kept manifest references (one becomes the spare).
     pub fn prune(&mut self) -> Result<Vec<u64>, StoreError> {
+        let committed = if self.opts.auto_commit {
+            u64::MAX
+        } else {
+            commit::read_record(&self.commit_path())?.map_or(0, |r| r.epoch)
+        };
         let listing = self.list()?;
         let mut valid = Vec::new();
         let mut damaged = Vec::new();
@@ -322,8 +351,12 @@ impl Store {
                 Err(err) => return Err(err),
             }
         }
-        let split = valid.len().saturating_sub(self.opts.keep);
-        let kept = valid.split_off(split);
+        let keep = self.opts.keep;
+        let (mut older, mut newer): (Vec<Manifest>, Vec<Manifest>) =
+            valid.into_iter().partition(|m| m.epoch <= committed);
+        let mut kept = older.split_off(older.len().saturating_sub(keep));
+        kept.extend(newer.split_off(newer.len().saturating_sub(keep)));
+        let valid: Vec<Manifest> = older.into_iter().chain(newer).collect();
         let oldest_kept = kept.first().map_or(u64::MAX, |m| m.epoch);
         let mut pruned: Vec<u64> = valid.iter().map(|m| m.epoch).collect();
         pruned.extend(damaged.into_iter().filter(|&e| e < oldest_kept));
