@@ -442,7 +442,7 @@ fn pruning_preserves_committed_epochs_while_newer_ones_are_unconfirmed() {
     let states: Vec<Vec<u8>> = (1..=5).map(|e| pattern(e, 3 * CHUNK)).collect();
     for e in 1..=2 {
         write(&mut store, e, &[("s", &states[e as usize - 1])]);
-        store.commit(e).unwrap();
+        store.commit(e, 1).unwrap();
     }
     // Epochs 3 and 4 are published here but the job never agreed on them.
     write(&mut store, 3, &[("s", &states[2])]);
@@ -455,14 +455,14 @@ fn pruning_preserves_committed_epochs_while_newer_ones_are_unconfirmed() {
         "committed 1 and 2 survive"
     );
     let rec = store.committed().unwrap().unwrap();
-    assert_eq!((rec.epoch, rec.step), (2, 20));
+    assert_eq!((rec.epoch, rec.step, rec.ranks), (2, 20, 1));
     assert_eq!(read(&store, 2, "s", 3 * CHUNK), states[1]);
 
-    store.commit(5).unwrap();
+    store.commit(5, 1).unwrap();
     assert_eq!(store.epochs().unwrap(), vec![4, 5]);
     assert_eq!(store.committed().unwrap().unwrap().epoch, 5);
     assert!(matches!(
-        store.commit(9).unwrap_err(),
+        store.commit(9, 1).unwrap_err(),
         StoreError::NoSuchEpoch { epoch: 9, .. }
     ));
 }

@@ -15,13 +15,16 @@ use twox_hash::XxHash3_64;
 
 const MAGIC: [u8; 8] = *b"PMCOMMIT";
 const VERSION: u32 = 1;
-const LEN: usize = 8 + 4 + 8 + 8 + 8;
+const LEN: usize = 8 + 4 + 8 + 8 + 4 + 8;
+const BODY: usize = LEN - 8;
 
-/// A committed epoch and the application step it was taken at.
+/// A committed epoch, the application step it was taken at, and the number
+/// of ranks of the job that committed it (0 where unknown).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommitRecord {
     pub epoch: u64,
     pub step: u64,
+    pub ranks: u32,
 }
 
 impl CommitRecord {
@@ -31,8 +34,9 @@ impl CommitRecord {
         out[8..12].copy_from_slice(&VERSION.to_le_bytes());
         out[12..20].copy_from_slice(&self.epoch.to_le_bytes());
         out[20..28].copy_from_slice(&self.step.to_le_bytes());
-        let sum = XxHash3_64::oneshot(&out[..28]);
-        out[28..].copy_from_slice(&sum.to_le_bytes());
+        out[28..32].copy_from_slice(&self.ranks.to_le_bytes());
+        let sum = XxHash3_64::oneshot(&out[..BODY]);
+        out[BODY..].copy_from_slice(&sum.to_le_bytes());
         out
     }
 
@@ -48,7 +52,7 @@ impl CommitRecord {
             return Err(invalid("bad magic bytes"));
         }
         let word = |r: std::ops::Range<usize>| u64::from_le_bytes(bytes[r].try_into().unwrap());
-        if XxHash3_64::oneshot(&bytes[..28]) != word(28..36) {
+        if XxHash3_64::oneshot(&bytes[..BODY]) != word(BODY..LEN) {
             return Err(invalid("checksum mismatch"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
@@ -58,6 +62,7 @@ impl CommitRecord {
         Ok(Self {
             epoch: word(12..20),
             step: word(20..28),
+            ranks: u32::from_le_bytes(bytes[28..32].try_into().unwrap()),
         })
     }
 }

@@ -310,12 +310,13 @@ impl Store {
         Ok(Some(CachedMap { file, map }))
     }
 
-    /// Marks `epoch` (which must be published here) as committed for this
-    /// rank, then prunes: from now on the newest `keep` epochs up to it are
-    /// what pruning preserves.
-    pub fn commit(&mut self, epoch: u64) -> Result<Vec<u64>, StoreError> {
+    /// Marks `epoch` (which must be published here) as committed by a job of
+    /// `ranks` ranks, then prunes: from now on the newest `keep` epochs up to
+    /// it are what pruning preserves.
+    pub fn commit(&mut self, epoch: u64, ranks: u32) -> Result<Vec<u64>, StoreError> {
         let step = self.manifest(epoch)?.step;
-        commit::write_record(&self.commit_path(), CommitRecord { epoch, step }, self.sync)?;
+        let record = CommitRecord { epoch, step, ranks };
+        commit::write_record(&self.commit_path(), record, self.sync)?;
         self.prune()
     }
 
@@ -329,6 +330,7 @@ impl Store {
         Ok(newest.map(|m| CommitRecord {
             epoch: m.epoch,
             step: m.step,
+            ranks: 0,
         }))
     }
 
