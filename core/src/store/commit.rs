@@ -110,6 +110,7 @@ mod tests {
         let rec = CommitRecord {
             epoch: 7,
             step: 700,
+            ranks: 4,
         };
         write_record(&path, rec, true).unwrap();
         assert_eq!(read_record(&path).unwrap(), Some(rec));
