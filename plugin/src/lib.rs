@@ -1,9 +1,43 @@
 //! `pm`: the rank runtime an MPI application links.
 //!
-//! The application keeps its state in registered regions and calls one step
-//! function per time step; the runtime takes coordinated checkpoints of those
-//! regions into the node-local store and restores them on restart. So far this
-//! crate provides the region buffers; the MPI coordination, the step function
-//! and the C ABI (`pm.h`) are the next capability to be built (see README).
+//! The application keeps its state in registered regions and calls
+//! [`Runtime::step`] once per time step. The runtime takes coordinated
+//! checkpoints of those regions into the node-local store (rank 0 decides,
+//! one broadcast tells every rank), commits an epoch only when every rank's
+//! snapshot is durable, and on a restart restores the newest committed epoch.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), pm::PmError> {
+//! let universe = mpi::initialize().unwrap();
+//! let mut rt = pm::Runtime::init(&universe.world())?;
+//! let mut grid: pm::Region<f64> = rt.region("grid", 1024)?;
+//! let start = rt.restored_step().unwrap_or(0);
+//! for _step in start..100 {
+//!     grid[0] += 1.0; // compute, exchange halos over MPI, ...
+//!     if rt.step()? == pm::Action::Exit {
+//!         return Ok(());
+//!     }
+//! }
+//! rt.finalize()
+//! # }
+//! ```
+//!
+//! Blocking MPI calls are timed through the PMPI interface ([`pmpi`]) so that
+//! a step's compute time excludes time spent waiting on other ranks. The C
+//! ABI (`include/pm.h`, `libpm.so`) is in [`capi`]. Configuration comes from
+//! the environment ([`config`]).
 
-pub use pm_core::region::{PAGE_SIZE, RegionBuf};
+mod capi;
+mod comm;
+pub mod config;
+mod error;
+pub mod pmpi;
+mod region;
+mod runtime;
+mod timing;
+
+pub use error::{PmError, code};
+pub use pm_core::region::PAGE_SIZE;
+pub use region::{Region, Value};
+pub use runtime::{Action, CheckpointReport, Runtime};
+pub use timing::StepStats;

@@ -207,6 +207,21 @@ impl Store {
         Ok(m)
     }
 
+    /// Deletes every snapshot and record of this rank but keeps its directory
+    /// (a fresh start of a job whose earlier run never committed).
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        self.maps.clear();
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|e| StoreError::io("list store directory", &self.dir, e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| StoreError::io("list store directory", &self.dir, e))?
+                .path();
+            fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
+        }
+        self.sync_dir()
+    }
+
     /// Deletes every snapshot of this rank (the end of a job).
     pub fn destroy(self) -> Result<(), StoreError> {
         fs::remove_dir_all(&self.dir)

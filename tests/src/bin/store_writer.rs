@@ -62,6 +62,7 @@ fn main() {
         chunk_size: CHUNK,
         durability,
         phase_hook: Some(Arc::new(hook)),
+        ..StoreOptions::default()
     };
     let mut store = Store::open(&root.join("store"), JOB, 0, opts).unwrap();
     let recovery = store.latest_valid().unwrap();

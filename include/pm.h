@@ -1,0 +1,124 @@
+/*
+ * pm.h - the pmrun rank runtime for C, C++ and Fortran (through ISO_C_BINDING).
+ *
+ * An MPI application keeps its state in registered regions and calls
+ * pm_step() once per time step. pm takes coordinated checkpoints of the
+ * regions into node-local storage and, when the same command is run again
+ * after a crash, restores the newest checkpoint that every rank committed.
+ *
+ *     MPI_Init(&argc, &argv);
+ *     if (pm_init(MPI_COMM_WORLD) != PM_OK) abort_with(pm_last_error());
+ *     pm_region("grid", grid, bytes);          // restored here on a restart
+ *     long long start = pm_restored_step();    // -1 on a fresh start
+ *     for (long long s = start < 0 ? 0 : start; s < steps; s++) {
+ *         compute(grid);
+ *         int rc = pm_step();
+ *         if (rc == PM_EXIT) break;            // checkpointed; resume later
+ *         if (rc < 0) abort_with(pm_last_error());
+ *     }
+ *     pm_finalize();                           // job done: checkpoints removed
+ *     MPI_Finalize();
+ *
+ * Build:  mpicc app.c $(pkg-config --cflags --libs pm) -o app
+ * (pm must come before the MPI library on the link line, as mpicc arranges,
+ * so that pm can time blocking MPI calls through the PMPI interface.)
+ *
+ * Configuration comes from the environment: PM_STORE (store directory,
+ * default /dev/shm/pmrun-<uid>), PM_JOB (job id; default derived from the
+ * program, its arguments and the working directory), PM_INTERVAL (seconds
+ * between checkpoints, default 60) or PM_EVERY (steps), PM_KEEP (committed
+ * epochs kept, default 2), PM_SIGNALS=0 (no SIGUSR1/SIGUSR2 handlers).
+ * SIGUSR1 asks for a checkpoint and PM_EXIT; SIGUSR2 for a checkpoint.
+ *
+ * Errors: functions return PM_OK (0) or a negative PM_ERR_* code;
+ * pm_strerror() names the code and pm_last_error() gives the full message of
+ * the calling thread's last failure. pm_init, pm_step and pm_finalize are
+ * collective and fail on all ranks together; pm_region fails on one rank
+ * only, so a rank that gets an error from it should call MPI_Abort.
+ *
+ * Fortran: declare the functions in an interface block with bind(C), e.g.
+ *     integer(c_int) function pm_init_f(comm) bind(C, name="pm_init_f")
+ *         integer(c_int), intent(in) :: comm        ! MPI_COMM_WORLD
+ *     integer(c_int) function pm_region(name, ptr, bytes) bind(C, name="pm_region")
+ *         character(kind=c_char), intent(in) :: name(*)  ! end it with c_null_char
+ *         type(c_ptr), value :: ptr                 ! c_loc(array)
+ *         integer(c_size_t), value :: bytes
+ *     integer(c_int) function pm_step() bind(C, name="pm_step")
+ */
+#ifndef PM_H
+#define PM_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PM_OK 0            /* success; also pm_step's "continue" */
+#define PM_CONTINUE 0      /* pm_step: go on with the next step */
+#define PM_EXIT 1          /* pm_step: a checkpoint was committed and the job is asked to stop */
+#define PM_ERR_STATE (-1)     /* called in the wrong order (e.g. pm_step before pm_init) */
+#define PM_ERR_ARGUMENT (-2)  /* invalid argument (NULL, bad or duplicate region name) */
+#define PM_ERR_CONFIG (-3)    /* invalid PM_* environment variable */
+#define PM_ERR_STORE (-4)     /* the checkpoint store cannot be used (permissions, space) */
+#define PM_ERR_MISMATCH (-5)  /* checkpoint does not match this run: rank count, region set or size */
+#define PM_ERR_CORRUPT (-6)   /* checkpoint is damaged */
+#define PM_ERR_PEER (-7)      /* another rank failed; its message says why */
+#define PM_ERR_MPI (-8)       /* an MPI call failed */
+#define PM_ERR_INTERNAL (-9)  /* a bug in pm */
+
+/* Per-rank step timing, for load balancing. */
+typedef struct pm_stats {
+    uint64_t steps;         /* steps measured by this process */
+    double compute_mean_s;  /* moving mean of compute seconds per step (wall minus MPI wait) */
+    double compute_var_s2;  /* moving variance of the same */
+    double wall_mean_s;     /* moving mean of wall seconds per step */
+    double mpi_s;           /* total seconds blocked in MPI */
+    double cpu_s;           /* CPU seconds of the process */
+} pm_stats_t;
+
+/* Initialise pm on (a duplicate of) comm: read the PM_* configuration, open
+ * this rank's store and, if the job has a committed checkpoint, prepare to
+ * restore it. Collective over comm. Call once, after MPI_Init. */
+int pm_init(MPI_Comm comm);
+
+/* pm_init for Fortran: comm points to a Fortran communicator handle. */
+int pm_init_f(const int *comm);
+
+/* Register `bytes` bytes at `ptr` under `name` (1-128 characters of
+ * A-Z a-z 0-9 . _ -, unique). On a restart the memory is filled with the
+ * checkpointed bytes here; a size different from the checkpoint's is
+ * PM_ERR_MISMATCH. The memory must stay valid until pm_finalize and must not
+ * change while pm_step runs. Register every region before the first pm_step. */
+int pm_region(const char *name, void *ptr, size_t bytes);
+
+/* The step to resume at after a restart (steps completed when the
+ * checkpoint was taken), or -1 on a fresh start or before pm_init. */
+int64_t pm_restored_step(void);
+
+/* End a time step: call on every rank, once per step, where the registered
+ * state is consistent. May take a coordinated checkpoint. Returns
+ * PM_CONTINUE, PM_EXIT, or a negative error. Collective. */
+int pm_step(void);
+
+/* Fill *out with this rank's step timing. */
+int pm_stats(pm_stats_t *out);
+
+/* End the job successfully: remove its checkpoints (there is nothing left to
+ * resume) and release pm. Collective; call before MPI_Finalize. */
+int pm_finalize(void);
+
+/* A static description of an error code. */
+const char *pm_strerror(int code);
+
+/* The full message of the calling thread's last failed pm call ("" if none).
+ * Valid until the next failing pm call on this thread. */
+const char *pm_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PM_H */

@@ -1,0 +1,211 @@
+//! Runtime configuration from the environment, so that a plain
+//! `mpirun -n 4 ./app` works with no launcher; `pmrun` sets the same variables.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `PM_STORE` | store root directory | `/dev/shm/pmrun-<uid>` |
+//! | `PM_JOB` | job id: which checkpoints a run resumes from | derived from the program, its arguments and the working directory |
+//! | `PM_INTERVAL` | seconds between checkpoints | 60 |
+//! | `PM_EVERY` | steps between checkpoints (instead of `PM_INTERVAL`) | |
+//! | `PM_KEEP` | committed epochs kept per rank | 2 |
+//! | `PM_SIGNALS` | `0` disables the SIGUSR1/SIGUSR2 handlers | `1` |
+//! | `PM_FAULT_PAUSE_BEFORE_COMMIT` | test hook: rank 0 stops before committing this epoch | |
+
+use crate::PmError;
+use pm_core::store::{DEFAULT_KEEP, default_root};
+use std::hash::Hasher;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When checkpoints are taken.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// Every this many steps.
+    Every(u64),
+    /// When at least this much time has passed since the last one.
+    Interval(Duration),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub store: PathBuf,
+    pub job: String,
+    pub schedule: Schedule,
+    pub keep: usize,
+    pub signals: bool,
+    pub pause_before_commit: Option<u64>,
+}
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, PmError> {
+        Self::from_vars(|name| std::env::var(name).ok(), default_job_id)
+    }
+
+    /// Reads the configuration through `var`; `default_job` names the job
+    /// when `PM_JOB` is unset.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        default_job: impl FnOnce() -> String,
+    ) -> Result<Self, PmError> {
+        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let bad = |name: &'static str, value: &str, expected: &'static str| PmError::Config {
+            var: name,
+            value: value.to_owned(),
+            expected,
+        };
+        let positive = |name: &'static str| -> Result<Option<u64>, PmError> {
+            get(name)
+                .map(|v| match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(bad(name, &v, "a whole number greater than 0")),
+                })
+                .transpose()
+        };
+        let schedule = match (get("PM_EVERY"), get("PM_INTERVAL")) {
+            (Some(_), Some(_)) => {
+                return Err(PmError::ConfigConflict(
+                    "PM_EVERY and PM_INTERVAL are both set; set one",
+                ));
+            }
+            (Some(_), None) => Schedule::Every(positive("PM_EVERY")?.unwrap()),
+            (None, Some(v)) => match v.trim().parse::<f64>() {
+                Ok(s) if s > 0.0 && s.is_finite() => Schedule::Interval(Duration::from_secs_f64(s)),
+                _ => return Err(bad("PM_INTERVAL", &v, "a number of seconds greater than 0")),
+            },
+            (None, None) => Schedule::Interval(DEFAULT_INTERVAL),
+        };
+        let signals = match get("PM_SIGNALS").as_deref().map(str::trim) {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(v) => return Err(bad("PM_SIGNALS", v, "0 or 1")),
+        };
+        let job = match get("PM_JOB") {
+            Some(job) => {
+                pm_core::names::validate_job_id(&job)?;
+                job
+            }
+            None => default_job(),
+        };
+        Ok(Self {
+            store: get("PM_STORE").map_or_else(default_root, PathBuf::from),
+            job,
+            schedule,
+            keep: positive("PM_KEEP")?.map_or(DEFAULT_KEEP, |k| k as usize),
+            signals,
+            pause_before_commit: positive("PM_FAULT_PAUSE_BEFORE_COMMIT")?,
+        })
+    }
+}
+
+/// A job id that is the same for every rank of one command and for the same
+/// command run again: the program's name and a hash of its path, its
+/// arguments and the working directory. The rank count is left out on
+/// purpose, so that rerunning with another count is detected, not ignored.
+pub fn default_job_id() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut h = twox_hash::XxHash3_64::default();
+    h.write(exe.as_os_str().as_encoded_bytes());
+    for arg in std::env::args_os().skip(1) {
+        h.write(b"\0");
+        h.write(arg.as_encoded_bytes());
+    }
+    h.write(b"\0\0");
+    h.write(
+        std::env::current_dir()
+            .unwrap_or_default()
+            .as_os_str()
+            .as_encoded_bytes(),
+    );
+    let stem: String = exe
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "app".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{stem}-{:012x}", h.finish() >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, PmError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_vars(|k| map.get(k).cloned(), || "derived".into())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.schedule, Schedule::Interval(DEFAULT_INTERVAL));
+        assert_eq!(
+            (c.keep, c.signals, c.job.as_str()),
+            (DEFAULT_KEEP, true, "derived")
+        );
+        assert_eq!(c.store, default_root());
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = parse(&[
+            ("PM_STORE", "/tmp/s"),
+            ("PM_JOB", "heat-1"),
+            ("PM_EVERY", "25"),
+            ("PM_KEEP", "3"),
+            ("PM_SIGNALS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.store, PathBuf::from("/tmp/s"));
+        assert_eq!(
+            (c.job.as_str(), c.schedule, c.keep, c.signals),
+            ("heat-1", Schedule::Every(25), 3, false)
+        );
+        assert_eq!(
+            parse(&[("PM_INTERVAL", "0.5")]).unwrap().schedule,
+            Schedule::Interval(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("PM_EVERY", "0"),
+            ("PM_EVERY", "x"),
+            ("PM_INTERVAL", "-1"),
+            ("PM_KEEP", "0"),
+            ("PM_SIGNALS", "yes"),
+        ] {
+            let err = parse(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(value), "{err}");
+        }
+        assert!(parse(&[("PM_EVERY", "5"), ("PM_INTERVAL", "5")]).is_err());
+        assert!(
+            parse(&[("PM_JOB", "../x")])
+                .unwrap_err()
+                .to_string()
+                .contains("invalid job id")
+        );
+    }
+
+    #[test]
+    fn derived_job_id_is_stable_and_valid() {
+        let a = default_job_id();
+        assert_eq!(a, default_job_id());
+        pm_core::names::validate_job_id(&a).unwrap();
+    }
+}

@@ -1,0 +1,516 @@
+//! The rank runtime: registration, the per-step decision, coordinated
+//! checkpoints with a job-wide commit, and restart from the committed epoch.
+//!
+//! Every fallible step that involves more than one rank ends in an agreement
+//! (an allreduce of success), so all ranks return an error together and none
+//! is left waiting in a collective.
+
+use crate::PmError;
+use crate::comm::Comm;
+use crate::config::{Config, Schedule};
+use crate::region::{Entry, Region, Slot, Source, Value};
+use crate::timing::{StepStats, StepTimer};
+use bytemuck::Pod;
+use mpi::ffi::MPI_Comm;
+use mpi::raw::AsRaw;
+use pm_core::store::commit::{self, CommitRecord};
+use pm_core::{RegionBuf, RegionRef, Snapshot, Store, StoreOptions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the application does after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    /// A checkpoint was just committed and the job is asked to stop (to be
+    /// moved, or by SIGUSR1): return cleanly; the next run resumes here.
+    Exit,
+}
+
+/// How often, at most, rank 0 is consulted about checkpoints and requests.
+const POLL_PERIOD: Duration = Duration::from_millis(50);
+
+const CHECKPOINT: u64 = 1;
+const EXIT: u64 = 2;
+
+/// What one checkpoint did, as seen by this rank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CheckpointReport {
+    pub epoch: u64,
+    pub step: u64,
+    pub state_bytes: u64,
+    pub bytes_written: u64,
+    /// Time the application was blocked: local write plus the commit agreement.
+    pub blocked: Duration,
+}
+
+pub struct Runtime {
+    comm: Comm,
+    cfg: Config,
+    store: Store,
+    entries: Vec<Entry>,
+    /// The snapshot regions are restored from, until the first step.
+    restore: Option<Snapshot>,
+    restored_step: Option<u64>,
+    /// Steps completed by the application (including those before a restart).
+    step: u64,
+    /// Newest committed epoch (0: none yet).
+    epoch: u64,
+    next_poll: u64,
+    last_checkpoint: Instant,
+    last_report: Option<CheckpointReport>,
+    timer: StepTimer,
+    exit_requested: Arc<AtomicBool>,
+    checkpoint_requested: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Initialises the runtime on (a duplicate of) `comm`: reads the
+    /// configuration, opens this rank's store and, if the job has a committed
+    /// checkpoint, prepares to restore it. Collective.
+    pub fn init<C: AsRaw<Raw = MPI_Comm>>(comm: &C) -> Result<Self, PmError> {
+        // SAFETY: an rsmpi communicator is valid while it is borrowed.
+        unsafe { Self::init_raw(comm.as_raw()) }
+    }
+
+    /// [`Runtime::init`] for a raw communicator (the C ABI).
+    ///
+    /// # Safety
+    /// `comm` must be a valid communicator of an initialised MPI.
+    pub unsafe fn init_raw(comm: MPI_Comm) -> Result<Self, PmError> {
+        let comm = unsafe { Comm::dup(comm)? };
+        let local = Config::from_env().and_then(|cfg| {
+            let opts = StoreOptions {
+                keep: cfg.keep,
+                auto_commit: false,
+                ..StoreOptions::default()
+            };
+            let store = Store::open(&cfg.store, &cfg.job, comm.rank, opts)?;
+            Ok((cfg, store))
+        });
+        let (cfg, store) = comm.agree("open its checkpoint store", local)?;
+        let job_record = store.job_dir().join("committed");
+
+        let record = if comm.rank == 0 {
+            commit::read_record(&job_record).map_err(PmError::from)
+        } else {
+            Ok(None)
+        };
+        let record = comm.agree("read the job's commit record", record)?;
+        let mut words = record.map_or([0; 4], |r| [1, r.epoch, r.step, u64::from(r.ranks)]);
+        comm.bcast(&mut words)?;
+        let [found, epoch, step, ranks] = words;
+
+        let mut rt = Self {
+            comm,
+            cfg,
+            store,
+            entries: Vec::new(),
+            restore: None,
+            restored_step: None,
+            step: 0,
+            epoch: 0,
+            next_poll: 1,
+            last_checkpoint: Instant::now(),
+            last_report: None,
+            timer: StepTimer::new(),
+            exit_requested: Arc::new(AtomicBool::new(false)),
+            checkpoint_requested: Arc::new(AtomicBool::new(false)),
+        };
+        if found == 1 {
+            if ranks != u64::from(rt.comm.size) {
+                return Err(PmError::RankCount {
+                    job: rt.cfg.job.clone(),
+                    written: ranks as u32,
+                    now: rt.comm.size,
+                });
+            }
+            let snapshot = rt.store.open_snapshot(epoch).map_err(PmError::from);
+            let snapshot = rt
+                .comm
+                .agree("open its snapshot of the committed epoch", snapshot)?;
+            rt.restore = Some(snapshot);
+            rt.restored_step = Some(step);
+            rt.step = step;
+            rt.epoch = epoch;
+            rt.next_poll = step + 1;
+            tracing::info!(
+                rank = rt.comm.rank,
+                epoch,
+                step,
+                "resuming from the committed checkpoint"
+            );
+        } else {
+            // A fresh start: snapshots of an earlier run that never committed are void.
+            let cleared = rt.store.clear().map_err(PmError::from);
+            rt.comm.agree("clear stale snapshots", cleared)?;
+        }
+        if rt.cfg.signals {
+            rt.install_signal_handlers()?;
+        }
+        rt.timer.start_step();
+        Ok(rt)
+    }
+
+    /// The step the application resumes at after a restart (the number of
+    /// steps completed when the checkpoint was taken); `None` on a fresh start.
+    pub fn restored_step(&self) -> Option<u64> {
+        self.restored_step
+    }
+
+    /// Steps completed so far, counting those before a restart.
+    pub fn current_step(&self) -> u64 {
+        self.step
+    }
+
+    /// The newest committed epoch (0 before the first checkpoint).
+    pub fn committed_epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn rank(&self) -> u32 {
+        self.comm.rank
+    }
+
+    pub fn size(&self) -> u32 {
+        self.comm.size
+    }
+
+    pub fn job(&self) -> &str {
+        &self.cfg.job
+    }
+
+    /// Per-step timing summary of this rank.
+    pub fn stats(&self) -> StepStats {
+        self.timer.stats()
+    }
+
+    /// What the newest checkpoint did on this rank.
+    pub fn last_checkpoint(&self) -> Option<CheckpointReport> {
+        self.last_report
+    }
+
+    /// Asks for a checkpoint at the next decision point. Only rank 0's
+    /// requests count (it decides for everyone); SIGUSR2 does the same.
+    pub fn request_checkpoint(&self) {
+        self.checkpoint_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks for a checkpoint followed by [`Action::Exit`]. Only rank 0's
+    /// requests count; SIGUSR1 does the same.
+    pub fn request_exit(&self) {
+        self.exit_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Registers a region of `len` elements of `T`, zeroed on a fresh start
+    /// and restored from the committed checkpoint on a restart. Register
+    /// every region before the first [`Runtime::step`].
+    pub fn region<T: Pod>(&mut self, name: &str, len: usize) -> Result<Region<T>, PmError> {
+        self.check_new_name(name)?;
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .filter(|_| std::mem::size_of::<T>() > 0)
+            .ok_or_else(|| {
+                PmError::InvalidArgument(format!(
+                    "region {name:?}: {len} elements do not fit in memory"
+                ))
+            })?;
+        let mut buf = RegionBuf::new(bytes).map_err(|e| {
+            PmError::InvalidArgument(format!("region {name:?}: cannot map {bytes} bytes: {e}"))
+        })?;
+        if let Some(snapshot) = &self.restore {
+            snapshot.read_region(name, &mut buf)?;
+        }
+        let slot = Slot::new(buf);
+        self.entries.push(Entry {
+            name: name.to_owned(),
+            source: Source::Owned(slot.clone()),
+        });
+        Ok(Region::new(slot))
+    }
+
+    /// Registers memory the application owns, restoring it on a restart.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes for as long as
+    /// the runtime lives, and not be written while [`Runtime::step`] runs.
+    pub unsafe fn register_raw(
+        &mut self,
+        name: &str,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<(), PmError> {
+        self.check_new_name(name)?;
+        if ptr.is_null() && len > 0 {
+            return Err(PmError::InvalidArgument(format!(
+                "region {name:?}: null pointer"
+            )));
+        }
+        if let Some(snapshot) = &self.restore {
+            // SAFETY: the caller guarantees `len` writable bytes at `ptr`.
+            let dst = unsafe { raw_slice_mut(ptr, len) };
+            snapshot.read_region(name, dst)?;
+        }
+        self.entries.push(Entry {
+            name: name.to_owned(),
+            source: Source::Raw { ptr, len },
+        });
+        Ok(())
+    }
+
+    /// Registers a small serde value kept in every checkpoint: `init` on a
+    /// fresh start, the checkpointed value on a restart.
+    pub fn value<T: Serialize + DeserializeOwned + 'static>(
+        &mut self,
+        name: &str,
+        init: T,
+    ) -> Result<Value<T>, PmError> {
+        let region = format!("value.{name}");
+        self.check_new_name(&region)?;
+        let value = match &self.restore {
+            None => init,
+            Some(snapshot) => {
+                let len = snapshot
+                    .manifest()
+                    .region(&region)
+                    .map_or(0, |r| r.len as usize);
+                let mut bytes = vec![0; len];
+                snapshot.read_region(&region, &mut bytes)?;
+                postcard::from_bytes(&bytes).map_err(|e| PmError::Value {
+                    name: name.to_owned(),
+                    action: "restored",
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        let cell = Rc::new(RefCell::new(value));
+        let encode = {
+            let cell = cell.clone();
+            move || postcard::to_stdvec(&*cell.borrow()).map_err(|e| e.to_string())
+        };
+        self.entries.push(Entry {
+            name: region,
+            source: Source::Value(Box::new(encode)),
+        });
+        Ok(Value::new(cell))
+    }
+
+    /// Ends a time step. Call it on every rank once per step, at a point
+    /// where the registered state is consistent. Collective.
+    pub fn step(&mut self) -> Result<Action, PmError> {
+        self.timer.end_step();
+        if let Some(snapshot) = self.restore.take() {
+            let unregistered = snapshot
+                .manifest()
+                .regions
+                .iter()
+                .find(|r| !self.entries.iter().any(|e| e.name == r.name))
+                .map(|r| PmError::UnregisteredRegion {
+                    epoch: snapshot.epoch(),
+                    region: r.name.clone(),
+                });
+            self.comm
+                .agree("restore every region", unregistered.map_or(Ok(()), Err))?;
+        }
+        self.step += 1;
+        let mut action = Action::Continue;
+        if self.step >= self.next_poll {
+            let decision = self.decide()?;
+            if decision & CHECKPOINT != 0 {
+                self.checkpoint()?;
+            }
+            if decision & EXIT != 0 {
+                action = Action::Exit;
+            }
+        }
+        self.timer.start_step();
+        Ok(action)
+    }
+
+    /// Ends the job successfully: every rank deletes its checkpoints, since a
+    /// finished job has nothing to resume. Collective.
+    pub fn finalize(self) -> Result<(), PmError> {
+        let Runtime { comm, store, .. } = self;
+        if comm.rank == 0 {
+            // First, so that a crash from here on starts the job afresh.
+            let record = store.job_dir().join("committed");
+            match std::fs::remove_file(&record) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %record.display(), error = %e, "cannot remove the job's commit record");
+                }
+                _ => {}
+            }
+        }
+        comm.all(true)?;
+        let job_dir = store.job_dir().to_owned();
+        let removed = store.destroy().map_err(PmError::from);
+        comm.agree("remove its checkpoints", removed)?;
+        // Every rank's directory is gone now; ranks racing on it above may all have lost.
+        let _ = std::fs::remove_dir(job_dir);
+        Ok(())
+    }
+
+    /// Rank 0 decides whether this step checkpoints and when to ask next;
+    /// one broadcast tells everyone.
+    fn decide(&mut self) -> Result<u64, PmError> {
+        let mut words = [0u64; 2];
+        if self.comm.rank == 0 {
+            let mut flags = 0;
+            let due = match self.cfg.schedule {
+                Schedule::Every(n) => self.step % n == 0,
+                Schedule::Interval(d) => self.last_checkpoint.elapsed() >= d,
+            };
+            if due || self.checkpoint_requested.swap(false, Ordering::Relaxed) {
+                flags |= CHECKPOINT;
+            }
+            if self.exit_requested.swap(false, Ordering::Relaxed) {
+                flags |= CHECKPOINT | EXIT;
+            }
+            words = [flags, self.step + self.poll_distance()];
+        }
+        self.comm.bcast(&mut words)?;
+        self.next_poll = words[1];
+        Ok(words[0])
+    }
+
+    /// Steps until the next decision: about every `POLL_PERIOD` of wall time,
+    /// and exactly on the multiples of `PM_EVERY`.
+    fn poll_distance(&self) -> u64 {
+        let wall = self.timer.stats().wall_mean.max(1e-9);
+        let by_time = ((POLL_PERIOD.as_secs_f64() / wall) as u64).max(1);
+        match self.cfg.schedule {
+            Schedule::Every(n) => by_time.min(n - self.step % n),
+            Schedule::Interval(_) => by_time,
+        }
+    }
+
+    /// Writes this rank's snapshot, agrees that all ranks did, records the
+    /// commit (rank 0, job-wide), then marks it committed locally.
+    fn checkpoint(&mut self) -> Result<(), PmError> {
+        let started = Instant::now();
+        let epoch = self.epoch + 1;
+        let written = self.write_snapshot(epoch);
+        let report = self.comm.agree("write its snapshot", written)?;
+
+        let record = CommitRecord {
+            epoch,
+            step: self.step,
+            ranks: self.comm.size,
+        };
+        let recorded = if self.comm.rank == 0 {
+            if self.cfg.pause_before_commit == Some(epoch) {
+                eprintln!(
+                    "pm: pausing before committing epoch {epoch} (PM_FAULT_PAUSE_BEFORE_COMMIT)"
+                );
+                loop {
+                    std::thread::park();
+                }
+            }
+            let path = self.store.job_dir().join("committed");
+            commit::write_record(&path, record, self.store.is_durable()).map_err(PmError::from)
+        } else {
+            Ok(())
+        };
+        self.comm.agree("record the commit", recorded)?;
+        let marked = self
+            .store
+            .commit(epoch, self.comm.size)
+            .map(|_| ())
+            .map_err(PmError::from);
+        self.comm.agree("mark the epoch committed", marked)?;
+
+        self.epoch = epoch;
+        self.last_checkpoint = Instant::now();
+        self.last_report = Some(CheckpointReport {
+            epoch,
+            step: self.step,
+            state_bytes: report.state_bytes,
+            bytes_written: report.bytes_written,
+            blocked: started.elapsed(),
+        });
+        if self.comm.rank == 0 {
+            tracing::info!(
+                epoch,
+                step = self.step,
+                bytes_written = report.bytes_written,
+                blocked_ms = started.elapsed().as_secs_f64() * 1e3,
+                "checkpoint committed"
+            );
+        }
+        Ok(())
+    }
+
+    fn write_snapshot(&mut self, epoch: u64) -> Result<pm_core::WriteReport, PmError> {
+        let mut encoded = Vec::new();
+        for e in &self.entries {
+            if let Source::Value(encode) = &e.source {
+                let bytes = encode().map_err(|reason| PmError::Value {
+                    name: e.name.trim_start_matches("value.").to_owned(),
+                    action: "encoded",
+                    reason,
+                })?;
+                encoded.push(bytes);
+            }
+        }
+        let mut values = encoded.iter();
+        let regions: Vec<RegionRef> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let bytes: &[u8] = match &e.source {
+                    // SAFETY: the application is blocked in `step`.
+                    Source::Owned(slot) => unsafe { slot.bytes() },
+                    // SAFETY: guaranteed by the caller of `register_raw`.
+                    Source::Raw { ptr, len } => unsafe { raw_slice(*ptr, *len) },
+                    Source::Value(_) => values.next().expect("one encoding per value"),
+                };
+                RegionRef::new(&e.name, bytes)
+            })
+            .collect();
+        Ok(self.store.write(epoch, self.step, &regions)?)
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<(), PmError> {
+        pm_core::names::validate_region_name(name)?;
+        if self.entries.iter().any(|e| e.name == name) {
+            return Err(PmError::DuplicateRegion(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn install_signal_handlers(&self) -> Result<(), PmError> {
+        use signal_hook::consts::{SIGUSR1, SIGUSR2};
+        let install = |sig, flag: &Arc<AtomicBool>| {
+            signal_hook::flag::register(sig, flag.clone())
+                .map(|_| ())
+                .map_err(|e| {
+                    PmError::InvalidArgument(format!("cannot install a signal handler: {e}"))
+                })
+        };
+        install(SIGUSR1, &self.exit_requested)?;
+        install(SIGUSR2, &self.checkpoint_requested)
+    }
+}
+
+unsafe fn raw_slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller guarantees `len` readable bytes at `ptr`.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+unsafe fn raw_slice_mut<'a>(ptr: *mut u8, len: usize) -> &'a mut [u8] {
+    if len == 0 {
+        &mut []
+    } else {
+        // SAFETY: the caller guarantees `len` writable bytes at `ptr`.
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+    }
+}
