@@ -16,12 +16,13 @@ export CARGO_TERM_COLOR := always
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help build test demo bench clean
+.PHONY: help build lib test demo bench clean
 
 help:
 	@echo 'pmrun targets:'
 	@echo '  make help    show this list (default)'
 	@echo '  make build   release build of the whole workspace'
+	@echo '  make lib     release libpm.so and target/release/pkgconfig/pm.pc for C/C++/Fortran'
 	@echo '  make test    cargo fmt --check, clippy -D warnings, cargo test --workspace (what CI runs)'
 	@echo '  make demo    run the checkpoint store demo (pm-core example store_demo)'
 	@echo '  make bench   run pmbench $(BENCH_ARGS) (1 GiB in /dev/shm by default; override BENCH_ARGS)'
@@ -32,12 +33,25 @@ build:
 	@$(ENSURE_PACKAGES) build
 	$(CARGO) build --release --workspace
 
+# libpm.so and a pm.pc pointing at it and at include/, for
+#   PKG_CONFIG_PATH=target/release/pkgconfig mpicc app.c $$(pkg-config --cflags --libs pm)
+lib:
+	@$(ENSURE_PACKAGES) build
+	$(CARGO) build --release -p pm
+	@mkdir -p target/release/pkgconfig
+	@sed -e "s|@LIBDIR@|$(CURDIR)/target/release|" -e "s|@INCLUDEDIR@|$(CURDIR)/include|" \
+	     -e "s|@VERSION@|$$(sed -n 's/^version = \"\(.*\)\"/\1/p' Cargo.toml | head -1)|" \
+	     plugin/pm.pc.in > target/release/pkgconfig/pm.pc
+	@echo "wrote target/release/pkgconfig/pm.pc"
+
 test:
 	@$(ENSURE_PACKAGES) test
 	@echo '==> cargo fmt --check'
 	$(CARGO) fmt --all -- --check
 	@echo '==> cargo clippy (warnings are errors)'
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@echo '==> cargo build (the tests run the workspace binaries and libpm.so)'
+	$(CARGO) build --workspace
 	@echo '==> cargo test'
 	$(CARGO) test --workspace
 

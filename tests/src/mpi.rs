@@ -1,0 +1,142 @@
+//! Running the real example programs under the real `mpirun`, finding their
+//! rank processes, and building the C example against `libpm.so` the way a
+//! user does (one `mpicc` line with `pkg-config`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The cargo target directory the tests were built into (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+/// A workspace binary built by `cargo build --workspace` (which `make test` runs first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before `cargo test` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// `mpirun -n <ranks>` that works as root and on a machine with fewer cores than ranks.
+pub fn mpirun(ranks: u32) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .args(["-n", &ranks.to_string()]);
+    cmd
+}
+
+/// Writes a `pm.pc` for the libpm.so in `target_dir()` into `dir`, from the
+/// same template `make lib` uses.
+pub fn write_pkg_config(dir: &Path) {
+    let template = std::fs::read_to_string(repo_root().join("plugin/pm.pc.in")).unwrap();
+    let pc = template
+        .replace("@LIBDIR@", &target_dir().display().to_string())
+        .replace(
+            "@INCLUDEDIR@",
+            &repo_root().join("include").display().to_string(),
+        )
+        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
+    std::fs::write(dir.join("pm.pc"), pc).unwrap();
+}
+
+/// Compiles a C program against pm with one `mpicc` line, as the README
+/// shows; returns the executable.
+pub fn build_c(source: &Path, out_dir: &Path) -> PathBuf {
+    workspace_bin("libpm.so");
+    write_pkg_config(out_dir);
+    let exe = out_dir.join(source.file_stem().unwrap());
+    let script = format!(
+        "mpicc -O2 -Wall -Wextra -Werror {} $(pkg-config --cflags --libs pm) -o {}",
+        source.display(),
+        exe.display()
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("PKG_CONFIG_PATH", out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// Processes running `exe` whose environment has `var=value`.
+pub fn find_processes(exe: &Path, var: &str, value: &str) -> Vec<u32> {
+    let wanted = format!("{var}={value}");
+    let exe = exe.canonicalize().unwrap_or_else(|_| exe.to_owned());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let proc_dir = entry.path();
+        if std::fs::read_link(proc_dir.join("exe")).ok().as_deref() != Some(exe.as_path()) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(proc_dir.join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|kv| kv == wanted.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// SIGKILLs a process.
+pub fn sigkill(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
+}
+
+/// Standard output and error of a finished command, as text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The hexadecimal checksum a heat run printed.
+pub fn checksum(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("heat: checksum "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// The step a heat run said it resumed from.
+pub fn resumed_step(output: &str) -> Option<u64> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("heat: resumed from step "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+}

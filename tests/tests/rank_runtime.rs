@@ -1,0 +1,354 @@
+//! The rank runtime on real MPI jobs: `examples/heat` (Rust) and
+//! `examples/heat_c` (C through pm.h and libpm.so) under the real `mpirun`,
+//! with ranks killed by SIGKILL. A resumed run must print exactly the
+//! checksum of an undisturbed one, and resume from the committed step.
+
+use pm_core::store::commit::read_record;
+use pm_tests::mpi::{
+    build_c, checksum, find_processes, mpirun, repo_root, resumed_step, sigkill, text,
+    workspace_bin,
+};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One MPI job at a time: they oversubscribe the machine already.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const RANKS: u32 = 4;
+const ARGS: [&str; 6] = ["--rows", "96", "--cols", "64", "--steps", "120"];
+
+struct Job<'a> {
+    exe: &'a Path,
+    store: &'a Path,
+    name: String,
+    env: Vec<(&'static str, String)>,
+    args: Vec<String>,
+    ranks: u32,
+}
+
+impl<'a> Job<'a> {
+    fn new(exe: &'a Path, store: &'a Path, name: &str) -> Self {
+        Self {
+            exe,
+            store,
+            name: name.to_owned(),
+            env: vec![],
+            args: ARGS.iter().map(|s| s.to_string()).collect(),
+            ranks: RANKS,
+        }
+    }
+
+    fn env(mut self, k: &'static str, v: impl ToString) -> Self {
+        self.env.push((k, v.to_string()));
+        self
+    }
+
+    fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = mpirun(self.ranks);
+        cmd.arg(self.exe)
+            .args(&self.args)
+            .env("PM_STORE", self.store)
+            .env("PM_JOB", &self.name)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn run(&self) -> Output {
+        self.command().output().unwrap()
+    }
+
+    fn spawn(&self) -> Child {
+        self.command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn job_dir(&self) -> PathBuf {
+        self.store.join(&self.name)
+    }
+
+    fn committed(&self) -> Option<pm_core::store::CommitRecord> {
+        read_record(&self.job_dir().join("committed")).unwrap()
+    }
+
+    fn rank_pids(&self) -> Vec<u32> {
+        let pids = find_processes(self.exe, "PM_JOB", &self.name);
+        assert_eq!(
+            pids.len(),
+            self.ranks as usize,
+            "rank processes of {}: {pids:?}",
+            self.name
+        );
+        pids
+    }
+}
+
+fn ok(out: &Output) -> String {
+    let t = text(out);
+    assert!(out.status.success(), "the run failed:\n{t}");
+    t
+}
+
+fn reference_checksum(exe: &Path, store: &Path) -> String {
+    let out = ok(&Job::new(exe, store, "reference").run());
+    assert!(out.contains("heat: starting"), "{out}");
+    checksum(&out).expect("a checksum")
+}
+
+/// Kills one rank after at least two committed checkpoints, then runs the
+/// same command again.
+fn survives_sigkill_after_commit(exe: &Path) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let reference = reference_checksum(exe, store.path());
+
+    let job = Job::new(exe, store.path(), "killed")
+        .env("PM_EVERY", 10)
+        .arg("--pause-ms")
+        .arg("15");
+    let mut child = job.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while job.committed().is_none_or(|r| r.epoch < 2) {
+        assert!(
+            Instant::now() < deadline,
+            "no second commit within a minute"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigkill(job.rank_pids()[2]);
+    let killed = child.wait_with_output().unwrap();
+    assert!(!killed.status.success(), "mpirun reports the killed rank");
+    let record = job
+        .committed()
+        .expect("the committed epoch survives the kill");
+    assert!(
+        record.epoch >= 2 && record.step == record.epoch * 10,
+        "{record:?}"
+    );
+
+    let out = ok(&job.run());
+    assert_eq!(
+        resumed_step(&out),
+        Some(record.step),
+        "resumed from the committed step:\n{out}"
+    );
+    assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
+    assert!(
+        !job.job_dir().exists(),
+        "a finished job leaves no checkpoints"
+    );
+}
+
+/// Stops rank 0 right before it commits epoch 3 (every rank has written its
+/// snapshot), kills a rank, and checks that the restart uses epoch 2.
+fn survives_sigkill_during_checkpoint(exe: &Path) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let reference = reference_checksum(exe, store.path());
+
+    let job = Job::new(exe, store.path(), "torn").env("PM_EVERY", 10);
+    let paused = Job::new(exe, store.path(), "torn")
+        .env("PM_EVERY", 10)
+        .env("PM_FAULT_PAUSE_BEFORE_COMMIT", 3);
+    let mut child = paused.spawn();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pausing before committing epoch 3") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the job ended without pausing"
+        );
+    }
+    for rank in 0..RANKS {
+        let manifest = job
+            .job_dir()
+            .join(format!("rank-{rank}/epoch-{:020}.manifest", 3));
+        assert!(
+            manifest.exists(),
+            "rank {rank} wrote its snapshot of epoch 3"
+        );
+    }
+    sigkill(paused.rank_pids()[1]);
+    assert!(!child.wait().unwrap().success());
+    let record = job.committed().unwrap();
+    assert_eq!(
+        (record.epoch, record.step),
+        (2, 20),
+        "epoch 3 was never committed"
+    );
+
+    let out = ok(&job.run());
+    assert_eq!(resumed_step(&out), Some(20), "{out}");
+    assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
+}
+
+fn c_heat(dir: &Path) -> PathBuf {
+    build_c(&repo_root().join("examples/heat_c/heat.c"), dir)
+}
+
+#[test]
+fn rust_heat_resumes_bit_exactly_after_sigkill() {
+    survives_sigkill_after_commit(&workspace_bin("heat"));
+}
+
+#[test]
+fn rust_heat_restarts_from_previous_epoch_when_killed_before_commit() {
+    survives_sigkill_during_checkpoint(&workspace_bin("heat"));
+}
+
+#[test]
+fn c_heat_resumes_bit_exactly_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    survives_sigkill_after_commit(&c_heat(dir.path()));
+}
+
+#[test]
+fn c_heat_restarts_from_previous_epoch_when_killed_before_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    survives_sigkill_during_checkpoint(&c_heat(dir.path()));
+}
+
+#[test]
+fn rust_and_c_heat_compute_the_same_plate() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = c_heat(dir.path());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let heat = workspace_bin("heat");
+    for ranks in [1, 3] {
+        let mut rust = Job::new(&heat, store.path(), "same-rust");
+        let mut cjob = Job::new(&c, store.path(), "same-c");
+        rust.ranks = ranks;
+        cjob.ranks = ranks;
+        let (r, c) = (ok(&rust.run()), ok(&cjob.run()));
+        assert_eq!(checksum(&r), checksum(&c), "{ranks} ranks:\n{r}\n{c}");
+        assert!(checksum(&r).is_some());
+    }
+}
+
+/// Leaves a job with a committed epoch 1 and no finished run.
+fn interrupted_job<'a>(exe: &'a Path, store: &'a Path, name: &str) -> Job<'a> {
+    let paused = Job::new(exe, store, name)
+        .env("PM_EVERY", 5)
+        .env("PM_FAULT_PAUSE_BEFORE_COMMIT", 2);
+    let mut child = paused.spawn();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pausing before committing epoch 2") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the job ended without pausing"
+        );
+    }
+    sigkill(paused.rank_pids()[0]);
+    child.wait().unwrap();
+    assert_eq!(paused.committed().map(|r| r.epoch), Some(1));
+    Job::new(exe, store, name)
+}
+
+fn failed(out: &Output) -> String {
+    let t = text(out);
+    assert!(!out.status.success(), "expected a failure:\n{t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("Segmentation"),
+        "a crash, not an error:\n{t}"
+    );
+    t
+}
+
+#[test]
+fn restarting_with_another_shape_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = c_heat(dir.path());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    for exe in [workspace_bin("heat"), c] {
+        let job = interrupted_job(&exe, store.path(), "shape");
+        let mut fewer = Job::new(&exe, store.path(), "shape");
+        fewer.ranks = 2;
+        let t = failed(&fewer.run());
+        assert!(
+            t.contains("checkpointed by a run of 4 ranks but this run has 2"),
+            "{t}"
+        );
+
+        let mut wider = Job::new(&exe, store.path(), "shape");
+        wider.args[3] = "80".into();
+        let t = failed(&wider.run());
+        assert!(
+            t.contains("region \"u\"") && t.contains("same problem size"),
+            "{t}"
+        );
+
+        // The committed checkpoint is still there and usable.
+        let out = ok(&job.run());
+        assert_eq!(resumed_step(&out), Some(5), "{out}");
+    }
+}
+
+#[test]
+fn unusable_store_and_bad_settings_are_clear_errors() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let heat = workspace_bin("heat");
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let not_a_dir = store.path().join("file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let t = failed(&Job::new(&heat, &not_a_dir, "nowhere").run());
+    assert!(
+        t.contains("create store directory") && t.contains(&not_a_dir.display().to_string()),
+        "{t}"
+    );
+
+    let t = failed(
+        &Job::new(&heat, store.path(), "bad-env")
+            .env("PM_EVERY", "often")
+            .run(),
+    );
+    assert!(t.contains("PM_EVERY=\"often\" is invalid"), "{t}");
+    let t = failed(&Job::new(&heat, store.path(), "../escape").run());
+    assert!(t.contains("invalid job id"), "{t}");
+}
+
+#[test]
+fn c_api_misuse_gets_error_codes_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let misuse = build_c(&repo_root().join("tests/c/misuse.c"), dir.path());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    for (mode, expected) in [
+        ("step-before-init", "pm_step was called before pm_init"),
+        ("duplicate-region", "region \"grid\" is registered twice"),
+        ("null-name", "invalid region name \"bad/name\""),
+        ("init-twice", "pm_init was called twice"),
+    ] {
+        let out = mpirun(2)
+            .arg(&misuse)
+            .arg(mode)
+            .env("PM_STORE", store.path())
+            .env("PM_JOB", mode)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(
+            out.status.success() && t.contains("as expected"),
+            "{mode}:\n{t}"
+        );
+        assert!(t.contains(expected), "{mode}:\n{t}");
+    }
+}
