@@ -352,3 +352,110 @@ fn c_api_misuse_gets_error_codes_not_crashes() {
         assert!(t.contains(expected), "{mode}:\n{t}");
     }
 }
+
+/// Runs a program in which rank 0 computes 30 ms per step and the others
+/// 3 ms, and checks the compute times the runtime measured.
+fn check_imbalance(program: &Path, args: &[&str]) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = mpirun(3)
+        .arg(program)
+        .args(args)
+        .env("PM_STORE", store.path())
+        .env("PM_JOB", "imbalance")
+        .output()
+        .unwrap();
+    let t = ok(&out);
+    let stats: Vec<(u32, f64, f64)> = t
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.first() == Some(&"rank")).then(|| {
+                (
+                    w[1].parse().unwrap(),
+                    w[3].parse().unwrap(),
+                    w[5].parse().unwrap(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(stats.len(), 3, "{t}");
+    for (rank, compute_ms, wall_ms) in stats {
+        // Every rank's step lasts as long as the slow rank's (they wait for it).
+        assert!(wall_ms > 15.0, "rank {rank}: wall {wall_ms} ms\n{t}");
+        if rank == 0 {
+            assert!(
+                compute_ms > 25.0,
+                "the slow rank computes: {compute_ms} ms\n{t}"
+            );
+        } else {
+            assert!(
+                compute_ms < 15.0,
+                "rank {rank} waits, it does not compute: {compute_ms} ms\n{t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn compute_time_excludes_time_waiting_in_mpi() {
+    check_imbalance(&workspace_bin("pm_probe"), &["imbalance", "30", "3", "40"]);
+}
+
+#[test]
+fn libpm_times_mpi_waits_of_c_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    check_imbalance(
+        &build_c(&repo_root().join("tests/c/imbalance.c"), dir.path()),
+        &[],
+    );
+}
+
+#[test]
+fn serde_values_and_regions_resume_exactly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let probe = workspace_bin("pm_probe");
+    let command = |job: &str| {
+        let mut cmd = mpirun(2);
+        cmd.arg(&probe)
+            .args(["values", "60", "5"])
+            .env("PM_STORE", store.path())
+            .env("PM_JOB", job)
+            .env("PM_EVERY", "7");
+        cmd
+    };
+    let finals = |t: &str| {
+        let mut v: Vec<String> = t
+            .lines()
+            .filter(|l| l.contains(" final "))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let reference = finals(&ok(&command("values-ref").output().unwrap()));
+    assert_eq!(reference.len(), 2);
+
+    let mut child = command("values")
+        .env("PM_FAULT_PAUSE_BEFORE_COMMIT", "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pausing before committing epoch 4") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the job ended without pausing"
+        );
+    }
+    sigkill(find_processes(&probe, "PM_JOB", "values")[0]);
+    child.wait().unwrap();
+
+    let t = ok(&command("values").output().unwrap());
+    assert!(t.contains("resumed from step 21"), "{t}");
+    assert_eq!(finals(&t), reference);
+}
