@@ -24,7 +24,7 @@ help:
 	@echo '  make build   release build of the whole workspace'
 	@echo '  make lib     release libpm.so and target/release/pkgconfig/pm.pc for C/C++/Fortran'
 	@echo '  make test    cargo fmt --check, clippy -D warnings, cargo test --workspace (what CI runs)'
-	@echo '  make demo    run the checkpoint store demo (pm-core example store_demo)'
+	@echo '  make demo    an MPI job killed and resumed bit-exactly, then the store surviving damage'
 	@echo '  make bench   run pmbench $(BENCH_ARGS) (1 GiB in /dev/shm by default; override BENCH_ARGS)'
 	@echo '  make clean   cargo clean'
 	@echo 'Each target except help and clean first installs or names missing Debian packages.'
@@ -57,7 +57,8 @@ test:
 
 demo:
 	@$(ENSURE_PACKAGES) demo
-	$(CARGO) run --release -q -p pm-core --example store_demo
+	$(CARGO) build --release -q -p heat -p pm-core --examples --bins
+	@bash scripts/demo.sh
 
 bench:
 	@$(ENSURE_PACKAGES) bench

@@ -6,6 +6,7 @@
 //! earlier on the same machine are what to compare.
 
 mod ckpt;
+mod overhead;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ struct Cli {
 enum Scenario {
     /// Checkpoint store: full, incremental and restore times against memcpy.
     Ckpt(ckpt::Args),
+    /// Rank runtime: heat under mpirun with and without pm.
+    Overhead(overhead::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().scenario {
         Scenario::Ckpt(args) => ckpt::run(&args),
+        Scenario::Overhead(args) => overhead::run(&args),
     }
 }

@@ -1,0 +1,262 @@
+//! `pmbench overhead`: what the rank runtime costs a real MPI job.
+//!
+//! Runs `examples/heat` under `mpirun` twice with the same arguments: once
+//! without pm (`--no-pm`) and once checkpointing every `--interval` seconds
+//! into the store, and compares the time of their step loops. It also
+//! reports the time a checkpoint blocks a rank (write plus commit
+//! agreement) against a memcpy of one rank's state measured in this run.
+
+use anyhow::{Context, bail, ensure};
+use clap::Args as ClapArgs;
+use pm_core::RegionBuf;
+use pm_core::store::default_root;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// MPI ranks.
+    #[arg(long, default_value_t = 2)]
+    ranks: u32,
+    /// Plate rows (the state is rows × cols × 8 bytes in all).
+    #[arg(long, default_value_t = 8192)]
+    rows: u64,
+    /// Plate columns.
+    #[arg(long, default_value_t = 4096)]
+    cols: u64,
+    /// Time steps per run.
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Seconds between checkpoints in the pm run.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Store root [default: /dev/shm/pmrun-<uid>].
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Pairs of runs (without, with pm); medians are reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// The heat binary [default: next to pmbench].
+    #[arg(long)]
+    heat: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    ranks: u32,
+    rows: u64,
+    cols: u64,
+    steps: u64,
+    interval_s: f64,
+    state_bytes: u64,
+    state_bytes_per_rank: u64,
+    plain_s: f64,
+    pm_s: f64,
+    overhead: f64,
+    checkpoints: u32,
+    ckpt_blocked_s: f64,
+    memcpy_s: f64,
+    ckpt_blocked_over_memcpy: f64,
+}
+
+/// What one heat run printed.
+struct Run {
+    loop_s: f64,
+    checksum: String,
+    /// Per rank: (checkpoints, total blocked seconds, state bytes).
+    ranks: Vec<(u32, f64, u64)>,
+}
+
+fn parse(out: &str) -> anyhow::Result<Run> {
+    let mut loop_s = None;
+    let mut checksum = None;
+    let mut ranks = Vec::new();
+    for line in out.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["heat:", "step", "loop", "took", s, "s"] => loop_s = Some(s.parse()?),
+            ["heat:", "checksum", c, ..] => checksum = Some(c.to_string()),
+            [
+                "heat:",
+                "rank",
+                _,
+                "took",
+                n,
+                "checkpoints",
+                "blocking",
+                t,
+                "s",
+                "in",
+                "all,",
+                b,
+                ..,
+            ] => ranks.push((n.parse()?, t.parse()?, b.parse()?)),
+            _ => {}
+        }
+    }
+    Ok(Run {
+        loop_s: loop_s.context("heat printed no loop time")?,
+        checksum: checksum.context("heat printed no checksum")?,
+        ranks,
+    })
+}
+
+fn heat_run(
+    args: &Args,
+    heat: &Path,
+    store: &Path,
+    job: &str,
+    with_pm: bool,
+) -> anyhow::Result<Run> {
+    let mut cmd = Command::new("mpirun");
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .args(["-n", &args.ranks.to_string()])
+        .arg(heat)
+        .args([
+            "--rows",
+            &args.rows.to_string(),
+            "--cols",
+            &args.cols.to_string(),
+        ])
+        .args(["--steps", &args.steps.to_string(), "--report"])
+        .env("PM_STORE", store)
+        .env("PM_JOB", job)
+        .env("PM_INTERVAL", args.interval.to_string());
+    if !with_pm {
+        cmd.arg("--no-pm");
+    }
+    let out = cmd
+        .output()
+        .context("cannot run mpirun (is Open MPI installed?)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("the heat run failed:\n{text}");
+    }
+    parse(&text)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    ensure!(
+        args.repeat > 0 && args.ranks > 0,
+        "--repeat and --ranks must be positive"
+    );
+    let heat = match &args.heat {
+        Some(h) => h.clone(),
+        None => std::env::current_exe()?.with_file_name("heat"),
+    };
+    ensure!(
+        heat.exists(),
+        "{} not found: build it with `cargo build --release -p heat` (make bench does) or pass --heat",
+        heat.display()
+    );
+    let store = args.store.clone().unwrap_or_else(default_root);
+    let job = format!("pmbench-overhead-{}", std::process::id());
+    let progress = |what: String| {
+        if !args.json {
+            eprintln!("pmbench overhead: {what}");
+        }
+    };
+
+    let (mut plain, mut with_pm) = (Vec::new(), Vec::new());
+    let mut last_pm = None;
+    for i in 0..args.repeat {
+        progress(format!("run {}/{} without pm", i + 1, args.repeat));
+        let p = heat_run(args, &heat, &store, &job, false)?;
+        progress(format!(
+            "run {}/{} with pm, checkpoint every {} s",
+            i + 1,
+            args.repeat,
+            args.interval
+        ));
+        let m = heat_run(args, &heat, &store, &job, true)?;
+        ensure!(
+            p.checksum == m.checksum,
+            "pm changed the result: {} vs {}",
+            p.checksum,
+            m.checksum
+        );
+        plain.push(p.loop_s);
+        with_pm.push(m.loop_s);
+        last_pm = Some(m);
+    }
+    let m = last_pm.expect("at least one run");
+    let checkpoints = m.ranks.iter().map(|r| r.0).min().unwrap_or(0);
+    let per_rank_bytes = m.ranks.iter().map(|r| r.2).max().unwrap_or(0);
+    let blocked = m
+        .ranks
+        .iter()
+        .filter(|r| r.0 > 0)
+        .map(|r| r.1 / f64::from(r.0))
+        .fold(0.0, f64::max);
+
+    progress(format!("memcpy of {per_rank_bytes} bytes"));
+    let size = usize::try_from(per_rank_bytes)?;
+    let src = RegionBuf::new(size)?;
+    let mut dst = RegionBuf::new(size)?;
+    let memcpy_s = median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                dst.copy_from_slice(&src);
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+
+    let (plain_s, pm_s) = (median(plain), median(with_pm));
+    let report = Report {
+        ranks: args.ranks,
+        rows: args.rows,
+        cols: args.cols,
+        steps: args.steps,
+        interval_s: args.interval,
+        state_bytes: args.rows * args.cols * 8,
+        state_bytes_per_rank: per_rank_bytes,
+        plain_s,
+        pm_s,
+        overhead: pm_s / plain_s - 1.0,
+        checkpoints,
+        ckpt_blocked_s: blocked,
+        memcpy_s,
+        ckpt_blocked_over_memcpy: blocked / memcpy_s,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "heat {}x{} on {} ranks, {} steps, {} MiB of state",
+            args.rows,
+            args.cols,
+            args.ranks,
+            args.steps,
+            report.state_bytes >> 20
+        );
+        println!("without pm        {plain_s:8.3} s");
+        println!(
+            "with pm           {pm_s:8.3} s  overhead {:+.2}% ({checkpoints} checkpoints, every {} s)",
+            report.overhead * 100.0,
+            args.interval
+        );
+        println!(
+            "per checkpoint    {blocked:8.4} s blocked  = {:.2}x a memcpy of one rank's state ({memcpy_s:.4} s)",
+            report.ckpt_blocked_over_memcpy
+        );
+    }
+    Ok(())
+}
