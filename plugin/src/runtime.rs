@@ -83,6 +83,7 @@ impl Runtime {
     /// # Safety
     /// `comm` must be a valid communicator of an initialised MPI.
     pub unsafe fn init_raw(comm: MPI_Comm) -> Result<Self, PmError> {
+        install_log_subscriber();
         let comm = unsafe { Comm::dup(comm)? };
         let local = Config::from_env().and_then(|cfg| {
             let opts = StoreOptions {
@@ -495,6 +496,17 @@ impl Runtime {
         install(SIGUSR1, &self.exit_requested)?;
         install(SIGUSR2, &self.checkpoint_requested)
     }
+}
+
+/// Logs to stderr, filtered by `PM_LOG` (warnings by default), unless the
+/// application installed its own tracing subscriber.
+fn install_log_subscriber() {
+    let filter = std::env::var("PM_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 unsafe fn raw_slice<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
