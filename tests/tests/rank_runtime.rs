@@ -459,3 +459,18 @@ fn serde_values_and_regions_resume_exactly() {
     assert!(t.contains("resumed from step 21"), "{t}");
     assert_eq!(finals(&t), reference);
 }
+
+#[test]
+fn the_header_works_from_cxx() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(&repo_root().join("tests/c/cxx_uses_header.cpp"), dir.path());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = mpirun(2)
+        .arg(&exe)
+        .env("PM_STORE", store.path())
+        .env("PM_JOB", "cxx")
+        .output()
+        .unwrap();
+    assert!(ok(&out).contains("c++ ok"));
+}
