@@ -474,3 +474,34 @@ fn the_header_works_from_cxx() {
         .unwrap();
     assert!(ok(&out).contains("c++ ok"));
 }
+
+#[test]
+fn sigusr1_to_mpirun_stops_the_job_at_a_checkpoint() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let heat = workspace_bin("heat");
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let reference = reference_checksum(&heat, store.path());
+    let job = Job::new(&heat, store.path(), "stopped")
+        .arg("--pause-ms")
+        .arg("15");
+    let child = job.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while find_processes(&heat, "PM_JOB", "stopped").len() < RANKS as usize {
+        assert!(Instant::now() < deadline, "the ranks did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    let out = ok(&child.wait_with_output().unwrap());
+    let stopped: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("heat: stopping at step "))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the job did not stop at a checkpoint:\n{out}"));
+    assert_eq!(job.committed().map(|r| r.step), Some(stopped));
+
+    let out = ok(&job.run());
+    assert_eq!(resumed_step(&out), Some(stopped), "{out}");
+    assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
+}

@@ -121,7 +121,7 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
     };
 
     let mut next = vec![0.0f64; cells];
-    let (mut checkpoints, mut blocked, mut seen_epoch) = (0u32, Duration::ZERO, 0);
+    let (mut blocked, mut seen_epoch) = (Vec::<f64>::new(), 0);
     let started = Instant::now();
     for step in start..args.steps {
         exchange_halos(world, u, local, cols);
@@ -141,7 +141,8 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
         let Some(rt) = rt.as_mut() else { continue };
         let action = rt.step()?;
         if let Some(c) = rt.last_checkpoint().filter(|c| c.epoch != seen_epoch) {
-            (checkpoints, blocked, seen_epoch) = (checkpoints + 1, blocked + c.blocked, c.epoch);
+            blocked.push(c.blocked.as_secs_f64());
+            seen_epoch = c.epoch;
         }
         if action == Action::Exit {
             if rank == 0 {
@@ -162,8 +163,10 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
             );
         }
         println!(
-            "heat: rank {rank} took {checkpoints} checkpoints blocking {:.6} s in all, {} bytes of state",
-            blocked.as_secs_f64(),
+            "heat: rank {rank} took {} checkpoints blocking {:.6} s in all (median {:.6} s), {} bytes of state",
+            blocked.len(),
+            blocked.iter().sum::<f64>(),
+            median(&mut blocked),
             cells * 8
         );
     }
@@ -183,6 +186,11 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
         root.reduce_into(&sum, mpi::collective::SystemOperation::sum());
     }
     rt.map_or(Ok(()), Runtime::finalize)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Order-sensitive hash of one cell: every bit of every cell counts.
