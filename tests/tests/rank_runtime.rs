@@ -165,15 +165,7 @@ fn survives_sigkill_during_checkpoint(exe: &Path) {
         .env("PM_EVERY", 10)
         .env("PM_FAULT_PAUSE_BEFORE_COMMIT", 3);
     let mut child = paused.spawn();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("pausing before committing epoch 3") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the job ended without pausing"
-        );
-    }
+    wait_until_paused(&mut child, 3);
     for rank in 0..RANKS {
         let manifest = job
             .job_dir()
@@ -195,6 +187,21 @@ fn survives_sigkill_during_checkpoint(exe: &Path) {
     let out = ok(&job.run());
     assert_eq!(resumed_step(&out), Some(20), "{out}");
     assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
+}
+
+/// Waits until rank 0 of `child` reports that it holds before committing
+/// `epoch` (the `PM_FAULT_PAUSE_BEFORE_COMMIT` fault point).
+fn wait_until_paused(child: &mut Child, epoch: u64) {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let needle = format!("pausing before committing epoch {epoch}");
+    let mut line = String::new();
+    while !line.contains(&needle) {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the job ended without pausing"
+        );
+    }
 }
 
 fn c_heat(dir: &Path) -> PathBuf {
@@ -247,15 +254,7 @@ fn interrupted_job<'a>(exe: &'a Path, store: &'a Path, name: &str) -> Job<'a> {
         .env("PM_EVERY", 5)
         .env("PM_FAULT_PAUSE_BEFORE_COMMIT", 2);
     let mut child = paused.spawn();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("pausing before committing epoch 2") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the job ended without pausing"
-        );
-    }
+    wait_until_paused(&mut child, 2);
     sigkill(paused.rank_pids()[0]);
     child.wait().unwrap();
     assert_eq!(paused.committed().map(|r| r.epoch), Some(1));
@@ -443,15 +442,7 @@ fn serde_values_and_regions_resume_exactly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("pausing before committing epoch 4") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the job ended without pausing"
-        );
-    }
+    wait_until_paused(&mut child, 4);
     sigkill(find_processes(&probe, "PM_JOB", "values")[0]);
     child.wait().unwrap();
 
