@@ -30,6 +30,30 @@ pub fn chunk_hash(bytes: &[u8]) -> u128 {
     XxHash3_128::oneshot(bytes)
 }
 
+/// [`chunk_hash`] computed piece by piece, so that a reader can hash each
+/// piece while it is still in cache.
+pub struct ChunkHasher(XxHash3_128);
+
+impl ChunkHasher {
+    pub fn new() -> Self {
+        Self(XxHash3_128::new())
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.write(piece);
+    }
+
+    pub fn finish(&self) -> u128 {
+        self.0.finish_128()
+    }
+}
+
+impl Default for ChunkHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Where one chunk's bytes are stored and what they hash to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
@@ -221,6 +245,16 @@ mod tests {
                     },
                 ],
             }],
+        }
+    }
+
+    #[test]
+    fn hashing_piece_by_piece_equals_hashing_at_once() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 1000) as u8).collect();
+        for piece in [1, 63, 64, 4096, 65_536, 300_000] {
+            let mut h = ChunkHasher::new();
+            bytes.chunks(piece).for_each(|p| h.update(p));
+            assert_eq!(h.finish(), chunk_hash(&bytes), "pieces of {piece}");
         }
     }
 
