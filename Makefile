@@ -51,7 +51,7 @@ test:
 	@echo '==> cargo clippy (warnings are errors)'
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@echo '==> cargo build (the tests run the workspace binaries and libpm.so)'
-	$(CARGO) build --workspace
+	$(CARGO) build --workspace --all-targets
 	@echo '==> cargo test'
 	$(CARGO) test --workspace
 
