@@ -1,10 +1,16 @@
-//! `pm-launcher`: the `pmrun` launcher (which also coordinates a running job)
-//! and the `pmd` node agent (one per node, which holds and replicates the
-//! checkpoints of the ranks on its node).
+//! `pm-launcher`: the `pmrun` launcher (which also supervises a running job)
+//! and the `pmd` node agent.
 //!
-//! Neither launching nor the agent is built yet; both binaries say so and
-//! exit with an error rather than pretend to run a job.
+//! Built so far: mpirun-style node lists (hostfiles, `-H`, Slurm node
+//! lists, this machine), the launch backend trait with `mpirun`, and the
+//! supervisor that relaunches a failed job from its committed checkpoint.
+//! Not yet: `pmd` agents, replication to partner nodes, failure detection by
+//! heartbeats, and placing a dead node's ranks elsewhere.
 
-/// The message both binaries print until launching exists.
-pub const NOT_YET: &str = "launching jobs is not built yet in this pmrun release; \
-the checkpoint store and `pmbench ckpt` are (see README.md, 'State of the capabilities')";
+pub mod backend;
+pub mod hosts;
+pub mod supervise;
+
+/// What `pmd` prints until the node agent exists.
+pub const PMD_NOT_YET: &str = "the pmd node agent is not built yet in this pmrun release: \
+pmrun supervises jobs without it (see README.md, 'State of the capabilities')";

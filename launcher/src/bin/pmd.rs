@@ -9,5 +9,5 @@ struct Cli {}
 
 fn main() -> anyhow::Result<()> {
     let _cli = Cli::parse();
-    anyhow::bail!(pm_launcher::NOT_YET)
+    anyhow::bail!(pm_launcher::PMD_NOT_YET)
 }
