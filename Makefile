@@ -57,7 +57,7 @@ test:
 
 demo:
 	@$(ENSURE_PACKAGES) demo
-	$(CARGO) build --release -q -p heat -p pm-core --examples --bins
+	$(CARGO) build --release -q -p heat -p pm-launcher -p pm-core --examples --bins
 	@bash scripts/demo.sh
 
 bench:

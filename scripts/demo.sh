@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: an MPI job killed mid-run resumes from its last committed
-# checkpoint and ends with exactly the result of an undisturbed run; then the
-# checkpoint store shows how it survives a damaged snapshot.
+# `make demo`: an MPI job under pmrun loses a rank mid-run, is relaunched from
+# its last committed checkpoint and ends with exactly the result of an
+# undisturbed run; then the checkpoint store shows how it survives a damaged
+# snapshot.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,19 +23,18 @@ PM_JOB=demo-reference mpirun -n 4 "$bin/heat" "${heat[@]}" >"$log" 2>&1
 reference=$(checksum "$log")
 say "   final checksum $reference"
 say ""
-say "2. The same job, checkpointing every 25 steps (PM_EVERY=25), slowed to watch it."
-export PM_JOB=demo PM_EVERY=25
-mpirun -n 4 "$bin/heat" "${heat[@]}" --pause-ms 15 >"$log" 2>&1 &
-mpirun_pid=$!
+say "2. The same job under pmrun, checkpointing every 25 steps, slowed to watch it:"
+say "   pmrun -n 4 --every 25 heat ${heat[*]} --pause-ms 15"
+"$bin/pmrun" -n 4 --every 25 --job demo "$bin/heat" "${heat[@]}" --pause-ms 15 >"$log" 2>&1 &
+pmrun_pid=$!
 sleep 3
 victim=$(pgrep -x heat | sed -n 3p)
-say "   after 3 s, rank process $victim is killed with SIGKILL (as a node failure would)."
+say "   After 3 s, rank process $victim is killed with SIGKILL, as a crash would."
 kill -9 "$victim"
-wait "$mpirun_pid" || say "   mpirun stops the job: $(grep -m1 -o 'exited on signal 9 (Killed)' "$log" || echo 'a rank died')"
-say ""
-say "3. The same command is run again; pm restores the newest committed checkpoint."
-mpirun -n 4 "$bin/heat" "${heat[@]}" --pause-ms 15 >"$log" 2>&1
-sed -n 's/^heat: /   /p' "$log"
+wait "$pmrun_pid"
+say "   pmrun noticed, and relaunched the job from its last committed checkpoint:"
+grep -o 'relaunching from its committed checkpoint.*' "$log" | sed 's/^/   pmrun: /'
+sed -n 's/^heat: /   heat: /p' "$log"
 resumed=$(checksum "$log")
 if [[ "$resumed" == "$reference" ]]; then
     say "   The checksum equals the undisturbed run's, bit for bit."

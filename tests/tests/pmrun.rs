@@ -20,12 +20,13 @@ const HEAT: [&str; 7] = [
     "--pause-ms",
 ];
 
+/// pmrun with its store given the way users often do: `PM_STORE` in the
+/// environment (the ranks inherit it, and pmrun must look there too).
 fn pmrun(store: &Path) -> Command {
     let mut cmd = Command::new(workspace_bin("pmrun"));
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .arg("--store")
-        .arg(store);
+        .env("PM_STORE", store);
     cmd
 }
 

@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long, value_name = "SECONDS")]
     interval: Option<f64>,
     /// Checkpoint store directory on every node [default: /dev/shm/pmrun-<uid>].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "PM_STORE")]
     store: Option<PathBuf>,
     /// Job id: reuse one to resume a job whose pmrun was stopped [default: a new id].
     #[arg(long, value_name = "ID")]
@@ -282,6 +282,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((cli.ranks, cli.every), (8, Some(5)));
+        let with_store =
+            Cli::try_parse_from(["pmrun", "-n", "1", "--store", "/scratch/ckpt", "./app"]).unwrap();
+        assert_eq!(with_store.store, Some(PathBuf::from("/scratch/ckpt")));
         assert_eq!(cli.app, ["./app", "--flag", "-x"]);
         assert!(Cli::try_parse_from(["pmrun", "-n", "0", "./app"]).is_err());
         assert!(Cli::try_parse_from(["pmrun", "-n", "2"]).is_err());
