@@ -32,6 +32,17 @@ impl Comm {
     /// # Safety
     /// `parent` must be a valid communicator of an initialised MPI.
     pub unsafe fn dup(parent: MPI_Comm) -> Result<Self, PmError> {
+        let (mut initialized, mut finalized) = (0, 0);
+        // SAFETY: both may be called at any time; out-pointers are valid.
+        unsafe {
+            ffi::PMPI_Initialized(&mut initialized);
+            ffi::PMPI_Finalized(&mut finalized);
+        }
+        if initialized == 0 || finalized != 0 {
+            return Err(PmError::State(
+                "MPI is not running: initialise pm after MPI_Init and before MPI_Finalize",
+            ));
+        }
         let mut raw = unsafe { ffi::RSMPI_COMM_NULL };
         let (mut rank, mut size) = (0, 0);
         // SAFETY: the caller guarantees `parent`; out-pointers are valid.

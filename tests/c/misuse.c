@@ -2,7 +2,7 @@
  * Calls pm the wrong way on purpose, one mistake per mode, and prints what pm
  * answered; the test checks that each mistake is a clear error, not a crash.
  *
- *     misuse step-before-init | duplicate-region | null-name | init-twice
+ *     misuse init-before-mpi | step-before-init | duplicate-region | null-name | init-twice
  */
 #include <mpi.h>
 #include <pm.h>
@@ -15,8 +15,13 @@ static int report(const char *call, int rc) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
     const char *mode = argc > 1 ? argv[1] : "";
+    if (!strcmp(mode, "init-before-mpi")) {
+        int ok = report("pm_init", pm_init(MPI_COMM_WORLD)) == PM_ERR_STATE;
+        printf("%s\n", ok ? "as expected" : "UNEXPECTED");
+        return ok ? 0 : 1;
+    }
+    MPI_Init(&argc, &argv);
     static double a[64], b[64];
     int status = 0;
     if (!strcmp(mode, "step-before-init")) {

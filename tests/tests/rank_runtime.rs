@@ -331,6 +331,7 @@ fn c_api_misuse_gets_error_codes_not_crashes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     for (mode, expected) in [
+        ("init-before-mpi", "initialise pm after MPI_Init"),
         ("step-before-init", "pm_step was called before pm_init"),
         ("duplicate-region", "region \"grid\" is registered twice"),
         ("null-name", "invalid region name \"bad/name\""),
