@@ -62,6 +62,8 @@ pub struct Runtime {
     /// Newest committed epoch (0: none yet).
     epoch: u64,
     next_poll: u64,
+    /// Steps between the last two decisions.
+    poll_gap: u64,
     last_checkpoint: Instant,
     last_report: Option<CheckpointReport>,
     timer: StepTimer,
@@ -117,6 +119,7 @@ impl Runtime {
             step: 0,
             epoch: 0,
             next_poll: 1,
+            poll_gap: 1,
             last_checkpoint: Instant::now(),
             last_report: None,
             timer: StepTimer::new(),
@@ -380,13 +383,16 @@ impl Runtime {
     }
 
     /// Steps until the next decision: about every `POLL_PERIOD` of wall time,
-    /// and exactly on the multiples of `PM_EVERY`.
-    fn poll_distance(&self) -> u64 {
-        let wall = self.timer.stats().wall_mean.max(1e-9);
+    /// and exactly on the multiples of `PM_EVERY`. The gap at most doubles
+    /// per decision, so a few unusually short steps cannot push the next
+    /// decision (and so the next checkpoint) far into the future.
+    fn poll_distance(&mut self) -> u64 {
+        let wall = self.timer.wall_mean().max(1e-9);
         let by_time = ((POLL_PERIOD.as_secs_f64() / wall) as u64).max(1);
+        self.poll_gap = by_time.min(self.poll_gap.saturating_mul(2)).max(1);
         match self.cfg.schedule {
-            Schedule::Every(n) => by_time.min(n - self.step % n),
-            Schedule::Interval(_) => by_time,
+            Schedule::Every(n) => self.poll_gap.min(n - self.step % n),
+            Schedule::Interval(_) => self.poll_gap,
         }
     }
 

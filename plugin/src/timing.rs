@@ -75,6 +75,11 @@ impl StepTimer {
         self.mpi_at_start = pmpi::mpi_time();
     }
 
+    /// Moving mean of wall seconds per step.
+    pub fn wall_mean(&self) -> f64 {
+        self.stats.wall_mean
+    }
+
     /// The summary, with CPU time and I/O wait read now.
     pub fn stats(&self) -> StepStats {
         StepStats {

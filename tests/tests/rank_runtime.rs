@@ -476,16 +476,21 @@ fn sigusr1_to_mpirun_stops_the_job_at_a_checkpoint() {
     let job = Job::new(&heat, store.path(), "stopped")
         .arg("--pause-ms")
         .arg("15");
-    let child = job.spawn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while find_processes(&heat, "PM_JOB", "stopped").len() < RANKS as usize {
-        assert!(Instant::now() < deadline, "the ranks did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    let mut child = job.spawn();
+    // The handlers exist once pm is initialised, which heat reports by starting.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    while !out.contains("heat: starting") {
+        assert!(
+            stdout.read_line(&mut out).unwrap() > 0,
+            "the job ended early:\n{out}"
+        );
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
-    let out = ok(&child.wait_with_output().unwrap());
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    assert!(child.wait().unwrap().success(), "{out}");
     let stopped: u64 = out
         .lines()
         .find_map(|l| l.strip_prefix("heat: stopping at step "))
