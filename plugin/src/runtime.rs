@@ -154,9 +154,12 @@ impl Runtime {
             let cleared = rt.store.clear().map_err(PmError::from);
             rt.comm.agree("clear stale snapshots", cleared)?;
         }
-        if rt.cfg.signals {
-            rt.install_signal_handlers()?;
-        }
+        let handlers = if rt.cfg.signals {
+            rt.install_signal_handlers()
+        } else {
+            Ok(())
+        };
+        rt.comm.agree("install its signal handlers", handlers)?;
         rt.timer.start_step();
         Ok(rt)
     }
