@@ -4,11 +4,15 @@
 //! * [`store`]: the node-local checkpoint store (atomic, incremental, verified).
 //! * [`region`]: page-aligned, pre-faulted buffers applications compute in.
 //! * [`names`]: validation of job ids and region names.
+//! * [`estimate`]: per-rank runtime estimates (EWMA, variance, confidence, phase changes).
+//! * [`balance`]: initial placement, rebalancing and the justification of moves.
 //!
 //! Later additions (wire messages, the transport trait, and the I/O-free
 //! estimator, balancer and gossip state machines) live here too.
 
+pub mod balance;
 mod error;
+pub mod estimate;
 pub mod format;
 pub mod names;
 pub mod region;
