@@ -7,6 +7,7 @@
 //! * [`estimate`]: per-rank runtime estimates (EWMA, variance, confidence, phase changes).
 //! * [`balance`]: initial placement, rebalancing and the justification of moves.
 //! * [`gossip`]: dissemination of node load with a fan-out that grows with the cluster.
+//! * [`history`]: per-application weights of earlier runs, in a crash-safe file.
 //! * [`topology`]: a node's cores from hwloc and its capacity for the balancer.
 //!
 //! Later additions (wire messages, the transport trait, and the I/O-free
@@ -17,6 +18,7 @@ mod error;
 pub mod estimate;
 pub mod format;
 pub mod gossip;
+pub mod history;
 pub mod names;
 pub mod region;
 pub mod store;
