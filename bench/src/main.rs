@@ -6,6 +6,7 @@
 //! earlier on the same machine are what to compare.
 
 mod ckpt;
+mod sim;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,9 @@ struct Cli {
 enum Scenario {
     /// Checkpoint store: full, incremental and restore times against memcpy.
     Ckpt(ckpt::Args),
+    /// Cluster simulator: gossip dissemination and balancing at up to 10^5 nodes.
+    #[command(subcommand)]
+    Sim(sim::Sim),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().scenario {
         Scenario::Ckpt(args) => ckpt::run(&args),
+        Scenario::Sim(sim) => sim::run(&sim),
     }
 }

@@ -275,9 +275,11 @@ impl Gossip {
             }
         }
         if self.window.len() > self.cfg.window {
-            // Keep the freshest news.
-            self.window.sort_unstable_by_key(|r| (r.version_age, r.age));
-            self.window.truncate(self.cfg.window);
+            // Keep the freshest news (a partial selection: no full sort per message).
+            let w = self.cfg.window.max(1);
+            self.window
+                .select_nth_unstable_by_key(w - 1, |r| (r.version_age, r.age));
+            self.window.truncate(w);
         }
         news
     }

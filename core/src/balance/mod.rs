@@ -66,6 +66,9 @@ pub struct RankInfo {
     pub replicas: Vec<NodeId>,
     /// The balancing round in which it last moved.
     pub last_moved_round: Option<u64>,
+    /// The node it last moved away from: optional moves never send it back
+    /// there (no ping-pong); only an evacuation may.
+    pub left_node: Option<NodeId>,
 }
 
 impl RankInfo {
@@ -80,6 +83,7 @@ impl RankInfo {
             node: None,
             replicas: Vec::new(),
             last_moved_round: None,
+            left_node: None,
         }
     }
 }
@@ -128,8 +132,8 @@ impl NodeInfo {
 pub struct BalanceConfig {
     /// Optional moves per round (evacuations of capacity-zero nodes are not bounded).
     pub max_moves: usize,
-    /// A move must cut its source's finish time by at least this fraction,
-    /// so estimate noise does not trigger moves.
+    /// After a move, its target must finish at least this fraction earlier
+    /// than its source did before: a margin so estimate noise does not move ranks.
     pub min_improvement: f64,
     /// Refinement stops once the step time is within this fraction of the lower bound.
     pub target_slack: f64,
@@ -178,7 +182,9 @@ pub enum Verdict {
 /// The balancer's output: what to move, what it predicts, and whether to do it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    /// Evacuations from capacity-zero nodes and placements of unplaced ranks: always executed.
+    /// Evacuations from capacity-zero nodes and placements of unplaced ranks:
+    /// always executed. An evacuated rank may move on in `moves` (from its
+    /// forced target), so apply `forced` first, then `moves`.
     pub forced: Vec<Move>,
     /// Improvements, executed only when `verdict` is `Execute`.
     pub moves: Vec<Move>,

@@ -22,7 +22,7 @@ pub fn place(ranks: &[RankInfo], nodes: &[NodeInfo]) -> Result<Vec<NodeId>, Bala
     for i in order {
         let rank = &ranks[i as usize];
         let (n, _) = targets
-            .best(&loads, nodes, rank, None)
+            .best(&loads, nodes, rank, [None, None])
             .ok_or(BalanceError::NoFeasibleNode { rank: i })?;
         loads.add(n, rank);
         targets.update(&loads, n);

@@ -5,13 +5,21 @@
 //!    unplaced ranks go, heaviest first, to the node that finishes them first.
 //! 2. Optional moves: while the node that finishes last is more than
 //!    `target_slack` above the lower bound, move the one rank off it that cuts
-//!    its finish time most without making the target finish later than that;
-//!    a move that gains less than `min_improvement` ends the round (estimate
-//!    noise must not move ranks). Ranks that moved within `cooldown_rounds`
-//!    stay. At most `max_moves` per round.
+//!    its finish time most. The target must then still finish at least
+//!    `min_improvement` (a fraction) earlier than the source did before: a
+//!    margin, so estimate noise cannot move a rank back and forth. When a rank
+//!    is too big for the room on its best target, it may be swapped for a
+//!    lighter rank there that makes the room. When neither helps, the round
+//!    ends (the slowest node decides the step time). A rank moved earlier in
+//!    the round may move on; the plan holds one move per rank. Ranks that
+//!    moved within `cooldown_rounds` stay, and no optional move sends a rank
+//!    back to the node it last left. At most `max_moves` per round.
 //! 3. Justification: the optional moves run only if the step time they save,
 //!    times the remaining steps, times the confidence of the moved ranks'
-//!    estimates, exceeds `cost_factor` times their predicted freeze.
+//!    estimates, exceeds `cost_factor` times their predicted freeze. Transfers
+//!    run in parallel, so the freeze is the relaunch plus the bytes of the
+//!    busiest node's link (the relaunch is not counted again when forced moves
+//!    already pay for it).
 //!
 //! Targets that hold a replica of the rank are preferred when they are nearly
 //! as good (`replica_slack`), since the move then carries only the change
@@ -24,6 +32,16 @@ use super::{
 };
 use std::collections::BinaryHeap;
 
+/// One way to unload the slowest node: move the rank at `pos` to `t`, and
+/// with `swap`, the rank at that position on `t` back to the source.
+struct Candidate {
+    pos: usize,
+    t: NodeId,
+    to_replica: bool,
+    swap: Option<(usize, bool)>,
+    improvement: f64,
+}
+
 struct State<'a> {
     ranks: &'a [RankInfo],
     nodes: &'a [NodeInfo],
@@ -35,7 +53,11 @@ struct State<'a> {
 
 impl State<'_> {
     /// The best target for `rank` other than `exclude`: (node, finish time there, holds a replica).
-    fn choose(&mut self, rank: &RankInfo, exclude: Option<NodeId>) -> Option<(NodeId, f64, bool)> {
+    fn choose(
+        &mut self,
+        rank: &RankInfo,
+        exclude: [Option<NodeId>; 2],
+    ) -> Option<(NodeId, f64, bool)> {
         let best = self.targets.best(&self.loads, self.nodes, rank, exclude);
         let replica = rank
             .replicas
@@ -43,7 +65,7 @@ impl State<'_> {
             .copied()
             .filter(|&h| {
                 (h as usize) < self.nodes.len()
-                    && Some(h) != exclude
+                    && !exclude.contains(&Some(h))
                     && self.loads.fits(self.nodes, h, rank)
             })
             .map(|h| {
@@ -136,7 +158,7 @@ pub fn rebalance(
     let mut forced = Vec::with_capacity(homeless.len());
     for &i in &homeless {
         let (to, _, to_replica) = st
-            .choose(&ranks[i as usize], None)
+            .choose(&ranks[i as usize], [None, None])
             .ok_or(BalanceError::NoFeasibleNode { rank: i })?;
         forced.push(st.apply(i, ranks[i as usize].node, to, to_replica));
         on_node[to as usize].push(i);
@@ -148,16 +170,33 @@ pub fn rebalance(
         .filter(|&n| st.loads.cap[n as usize] > 0.0 && st.loads.load[n as usize] > 0.0)
         .map(|n| (key(st.loads.finish(n)), n))
         .collect();
-    let mut moved = vec![false; ranks.len()];
+    // Where each rank is once the forced moves are done.
+    let mut home: Vec<Option<NodeId>> = ranks.iter().map(|r| r.node).collect();
     for m in &forced {
-        moved[m.rank as usize] = true;
+        home[m.rank as usize] = Some(m.to);
     }
     let cooling = |r: &RankInfo| {
         r.last_moved_round
             .is_some_and(|m| round < m.saturating_add(cfg.cooldown_rounds))
     };
-    let mut moves = Vec::new();
-    while moves.len() < cfg.max_moves {
+    // A rank may move again within the round (a later move or swap may need
+    // it elsewhere); the plan keeps one move per rank, from where it was.
+    let mut moves: Vec<Option<Move>> = Vec::new();
+    let mut move_of = vec![u32::MAX; ranks.len()];
+    let mut record = |m: Move| {
+        let home = home[m.rank as usize];
+        let slot = &mut move_of[m.rank as usize];
+        let m = Move { from: home, ..m };
+        let m = (Some(m.to) != home).then_some(m);
+        if *slot == u32::MAX {
+            *slot = moves.len() as u32;
+            moves.push(m);
+        } else {
+            moves[*slot as usize] = m;
+        }
+    };
+    let mut steps = 0;
+    while steps < cfg.max_moves {
         let Some((k, s)) = sources.pop() else { break };
         let fs = st.loads.finish(s);
         if k != key(fs) {
@@ -167,40 +206,95 @@ pub fn rebalance(
             break;
         }
         let (ls, cs) = (st.loads.load[s as usize], st.loads.cap[s as usize]);
-        let mut best: Option<(usize, NodeId, bool, f64)> = None;
+        let ceiling = (1.0 - cfg.min_improvement) * fs;
+        let swaps_allowed = steps + 2 <= cfg.max_moves;
+        let mut best: Option<Candidate> = None;
         for (pos, &i) in on_node[s as usize].iter().enumerate() {
             let rank = &ranks[i as usize];
-            if moved[i as usize] || cooling(rank) || rank.weight <= 0.0 {
+            if cooling(rank) || rank.weight <= 0.0 {
                 continue;
             }
-            let Some((t, ft, to_replica)) = st.choose(rank, Some(s)) else {
+            let Some((t, ft, to_replica)) = st.choose(rank, [Some(s), rank.left_node]) else {
                 continue;
             };
-            let improvement = fs - ((ls - rank.weight) / cs).max(ft);
-            if best.is_none_or(|b| improvement > b.3) {
-                best = Some((pos, t, to_replica, improvement));
+            let mut candidate = Candidate {
+                pos,
+                t,
+                to_replica,
+                swap: None,
+                improvement: 0.0,
+            };
+            // The margin: the target must stay clearly below the source's old finish.
+            if ft <= ceiling {
+                candidate.improvement = fs - ((ls - rank.weight) / cs).max(ft);
+            } else if swaps_allowed {
+                // Too big for the room on `t`: trade it for a lighter rank of `t`
+                // that brings the target under the ceiling.
+                let (lt, ct) = (st.loads.load[t as usize], st.loads.cap[t as usize]);
+                let need = lt + rank.weight - ceiling * ct;
+                let back = on_node[t as usize]
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &q)| {
+                        let r = &ranks[q as usize];
+                        !cooling(r)
+                            && r.left_node != Some(s)
+                            && r.weight >= need
+                            && r.weight < rank.weight
+                            && st.loads.fits(nodes, s, r)
+                    })
+                    .min_by(|a, b| {
+                        ranks[*a.1 as usize]
+                            .weight
+                            .total_cmp(&ranks[*b.1 as usize].weight)
+                    });
+                if let Some((qpos, &q)) = back {
+                    let v = ranks[q as usize].weight;
+                    let new_s = (ls - rank.weight + v) / cs;
+                    let new_t = (lt + rank.weight - v) / ct;
+                    candidate.improvement = fs - new_s.max(new_t);
+                    candidate.swap = Some((qpos, ranks[q as usize].replicas.contains(&s)));
+                }
+            }
+            if candidate.improvement > 0.0
+                && best
+                    .as_ref()
+                    .is_none_or(|b| candidate.improvement > b.improvement)
+            {
+                best = Some(candidate);
             }
         }
-        let Some((pos, t, to_replica, improvement)) = best else {
+        // None: the slowest node cannot be improved by one clear move or swap.
+        let Some(Candidate {
+            pos,
+            t,
+            to_replica,
+            swap,
+            ..
+        }) = best
+        else {
             break;
         };
-        if improvement < cfg.min_improvement * fs {
-            break; // the slowest node cannot be improved by one move
-        }
         let i = on_node[s as usize].swap_remove(pos);
-        moves.push(st.apply(i, Some(s), t, to_replica));
+        record(st.apply(i, Some(s), t, to_replica));
+        steps += 1;
+        if let Some((qpos, back_to_replica)) = swap {
+            let q = on_node[t as usize].swap_remove(qpos);
+            record(st.apply(q, Some(t), s, back_to_replica));
+            steps += 1;
+            on_node[s as usize].push(q);
+        }
         on_node[t as usize].push(i);
-        moved[i as usize] = true;
         sources.push((key(st.loads.finish(s)), s));
         sources.push((key(st.loads.finish(t)), t));
     }
     let step_after = st.loads.step_time();
+    let moves: Vec<Move> = moves.into_iter().flatten().collect();
 
-    let bytes: u64 = moves.iter().map(|m| m.bytes).sum();
     let cost_s = if moves.is_empty() {
         0.0
     } else {
-        cost.freeze_s(bytes, forced.is_empty())
+        cost.freeze_s(busiest_link_bytes(&moves, nodes.len()), forced.is_empty())
     };
     let confidence = if moves.is_empty() {
         0.0
@@ -230,4 +324,17 @@ pub fn rebalance(
         cost_s,
         verdict,
     })
+}
+
+/// Transfers run in parallel; the freeze lasts as long as the node that
+/// sends or receives the most bytes needs.
+fn busiest_link_bytes(moves: &[Move], nodes: usize) -> u64 {
+    let mut link = vec![0u64; nodes];
+    for m in moves {
+        link[m.to as usize] += m.bytes;
+        if let Some(f) = m.from {
+            link[f as usize] += m.bytes;
+        }
+    }
+    link.into_iter().max().unwrap_or(0)
 }

@@ -109,13 +109,13 @@ impl Targets {
         }
     }
 
-    /// The node that would finish `rank` first, other than `exclude`, and its finish time.
+    /// The node that would finish `rank` first, other than those in `exclude`, and its finish time.
     pub fn best(
         &mut self,
         loads: &Loads,
         nodes: &[NodeInfo],
         rank: &RankInfo,
-        exclude: Option<NodeId>,
+        exclude: [Option<NodeId>; 2],
     ) -> Option<(NodeId, f64)> {
         let mut best: Option<(NodeId, f64)> = None;
         for class in 0..self.classes.len() {
@@ -126,7 +126,7 @@ impl Targets {
                     heap.pop(); // stale
                     continue;
                 }
-                if Some(n) != exclude && loads.fits(nodes, n, rank) {
+                if !exclude.contains(&Some(n)) && loads.fits(nodes, n, rank) {
                     found = Some(n);
                     break;
                 }
