@@ -17,7 +17,8 @@
 //!   rebalancer with its justification).
 //! * `gossip_knowledge`: at the slowdown, pmrun's planner knows the new
 //!   capacities only through gossip (what node 0 learned in
-//!   `--gossip-rounds` rounds); the step time reached vs. perfect knowledge.
+//!   0, ⌈log2 N⌉ and 2⌈log2 N⌉ rounds); the step time reached vs. perfect
+//!   knowledge.
 
 use super::cluster::Cluster;
 use anyhow::Context;
@@ -60,7 +61,7 @@ pub struct Args {
     /// early once a round's moves are not justified).
     #[arg(long, default_value_t = 3)]
     rounds: u64,
-    /// Gossip rounds before the planner decides [default: ceil(log2 N)].
+    /// Gossip rounds before the planner decides [default: 0, ceil(log2 N) and twice that].
     #[arg(long)]
     gossip_rounds: Option<u32>,
     #[arg(long, default_value_t = 1)]
@@ -108,7 +109,8 @@ struct Report {
     max_moves: usize,
     place: Outcome,
     phases: Vec<Phase>,
-    gossip_knowledge: Knowledge,
+    /// One entry per number of gossip rounds before the decision.
+    gossip_knowledge: Vec<Knowledge>,
 }
 
 const POLICIES: [&str; 4] = ["none", "count", "greedy", "pmrun"];
@@ -385,17 +387,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 );
             }
         }
-        let k = &report.gossip_knowledge;
-        println!(
-            "gossip-known vs perfect knowledge: step ratio {:.4} ({} of {} changes known after {} rounds)",
-            k.ratio, k.changes_known_to_planner, k.changed_nodes, k.gossip_rounds
-        );
+        for k in &report.gossip_knowledge {
+            println!(
+                "gossip-known vs perfect knowledge: step ratio {:.4} ({} of {} changes known after {} rounds)",
+                k.ratio, k.changes_known_to_planner, k.changed_nodes, k.gossip_rounds
+            );
+        }
     }
     Ok(())
 }
 
-/// The slowdown decided twice from pmrun's map before it: with the true
-/// capacities, and with the capacities node 0 knows through gossip.
+/// The slowdown decided from pmrun's map before it: with the true
+/// capacities, and with the capacities node 0 knows through gossip after 0,
+/// ⌈log2 N⌉ and 2⌈log2 N⌉ rounds (or `--gossip-rounds`).
 #[allow(clippy::too_many_arguments)]
 fn gossip_knowledge(
     args: &Args,
@@ -406,11 +410,14 @@ fn gossip_knowledge(
     map: &[NodeId],
     cfg: &BalanceConfig,
     round: u64,
-) -> anyhow::Result<Knowledge> {
+) -> anyhow::Result<Vec<Knowledge>> {
     let n = args.nodes;
-    let rounds = args
-        .gossip_rounds
-        .unwrap_or((n as f64).log2().ceil() as u32);
+    let log_n = (n as f64).log2().ceil() as u32;
+    let checkpoints: Vec<u32> = match args.gossip_rounds {
+        Some(r) => vec![r],
+        None => vec![0, log_n, 2 * log_n],
+    };
+    let rounds = checkpoints.iter().copied().max().unwrap_or(0);
     eprintln!(
         "  gossip: {} capacity changes, {rounds} rounds on {n} nodes ...",
         changed.len()
@@ -422,31 +429,37 @@ fn gossip_knowledge(
     for &j in changed {
         c.nodes[j].publish(1.0, after[j].capacity as f32);
     }
-    let mut view: Vec<NodeInfo> = before.to_vec();
-    let mut known = 0;
-    for _ in 0..rounds {
-        c.round(0, |p, rec| {
-            let j = rec.node as usize;
-            if p == 0
-                && f64::from(rec.capacity) == after[j].capacity
-                && view[j].capacity != after[j].capacity
-            {
-                view[j].capacity = after[j].capacity;
-                known += 1;
-            }
-        })?;
-    }
     let perfect = decide("pmrun", ranks, after, map, cfg, args, round)?;
-    let gossip = decide("pmrun", ranks, &view, map, cfg, args, round)?;
     let weights = || ranks.iter().map(|r| r.weight);
     let step_perfect = balance::step_time(weights(), &perfect.map, after);
-    let step_gossip = balance::step_time(weights(), &gossip.map, after);
-    Ok(Knowledge {
-        gossip_rounds: rounds,
-        changed_nodes: changed.len(),
-        changes_known_to_planner: known,
-        step_gossip,
-        step_perfect,
-        ratio: step_gossip / step_perfect,
-    })
+    let mut view: Vec<NodeInfo> = before.to_vec();
+    let mut known = 0;
+    let mut out = Vec::new();
+    for r in 0..=rounds {
+        if r > 0 {
+            c.round(0, |p, rec| {
+                let j = rec.node as usize;
+                if p == 0
+                    && f64::from(rec.capacity) == after[j].capacity
+                    && view[j].capacity != after[j].capacity
+                {
+                    view[j].capacity = after[j].capacity;
+                    known += 1;
+                }
+            })?;
+        }
+        if checkpoints.contains(&r) {
+            let gossip = decide("pmrun", ranks, &view, map, cfg, args, round)?;
+            let step_gossip = balance::step_time(weights(), &gossip.map, after);
+            out.push(Knowledge {
+                gossip_rounds: r,
+                changed_nodes: changed.len(),
+                changes_known_to_planner: known,
+                step_gossip,
+                step_perfect,
+                ratio: step_gossip / step_perfect,
+            });
+        }
+    }
+    Ok(out)
 }
