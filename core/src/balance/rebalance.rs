@@ -313,6 +313,17 @@ pub fn rebalance(
     } else {
         Verdict::Rejected
     };
+    tracing::debug!(
+        forced = forced.len(),
+        moves = moves.len(),
+        step_before,
+        step_forced,
+        step_after,
+        gain_s,
+        cost_s,
+        ?verdict,
+        "rebalance plan"
+    );
     Ok(Plan {
         forced,
         moves,
