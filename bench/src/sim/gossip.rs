@@ -2,8 +2,13 @@
 //!
 //! Every node gossips every round; after `--warmup` rounds (so that the
 //! initial records are old news), node 0 publishes a new load, while
-//! `--churn` × N other nodes publish new loads every round and compete for
-//! the bounded windows and messages. Reported per policy and cluster size:
+//! `--churn` other nodes publish new loads every round and compete for the
+//! bounded windows and messages. (The news rate the cluster can carry is
+//! bounded: every node forwards at most fan-out × 21 records per round, so a
+//! churn that grows with N drowns any single change: in a trial run with
+//! 0.1 % of 10⁵ nodes changing every round, MOSIX did not reach 50 % in 200
+//! rounds and adaptive did not reach 99 % in the ~60 rounds before it was
+//! stopped.) Reported per policy and cluster size:
 //! rounds until 50% and 99% of the nodes know node 0's new version, and the
 //! messages and bytes each node sends per round.
 
@@ -22,13 +27,14 @@ pub struct Args {
     /// `mosix`, `adaptive` or `both`.
     #[arg(long, default_value = "both")]
     policy: String,
-    /// Fraction of the nodes that publish a new load each round (background news).
-    #[arg(long, default_value_t = 0.001)]
-    churn: f64,
+    /// Other nodes that publish a new load each round (background news that
+    /// competes for the bounded windows and messages).
+    #[arg(long, default_value_t = 10)]
+    churn: usize,
     #[arg(long, default_value_t = 10)]
     warmup: u32,
     /// Give up after this many rounds.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     max_rounds: u32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -55,7 +61,7 @@ struct Run {
 #[derive(Serialize)]
 struct Report {
     scenario: &'static str,
-    churn: f64,
+    churn: usize,
     warmup: u32,
     message_bound_bytes: usize,
     runs: Vec<Run>,
@@ -83,7 +89,7 @@ fn simulate(
         bail!("a cluster needs at least 2 nodes");
     }
     let t = Instant::now();
-    let churn = (args.churn * n as f64).round() as usize;
+    let churn = args.churn;
     let mut c = Cluster::new(n, policy, args.seed);
     for _ in 0..args.warmup {
         c.round(churn, |_, _| {})?;

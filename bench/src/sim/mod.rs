@@ -8,6 +8,41 @@ mod gossip;
 mod plot;
 
 use clap::Subcommand;
+use std::time::Instant;
+
+/// Wall time and this thread's CPU time: on a shared machine the CPU time is
+/// what "on one core" means, whatever else runs.
+pub struct Timer {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Timer {
+    pub fn start() -> Self {
+        Timer {
+            wall: Instant::now(),
+            cpu: thread_cpu_s(),
+        }
+    }
+
+    /// `(wall_s, cpu_s)` since `start`.
+    pub fn elapsed(&self) -> (f64, f64) {
+        (self.wall.elapsed().as_secs_f64(), thread_cpu_s() - self.cpu)
+    }
+}
+
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
 
 #[derive(Subcommand)]
 pub enum Sim {

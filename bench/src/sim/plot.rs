@@ -87,7 +87,7 @@ fn gossip(json: &Value, out: &Path) -> anyhow::Result<()> {
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "Gossip: rounds until a load change is known (churn {})",
+                "Gossip: rounds until a load change is known ({} other changes per round)",
                 json["churn"]
             ),
             ("sans-serif", 22),

@@ -104,8 +104,19 @@ impl Targets {
     /// Call after node `n`'s load changed.
     pub fn update(&mut self, loads: &Loads, n: NodeId) {
         let class = self.class_of[n as usize];
-        if class != u32::MAX {
-            self.classes[class as usize].push(Reverse((key(loads.load[n as usize]), n)));
+        if class == u32::MAX {
+            return;
+        }
+        let entry = Reverse((key(loads.load[n as usize]), n));
+        let heap = &mut self.classes[class as usize];
+        // The usual case (the node just chosen is its class's head): replace
+        // in place, so the heap does not fill with stale entries.
+        if heap.peek().is_some_and(|top| top.0.1 == n) {
+            if let Some(mut top) = heap.peek_mut() {
+                *top = entry;
+            }
+        } else {
+            heap.push(entry);
         }
     }
 
