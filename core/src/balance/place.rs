@@ -10,16 +10,17 @@ use super::{BalanceError, NodeId, NodeInfo, RankInfo, check_weights};
 /// Returns each rank's node (`map[i]` for rank i).
 pub fn place(ranks: &[RankInfo], nodes: &[NodeInfo]) -> Result<Vec<NodeId>, BalanceError> {
     check_weights(ranks, nodes)?;
-    let mut order: Vec<u32> = (0..ranks.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        ranks[b as usize]
-            .weight
-            .total_cmp(&ranks[a as usize].weight)
-    });
+    // Sort (weight, index) pairs: contiguous, unlike comparisons that reach into `ranks`.
+    let mut order: Vec<(f64, u32)> = ranks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.weight, i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let mut loads = Loads::new(nodes);
     let mut targets = Targets::new(&loads);
     let mut map = vec![0; ranks.len()];
-    for i in order {
+    for (_, i) in order {
         let rank = &ranks[i as usize];
         let (n, _) = targets
             .best(&loads, nodes, rank, [None, None])
