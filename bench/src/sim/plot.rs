@@ -153,7 +153,7 @@ fn gossip(json: &Value, out: &Path) -> anyhow::Result<()> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::MiddleLeft)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()
