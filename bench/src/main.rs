@@ -7,6 +7,7 @@
 
 mod ckpt;
 mod overhead;
+mod sim;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ enum Scenario {
     Ckpt(ckpt::Args),
     /// Rank runtime: heat under mpirun with and without pm.
     Overhead(overhead::Args),
+    /// Cluster simulator: gossip dissemination and balancing at up to 10^5 nodes.
+    #[command(subcommand)]
+    Sim(sim::Sim),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Ckpt(args) => ckpt::run(&args),
         Scenario::Overhead(args) => overhead::run(&args),
+        Scenario::Sim(sim) => sim::run(&sim),
     }
 }

@@ -4,15 +4,25 @@
 //! * [`store`]: the node-local checkpoint store (atomic, incremental, verified).
 //! * [`region`]: page-aligned, pre-faulted buffers applications compute in.
 //! * [`names`]: validation of job ids and region names.
+//! * [`estimate`]: per-rank runtime estimates (EWMA, variance, confidence, phase changes).
+//! * [`balance`]: initial placement, rebalancing and the justification of moves.
+//! * [`gossip`]: dissemination of node load with a fan-out that grows with the cluster.
+//! * [`history`]: per-application weights of earlier runs, in a crash-safe file.
+//! * [`topology`]: a node's cores from hwloc and its capacity for the balancer.
 //!
 //! Later additions (wire messages, the transport trait, and the I/O-free
 //! estimator, balancer and gossip state machines) live here too.
 
+pub mod balance;
 mod error;
+pub mod estimate;
 pub mod format;
+pub mod gossip;
+pub mod history;
 pub mod names;
 pub mod region;
 pub mod store;
+pub mod topology;
 
 pub use error::StoreError;
 pub use format::Manifest;
