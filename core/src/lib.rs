@@ -4,6 +4,8 @@
 //! * [`store`]: the node-local checkpoint store (atomic, incremental, verified).
 //! * [`region`]: page-aligned, pre-faulted buffers applications compute in.
 //! * [`names`]: validation of job ids and region names.
+//! * [`wire`]: framed, authenticated messages between agents and the launcher.
+//! * [`transport`]: one-sided (RDMA-shaped) transfers and their TCP backend.
 //!
 //! Later additions (wire messages, the transport trait, and the I/O-free
 //! estimator, balancer and gossip state machines) live here too.
@@ -13,6 +15,8 @@ pub mod format;
 pub mod names;
 pub mod region;
 pub mod store;
+pub mod transport;
+pub mod wire;
 
 pub use error::StoreError;
 pub use format::Manifest;
