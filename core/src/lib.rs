@@ -6,6 +6,7 @@
 //! * [`names`]: validation of job ids and region names.
 //! * [`wire`]: framed, authenticated messages between agents and the launcher.
 //! * [`transport`]: one-sided (RDMA-shaped) transfers and their TCP backend.
+//! * [`replicate`]: copying a rank's snapshot to a partner's store over a transport.
 //!
 //! Later additions (wire messages, the transport trait, and the I/O-free
 //! estimator, balancer and gossip state machines) live here too.
@@ -14,6 +15,7 @@ mod error;
 pub mod format;
 pub mod names;
 pub mod region;
+pub mod replicate;
 pub mod store;
 pub mod transport;
 pub mod wire;

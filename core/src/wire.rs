@@ -113,16 +113,19 @@ pub enum Message {
     Heartbeat { node: String, seq: u64, load: Load },
     /// Agent to partner agent: rank `rank`'s snapshot of `epoch` is
     /// published locally. `manifest_bytes` is the encoded manifest file
-    /// (format.md); `data_key` is the transport key under which the sender
-    /// registered its data files for one-sided reads; `changed` lists the
-    /// (offset, length) ranges of the epoch's own data file that were
-    /// written, so a partner that holds the previous epoch pulls only those.
+    /// (format.md); `data_keys` gives, for each data file the manifest
+    /// references (by its epoch), the transport key under which the sender
+    /// registered it for one-sided reads (one key per file, because
+    /// unchanged chunks stay in older files and a partner that missed an
+    /// epoch needs them); `changed` lists the (offset, length) ranges of the
+    /// epoch's own data file that were written, so a partner that holds the
+    /// previous epoch knows what will move.
     SnapshotReady {
         job: String,
         rank: u32,
         epoch: u64,
         manifest_bytes: Vec<u8>,
-        data_key: RegionKey,
+        data_keys: Vec<(u64, RegionKey)>,
         changed: Vec<(u64, u64)>,
     },
     /// Partner agent to launcher (and to the sender): the replica of
@@ -543,7 +546,7 @@ mod tests {
             rank: 3,
             epoch: 9,
             manifest_bytes: vec![1, 2, 3, 4, 5],
-            data_key: RegionKey::from_u128(0xfeed),
+            data_keys: vec![(9, RegionKey::from_u128(0xfeed))],
             changed: vec![(0, 4096), (1 << 20, 8192)],
         }
     }
@@ -692,7 +695,7 @@ mod tests {
                     rank: 1,
                     epoch,
                     manifest_bytes,
-                    data_key: RegionKey::from_u128(epoch as u128),
+                    data_keys: vec![(epoch, RegionKey::from_u128(epoch as u128))],
                     changed: vec![(epoch, 4096)],
                 }
             ),
