@@ -7,6 +7,7 @@
 
 mod ckpt;
 mod overhead;
+mod replicate;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Scenario {
     Ckpt(ckpt::Args),
     /// Rank runtime: heat under mpirun with and without pm.
     Overhead(overhead::Args),
+    /// Replication of a snapshot to a partner over loopback against raw TCP.
+    Replicate(replicate::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Ckpt(args) => ckpt::run(&args),
         Scenario::Overhead(args) => overhead::run(&args),
+        Scenario::Replicate(args) => replicate::run(&args),
     }
 }

@@ -13,13 +13,14 @@
 
 use crate::StoreError;
 use crate::format::Manifest;
-use crate::store::{ChunkFetch, ImportReport, Snapshot, Store};
+use crate::store::{ChunkFetch, ImportReport, ImportTarget, Snapshot, Store};
 use crate::transport::{
     Access, Completion, LocalSlice, Region, RegionKey, RemoteSlice, Transport, TransportError,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Largest single transfer when adjacent chunks are merged.
@@ -125,7 +126,8 @@ pub fn changed_ranges(manifest: &Manifest) -> Vec<(u64, u64)> {
 
 /// Pulls the snapshot described by `manifest` from `peer` (which exposed its
 /// data files under `data_keys`) into `dest`, moving only the chunks `dest`
-/// lacks. On any failure `dest`'s earlier snapshots are untouched.
+/// lacks. On any failure `dest`'s earlier snapshots are untouched. A one-off
+/// [`Puller`]; keep a `Puller` to pull repeatedly.
 pub fn pull<T: Transport>(
     transport: &T,
     peer: &T::Peer,
@@ -133,86 +135,189 @@ pub fn pull<T: Transport>(
     data_keys: &[(u64, RegionKey)],
     dest: &mut Store,
 ) -> Result<ImportReport, ReplicateError> {
-    let keys: HashMap<u64, RegionKey> = data_keys.iter().copied().collect();
-    for c in manifest.regions.iter().flat_map(|r| &r.chunks) {
-        if !keys.contains_key(&c.file_epoch) {
-            return Err(ReplicateError::MissingKey {
-                epoch: manifest.epoch,
-                file_epoch: c.file_epoch,
-            });
+    Puller::new(transport).pull(peer, manifest, data_keys, dest)
+}
+
+/// Pulls snapshots into a store, keeping the store's data files mapped and
+/// registered between pulls (the store recycles a few files, so the same
+/// ones come back): mapping and registering a large file costs as much as
+/// a good part of the transfer.
+pub struct Puller<'t, T: Transport> {
+    transport: &'t T,
+    targets: Vec<Target>,
+}
+
+/// A destination data file registered for incoming transfers.
+struct Target {
+    file: File,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    key: RegionKey,
+}
+
+/// Registered destination files kept per puller.
+const KEEP_TARGETS: usize = 4;
+
+impl<'t, T: Transport> Puller<'t, T> {
+    pub fn new(transport: &'t T) -> Self {
+        Self {
+            transport,
+            targets: Vec::new(),
         }
     }
-    let fetch = |file: &File, len: u64, chunks: &[ChunkFetch]| -> Result<(), ReplicateError> {
-        let path = || PathBuf::from(format!("data file of epoch {}", manifest.epoch));
-        let size = usize::try_from(len).map_err(|_| ReplicateError::Map {
-            path: path(),
-            source: std::io::ErrorKind::FileTooLarge.into(),
-        })?;
-        let region = Region::map_file(file, 0, size, Access::ReadWrite).map_err(|source| {
-            ReplicateError::Map {
-                path: path(),
-                source,
+
+    /// As [`pull`].
+    pub fn pull(
+        &mut self,
+        peer: &T::Peer,
+        manifest: &Manifest,
+        data_keys: &[(u64, RegionKey)],
+        dest: &mut Store,
+    ) -> Result<ImportReport, ReplicateError> {
+        let keys: HashMap<u64, RegionKey> = data_keys.iter().copied().collect();
+        for c in manifest.regions.iter().flat_map(|r| &r.chunks) {
+            if !keys.contains_key(&c.file_epoch) {
+                return Err(ReplicateError::MissingKey {
+                    epoch: manifest.epoch,
+                    file_epoch: c.file_epoch,
+                });
             }
-        })?;
-        let local = transport.register(Arc::new(region))?;
-        let outcome = transfer_all(transport, peer, &keys, local, chunks);
-        transport.deregister(local)?;
-        outcome
-    };
-    Ok(dest.import_snapshot(manifest, fetch)?)
+        }
+        let path = dest.data_path(manifest.epoch);
+        let fetch = |target: &ImportTarget<'_>, chunks: &[ChunkFetch]| {
+            let local = self.target_key(target, &path)?;
+            transfer_all(self.transport, peer, &keys, local, target, chunks)
+        };
+        Ok(dest.import_snapshot(manifest, fetch)?)
+    }
+
+    /// The key of the registered mapping of the import's data file,
+    /// registering it unless a live mapping of the same file is cached.
+    fn target_key(
+        &mut self,
+        target: &ImportTarget<'_>,
+        path: &Path,
+    ) -> Result<RegionKey, ReplicateError> {
+        let map_err = |source| ReplicateError::Map {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = target.file().metadata().map_err(map_err)?;
+        // Forget mappings of files that no longer exist.
+        let transport = self.transport;
+        self.targets.retain(|t| {
+            let live = t.file.metadata().is_ok_and(|m| m.nlink() > 0);
+            if !live {
+                let _ = transport.deregister(t.key);
+            }
+            live
+        });
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| t.dev == meta.dev() && t.ino == meta.ino() && t.len == target.len())
+        {
+            return Ok(t.key);
+        }
+        let len = usize::try_from(target.len())
+            .map_err(|_| map_err(std::io::ErrorKind::FileTooLarge.into()))?;
+        let region = Region::map_file(target.file(), 0, len, Access::ReadWrite).map_err(map_err)?;
+        let key = self.transport.register(Arc::new(region))?;
+        if self.targets.len() >= KEEP_TARGETS {
+            let old = self.targets.remove(0);
+            let _ = self.transport.deregister(old.key);
+        }
+        self.targets.push(Target {
+            file: target.file().try_clone().map_err(map_err)?,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: target.len(),
+            key,
+        });
+        Ok(key)
+    }
+}
+
+impl<T: Transport> Drop for Puller<'_, T> {
+    fn drop(&mut self) {
+        for t in self.targets.drain(..) {
+            let _ = self.transport.deregister(t.key);
+        }
+    }
 }
 
 /// Reads every chunk into the local region, merging neighbours and keeping
-/// up to [`IN_FLIGHT`] transfers going; returns the first error after all
-/// issued transfers have ended.
+/// up to [`IN_FLIGHT`] transfers going; each transfer's chunks are verified
+/// as soon as it completes, while later ones are still moving. Returns the
+/// first error after all issued transfers have ended.
 fn transfer_all<T: Transport>(
     transport: &T,
     peer: &T::Peer,
     keys: &HashMap<u64, RegionKey>,
     local: RegionKey,
+    target: &ImportTarget<'_>,
     chunks: &[ChunkFetch],
 ) -> Result<(), ReplicateError> {
-    let mut pending: std::collections::VecDeque<Completion> = Default::default();
-    let mut first_err = None;
-    for (remote, dst) in merge(keys, local, chunks) {
+    let mut pending: VecDeque<(Completion, &[ChunkFetch])> = VecDeque::new();
+    let mut first_err: Option<ReplicateError> = None;
+    let settle = |(c, part): (Completion, &[ChunkFetch]),
+                      first_err: &mut Option<ReplicateError>| {
+        let outcome = transport
+            .wait(c)
+            .map_err(ReplicateError::from)
+            .and_then(|_| {
+                part.iter()
+                    .try_for_each(|f| target.verify(f))
+                    .map_err(ReplicateError::from)
+            });
+        if let Err(e) = outcome {
+            first_err.get_or_insert(e);
+        }
+    };
+    for (remote, dst, part) in merge(keys, local, chunks) {
         if pending.len() >= IN_FLIGHT {
-            if let Some(Err(e)) = pending.pop_front().map(|c| transport.wait(c)) {
-                first_err.get_or_insert(e);
+            if let Some(p) = pending.pop_front() {
+                settle(p, &mut first_err);
             }
         }
         if first_err.is_some() {
             break;
         }
-        pending.push_back(transport.read(peer, remote, dst));
+        pending.push_back((transport.read(peer, remote, dst), part));
     }
-    for c in pending {
-        if let Err(e) = transport.wait(c) {
-            first_err.get_or_insert(e);
-        }
+    for p in pending {
+        settle(p, &mut first_err);
     }
-    first_err.map_or(Ok(()), |e| Err(e.into()))
+    first_err.map_or(Ok(()), Err)
 }
 
 /// Chunks that are contiguous both at the source and at the destination
-/// become one transfer of at most [`MAX_TRANSFER`] bytes.
-fn merge(
+/// become one transfer of at most [`MAX_TRANSFER`] bytes; each transfer
+/// comes with the chunks it carries.
+fn merge<'c>(
     keys: &HashMap<u64, RegionKey>,
     local: RegionKey,
-    chunks: &[ChunkFetch],
-) -> Vec<(RemoteSlice, LocalSlice)> {
-    let mut out: Vec<(RemoteSlice, LocalSlice)> = Vec::new();
-    for f in chunks {
+    chunks: &'c [ChunkFetch],
+) -> Vec<(RemoteSlice, LocalSlice, &'c [ChunkFetch])> {
+    let mut out: Vec<(RemoteSlice, LocalSlice, &'c [ChunkFetch])> = Vec::new();
+    let mut start = 0;
+    for (i, f) in chunks.iter().enumerate() {
         let key = keys[&f.source.file_epoch];
-        if let Some((r, l)) = out.last_mut() {
+        if let Some((r, l, _)) = out.last_mut() {
             if r.key == key
                 && r.offset + l.len == f.source.offset
                 && l.offset + l.len == f.dest_offset
                 && l.len + f.len <= MAX_TRANSFER
             {
                 l.len += f.len;
+                if let Some(last) = out.last_mut() {
+                    last.2 = &chunks[start..=i];
+                }
                 continue;
             }
         }
+        start = i;
         out.push((
             RemoteSlice {
                 key,
@@ -223,6 +328,7 @@ fn merge(
                 offset: f.dest_offset,
                 len: f.len,
             },
+            &chunks[i..=i],
         ));
     }
     out

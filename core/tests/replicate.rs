@@ -3,7 +3,7 @@
 
 use pm_core::StoreError;
 use pm_core::replicate::{self, ReplicateError};
-use pm_core::store::ChunkFetch;
+use pm_core::store::{ChunkFetch, ImportTarget};
 use pm_core::transport::{TcpOptions, TcpTransport, Transport};
 use pm_core::wire::JobSecret;
 use pm_core::{RegionRef, Store, StoreOptions};
@@ -230,17 +230,20 @@ fn fetched_bytes_that_do_not_match_their_hash_are_never_published() {
     let source = File::open(a.store.data_path(1)).unwrap();
     let err = b
         .store
-        .import_snapshot(&manifest, |dst: &File, _len, chunks: &[ChunkFetch]| {
-            for (i, c) in chunks.iter().enumerate() {
-                let mut buf = vec![0; c.len as usize];
-                source.read_exact_at(&mut buf, c.source.offset)?;
-                if i == 17 {
-                    buf[100] ^= 1; // damaged in transit
+        .import_snapshot(
+            &manifest,
+            |dst: &ImportTarget<'_>, chunks: &[ChunkFetch]| {
+                for (i, c) in chunks.iter().enumerate() {
+                    let mut buf = vec![0; c.len as usize];
+                    source.read_exact_at(&mut buf, c.source.offset)?;
+                    if i == 17 {
+                        buf[100] ^= 1; // damaged in transit
+                    }
+                    dst.file().write_all_at(&buf, c.dest_offset)?;
                 }
-                dst.write_all_at(&buf, c.dest_offset)?;
-            }
-            Ok::<(), std::io::Error>(())
-        })
+                Ok::<(), std::io::Error>(())
+            },
+        )
         .unwrap_err();
     assert!(
         matches!(err, StoreError::ChunkCorrupt { chunk: 17, .. }),
@@ -256,7 +259,7 @@ fn a_snapshot_of_another_rank_is_refused() {
     let mut other = Store::open(b._root.path(), "job-r", 1, StoreOptions::default()).unwrap();
     let manifest = a.store.manifest(1).unwrap();
     let err = other
-        .import_snapshot(&manifest, |_: &File, _, _: &[ChunkFetch]| {
+        .import_snapshot(&manifest, |_: &ImportTarget<'_>, _: &[ChunkFetch]| {
             Ok::<(), std::io::Error>(())
         })
         .unwrap_err();

@@ -14,7 +14,10 @@ use crate::StoreError;
 use crate::format::{ChunkRef, Manifest, RegionManifest, chunk_hash};
 use crate::region::page_align;
 use rayon::prelude::*;
+use std::collections::HashSet;
 use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A chunk the importing store lacks: where the source holds it and where
@@ -49,18 +52,20 @@ impl Store {
     /// in this store, fetching only the chunks that differ from this store's
     /// newest older snapshot.
     ///
-    /// `fetch` receives this store's data file for the epoch (already sized
-    /// to `file_len`) and the chunks to fill; it must write each chunk's
-    /// bytes at its `dest_offset`, by any means that reaches the file. The
-    /// chunks are then verified against their hashes and the manifest is
-    /// published atomically, with the crash guarantees of [`Store::write`].
+    /// `fetch` receives this store's data file for the epoch (already sized,
+    /// see [`ImportTarget`]) and the chunks to fill; it must write each
+    /// chunk's bytes at its `dest_offset`, by any means that reaches the
+    /// file. Every chunk is verified against its hash (by the fetcher
+    /// through [`ImportTarget::verify`] as chunks arrive, or here
+    /// afterwards) and the manifest is then published atomically, with the
+    /// crash guarantees of [`Store::write`].
     pub fn import_snapshot<F, E>(
         &mut self,
         manifest: &Manifest,
         fetch: F,
     ) -> Result<ImportReport, StoreError>
     where
-        F: FnOnce(&File, u64, &[ChunkFetch]) -> Result<(), E>,
+        F: FnOnce(&ImportTarget<'_>, &[ChunkFetch]) -> Result<(), E>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
@@ -135,28 +140,29 @@ impl Store {
                 .acquire_data_file(epoch, file_len)?
                 .expect("chunks to fetch imply a non-empty data file");
             self.phase(WritePhase::CopyChunks);
-            let dir = self.dir.clone();
-            fetch(&data.file, file_len, &fetches).map_err(|e| StoreError::Fetch {
-                dir,
+            let path = self.data_path(epoch);
+            let target = ImportTarget {
+                file: &data.file,
+                len: file_len,
+                map: &data.map,
+                path: &path,
+                epoch,
+                regions: &regions,
+                verified: Mutex::new(HashSet::new()),
+            };
+            fetch(&target, &fetches).map_err(|e| StoreError::Fetch {
+                dir: self.dir.clone(),
                 epoch,
                 source: e.into(),
             })?;
-            let path = self.data_path(epoch);
-            fetches.par_iter().try_for_each(|f| {
-                let start = f.dest_offset as usize;
-                let bytes = &data.map[start..start + f.len as usize];
-                if chunk_hash(bytes) == f.source.hash {
-                    return Ok(());
-                }
-                let (region, chunk) = locate(&regions, f.dest_offset, epoch);
-                Err(StoreError::ChunkCorrupt {
-                    path: path.clone(),
-                    region,
-                    chunk,
-                    offset: f.dest_offset,
-                    end: f.dest_offset + f.len,
-                })
-            })?;
+            let verified = target
+                .verified
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner());
+            fetches
+                .par_iter()
+                .filter(|f| !verified.contains(&f.dest_offset))
+                .try_for_each(|f| check_chunk(&data.map, &path, epoch, &regions, f))?;
             bytes_fetched = fetches.iter().map(|f| f.len).sum();
             self.phase(WritePhase::SyncData);
             if self.sync {
@@ -201,6 +207,69 @@ impl Store {
             pruned,
         })
     }
+}
+
+/// Where an import's fetcher puts the chunks: this store's data file of
+/// the imported epoch, already sized.
+pub struct ImportTarget<'a> {
+    file: &'a File,
+    len: u64,
+    map: &'a [u8],
+    path: &'a Path,
+    epoch: u64,
+    regions: &'a [RegionManifest],
+    /// Destination offsets of the chunks already verified.
+    verified: Mutex<HashSet<u64>>,
+}
+
+impl ImportTarget<'_> {
+    /// The data file; write each fetched chunk at its `dest_offset`.
+    pub fn file(&self) -> &File {
+        self.file
+    }
+
+    /// The data file's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks the hash of a chunk that has arrived while others are still
+    /// in flight, so that checking overlaps the transfers; chunks checked
+    /// here are not checked again before publishing.
+    pub fn verify(&self, chunk: &ChunkFetch) -> Result<(), StoreError> {
+        check_chunk(self.map, self.path, self.epoch, self.regions, chunk)?;
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(chunk.dest_offset);
+        Ok(())
+    }
+}
+
+fn check_chunk(
+    map: &[u8],
+    path: &Path,
+    epoch: u64,
+    regions: &[RegionManifest],
+    f: &ChunkFetch,
+) -> Result<(), StoreError> {
+    let start = f.dest_offset as usize;
+    let bytes = map.get(start..start + f.len as usize).unwrap_or_default();
+    if bytes.len() as u64 == f.len && chunk_hash(bytes) == f.source.hash {
+        return Ok(());
+    }
+    let (region, chunk) = locate(regions, f.dest_offset, epoch);
+    Err(StoreError::ChunkCorrupt {
+        path: path.to_owned(),
+        region,
+        chunk,
+        offset: f.dest_offset,
+        end: f.dest_offset + f.len,
+    })
 }
 
 /// The region and chunk index whose fetched copy lies at `offset` (for errors).

@@ -19,7 +19,7 @@ mod read;
 mod write;
 
 pub use commit::CommitRecord;
-pub use import::{ChunkFetch, ImportReport};
+pub use import::{ChunkFetch, ImportReport, ImportTarget};
 pub use read::{Recovery, Skipped, Snapshot};
 pub use write::{WritePhase, WriteReport};
 
