@@ -262,7 +262,7 @@ fn transfer_all<T: Transport>(
     let mut pending: VecDeque<(Completion, &[ChunkFetch])> = VecDeque::new();
     let mut first_err: Option<ReplicateError> = None;
     let settle = |(c, part): (Completion, &[ChunkFetch]),
-                      first_err: &mut Option<ReplicateError>| {
+                  first_err: &mut Option<ReplicateError>| {
         let outcome = transport
             .wait(c)
             .map_err(ReplicateError::from)
