@@ -180,6 +180,8 @@ pub enum WireErrorKind {
     Sequence { expected: u64, found: u64 },
     #[error("authenticated frame does not decode as the expected message: {0}")]
     Decode(String),
+    #[error("message does not encode: {0}")]
+    Encode(String),
     #[error("handshake failed: {0}")]
     Handshake(String),
     #[error("no random bytes from the operating system: {0}")]
@@ -396,7 +398,7 @@ impl Session {
     /// Encodes `msg` with postcard and sends it as one frame.
     pub fn send<T: Serialize, W: Write>(&mut self, w: &mut W, msg: &T) -> Result<(), WireError> {
         let body = postcard::to_stdvec(msg)
-            .map_err(|e| self.error(WireErrorKind::Decode(e.to_string())))?;
+            .map_err(|e| self.error(WireErrorKind::Encode(e.to_string())))?;
         self.send_frame(w, &body)
     }
 
