@@ -281,8 +281,31 @@ fn local_ranges_are_checked_before_anything_is_sent() {
     assert!(matches!(err, TransportError::UnknownKey { .. }), "{err}");
 }
 
+/// Everything logged by any thread of this test binary.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        lock(&LOG).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .try_init();
+}
+
 #[test]
 fn a_peer_with_the_wrong_secret_is_rejected_and_others_are_still_served() {
+    capture_logs();
     let a = endpoint("a", 1);
     let intruder = endpoint("intruder", 2);
     let friend = endpoint("friend", 1);
@@ -306,6 +329,14 @@ fn a_peer_with_the_wrong_secret_is_rejected_and_others_are_still_served() {
         .unwrap_err();
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
     assert!(contents(&ibuf).iter().all(|&x| x == 0));
+    // The server logged the rejection (before it closed the connection).
+    let log = String::from_utf8_lossy(&lock(&LOG)).into_owned();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("rejected a transport connection")
+            && l.contains("another job's secret")),
+        "{log}"
+    );
     let (fk, fbuf) = buffer(&friend, 4096);
     friend
         .read(
