@@ -17,6 +17,7 @@ use crate::store::{ChunkFetch, ImportReport, ImportTarget, Snapshot, Store};
 use crate::transport::{
     Access, Completion, LocalSlice, Region, RegionKey, RemoteSlice, Transport, TransportError,
 };
+use crate::wire::Message;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -44,6 +45,8 @@ pub enum ReplicateError {
         "the snapshot of epoch {epoch} references data file epoch {file_epoch}, for which the source sent no key"
     )]
     MissingKey { epoch: u64, file_epoch: u64 },
+    #[error("the SnapshotReady announcement is inconsistent: {0}")]
+    Announcement(String),
 }
 
 /// A snapshot registered for remote reads; deregister it once partners have
@@ -56,6 +59,55 @@ pub struct ExposedSnapshot {
 }
 
 impl ExposedSnapshot {
+    /// The message that tells partners to pull this snapshot.
+    pub fn announcement(&self) -> Message {
+        Message::SnapshotReady {
+            job: self.manifest.job.clone(),
+            rank: self.manifest.rank,
+            epoch: self.manifest.epoch,
+            manifest_bytes: self.manifest.encode(),
+            data_keys: self.data_keys.clone(),
+            changed: changed_ranges(&self.manifest),
+        }
+    }
+
+    /// The snapshot a `SnapshotReady` announces: its manifest (decoded and
+    /// checked like a manifest file) must agree with the message's job, rank
+    /// and epoch, and every data file it references must have a key.
+    pub fn from_announcement(msg: &Message) -> Result<Self, ReplicateError> {
+        let Message::SnapshotReady {
+            job,
+            rank,
+            epoch,
+            manifest_bytes,
+            data_keys,
+            ..
+        } = msg
+        else {
+            return Err(ReplicateError::Announcement(
+                "not a SnapshotReady message".into(),
+            ));
+        };
+        let manifest = Manifest::decode(manifest_bytes, Path::new("<announced manifest>"))?;
+        if manifest.job != *job || manifest.rank != *rank || manifest.epoch != *epoch {
+            return Err(ReplicateError::Announcement(format!(
+                "the message names job {job:?} rank {rank} epoch {epoch}, its manifest job {:?} rank {} epoch {}",
+                manifest.job, manifest.rank, manifest.epoch
+            )));
+        }
+        let exposed = Self {
+            manifest,
+            data_keys: data_keys.clone(),
+        };
+        exposed.check_keys()?;
+        Ok(exposed)
+    }
+
+    fn check_keys(&self) -> Result<(), ReplicateError> {
+        let keys: HashMap<u64, RegionKey> = self.data_keys.iter().copied().collect();
+        check_keys(&self.manifest, &keys)
+    }
+
     /// Withdraws every data file from remote access.
     pub fn withdraw<T: Transport>(self, transport: &T) -> Result<(), TransportError> {
         for (_, key) in self.data_keys {
@@ -176,14 +228,7 @@ impl<'t, T: Transport> Puller<'t, T> {
         dest: &mut Store,
     ) -> Result<ImportReport, ReplicateError> {
         let keys: HashMap<u64, RegionKey> = data_keys.iter().copied().collect();
-        for c in manifest.regions.iter().flat_map(|r| &r.chunks) {
-            if !keys.contains_key(&c.file_epoch) {
-                return Err(ReplicateError::MissingKey {
-                    epoch: manifest.epoch,
-                    file_epoch: c.file_epoch,
-                });
-            }
-        }
+        check_keys(manifest, &keys)?;
         let path = dest.data_path(manifest.epoch);
         let fetch = |target: &ImportTarget<'_>, chunks: &[ChunkFetch]| {
             let local = self.target_key(target, &path)?;
@@ -244,6 +289,22 @@ impl<T: Transport> Drop for Puller<'_, T> {
         for t in self.targets.drain(..) {
             let _ = self.transport.deregister(t.key);
         }
+    }
+}
+
+/// Every data file the manifest references must have a key.
+fn check_keys(manifest: &Manifest, keys: &HashMap<u64, RegionKey>) -> Result<(), ReplicateError> {
+    match manifest
+        .regions
+        .iter()
+        .flat_map(|r| &r.chunks)
+        .find(|c| !keys.contains_key(&c.file_epoch))
+    {
+        Some(c) => Err(ReplicateError::MissingKey {
+            epoch: manifest.epoch,
+            file_epoch: c.file_epoch,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -5,7 +5,7 @@ use pm_core::StoreError;
 use pm_core::replicate::{self, ReplicateError};
 use pm_core::store::{ChunkFetch, ImportTarget};
 use pm_core::transport::{TcpOptions, TcpTransport, Transport};
-use pm_core::wire::JobSecret;
+use pm_core::wire::{JobSecret, Message};
 use pm_core::{RegionRef, Store, StoreOptions};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -264,4 +264,46 @@ fn a_snapshot_of_another_rank_is_refused() {
         })
         .unwrap_err();
     assert!(matches!(err, StoreError::WrongOwner { .. }), "{err}");
+}
+
+#[test]
+fn a_snapshot_ready_message_round_trips_and_inconsistent_ones_are_refused() {
+    let mut a = node(2);
+    let mut s = state(7);
+    write(&mut a, 1, &s);
+    touch(&mut s, 3, 0);
+    write(&mut a, 2, &s);
+    let snap = a.store.open_snapshot(2).unwrap();
+    let exposed = replicate::expose(&a.transport, &a.store, &snap).unwrap();
+    let msg = exposed.announcement();
+    let Message::SnapshotReady { changed, .. } = &msg else {
+        panic!("{msg:?}")
+    };
+    let changed_bytes: u64 = changed.iter().map(|(_, len)| len).sum();
+    assert_eq!(changed_bytes, 3 * CHUNK as u64);
+    let back = replicate::ExposedSnapshot::from_announcement(&msg).unwrap();
+    assert_eq!(back.manifest, exposed.manifest);
+    assert_eq!(back.data_keys, exposed.data_keys);
+
+    let mut wrong_epoch = msg.clone();
+    if let Message::SnapshotReady { epoch, .. } = &mut wrong_epoch {
+        *epoch = 3;
+    }
+    let err = replicate::ExposedSnapshot::from_announcement(&wrong_epoch).unwrap_err();
+    assert!(matches!(err, ReplicateError::Announcement(_)), "{err}");
+    let mut missing_key = msg.clone();
+    if let Message::SnapshotReady { data_keys, .. } = &mut missing_key {
+        data_keys.retain(|(e, _)| *e == 2);
+    }
+    let err = replicate::ExposedSnapshot::from_announcement(&missing_key).unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::MissingKey { file_epoch: 1, .. }),
+        "{err}"
+    );
+    let mut damaged = msg;
+    if let Message::SnapshotReady { manifest_bytes, .. } = &mut damaged {
+        manifest_bytes[20] ^= 1;
+    }
+    let err = replicate::ExposedSnapshot::from_announcement(&damaged).unwrap_err();
+    assert!(matches!(err, ReplicateError::Store(_)), "{err}");
 }
