@@ -7,6 +7,7 @@
 
 mod ckpt;
 mod overhead;
+mod replicate;
 mod sim;
 mod size;
 
@@ -31,6 +32,8 @@ enum Scenario {
     /// Cluster simulator: gossip dissemination and balancing at up to 10^5 nodes.
     #[command(subcommand)]
     Sim(sim::Sim),
+    /// Replication of a snapshot to a partner over loopback against raw TCP.
+    Replicate(replicate::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Ckpt(args) => ckpt::run(&args),
         Scenario::Overhead(args) => overhead::run(&args),
         Scenario::Sim(sim) => sim::run(&sim),
+        Scenario::Replicate(args) => replicate::run(&args),
     }
 }

@@ -122,6 +122,16 @@ pub enum StoreError {
         stored: u64,
         given: u64,
     },
+
+    #[error(
+        "importing the snapshot of epoch {epoch} into {dir} failed while fetching its chunks: {source}; the store's earlier snapshots are intact, retry the import"
+    )]
+    Fetch {
+        dir: PathBuf,
+        epoch: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StoreError {

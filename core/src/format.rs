@@ -182,7 +182,7 @@ impl Manifest {
     }
 
     /// Structural invariants a well-formed manifest holds.
-    fn check_consistency(&self) -> Result<(), String> {
+    pub(crate) fn check_consistency(&self) -> Result<(), String> {
         let mut names = HashSet::new();
         for r in &self.regions {
             validate_region_name(&r.name).map_err(|e| e.to_string())?;

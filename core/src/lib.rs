@@ -9,9 +9,12 @@
 //! * [`gossip`]: dissemination of node load with a fan-out that grows with the cluster.
 //! * [`history`]: per-application weights of earlier runs, in a crash-safe file.
 //! * [`topology`]: a node's cores from hwloc and its capacity for the balancer.
+//! * [`wire`]: framed, authenticated messages between agents and the launcher.
+//! * [`transport`]: one-sided (RDMA-shaped) transfers and their TCP backend.
+//! * [`replicate`]: copying a rank's snapshot to a partner's store over a transport.
 //!
-//! Later additions (wire messages, the transport trait, and the I/O-free
-//! estimator, balancer and gossip state machines) live here too.
+//! The balancing modules are pure (events in, decisions out, no I/O), so the
+//! simulator in `pmbench sim` drives the same code for 10⁵ nodes.
 
 pub mod balance;
 mod error;
@@ -21,8 +24,11 @@ pub mod gossip;
 pub mod history;
 pub mod names;
 pub mod region;
+pub mod replicate;
 pub mod store;
 pub mod topology;
+pub mod transport;
+pub mod wire;
 
 pub use error::StoreError;
 pub use format::Manifest;

@@ -14,10 +14,12 @@
 //! cost several times a memcpy on these machines).
 
 pub mod commit;
+mod import;
 mod read;
 mod write;
 
 pub use commit::CommitRecord;
+pub use import::{ChunkFetch, ImportReport, ImportTarget};
 pub use read::{Recovery, Skipped, Snapshot};
 pub use write::{WritePhase, WriteReport};
 

@@ -115,9 +115,13 @@ impl Snapshot {
                 given: dst.len() as u64,
             });
         }
+        // The first damaged chunk in file order is reported, whichever
+        // thread finds damage first.
         dst.par_chunks_mut(region.chunk_size as usize)
             .enumerate()
-            .try_for_each(|(i, buf)| self.read_chunk(region, i, buf))
+            .map(|(i, buf)| self.read_chunk(region, i, buf))
+            .find_first(Result::is_err)
+            .unwrap_or(Ok(()))
     }
 
     /// Reads every chunk of every region and checks its hash, without a destination.
@@ -130,10 +134,12 @@ impl Snapshot {
             .collect();
         chunks
             .par_iter()
-            .try_for_each_init(Vec::new, |scratch, &(region, i)| {
+            .map_init(Vec::new, |scratch, &(region, i)| {
                 scratch.resize(region.chunk_len(i) as usize, 0);
                 self.read_chunk(region, i, scratch)
             })
+            .find_first(Result::is_err)
+            .unwrap_or(Ok(()))
     }
 
     fn region(&self, name: &str) -> Result<&RegionManifest, StoreError> {

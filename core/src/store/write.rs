@@ -212,7 +212,7 @@ impl Store {
         })
     }
 
-    fn publish_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+    pub(super) fn publish_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
         self.phase(WritePhase::WriteManifest);
         let tmp = self.tmp_manifest_path(manifest.epoch);
         let mut f = File::create(&tmp).map_err(|e| StoreError::io("create manifest", &tmp, e))?;
@@ -232,7 +232,7 @@ impl Store {
 
     /// Removes manifests of `epoch` and later: they belong to a run that was
     /// abandoned (the job restarted from an older epoch).
-    fn discard_from(&mut self, epoch: u64) -> Result<(), StoreError> {
+    pub(super) fn discard_from(&mut self, epoch: u64) -> Result<(), StoreError> {
         let stale: Vec<u64> = self
             .list()?
             .manifests
@@ -254,7 +254,7 @@ impl Store {
     /// The newest manifest older than `epoch` that decodes; its chunks are
     /// the candidates for reuse. A damaged one is skipped (its chunks are
     /// then simply written again).
-    fn newest_valid_before(&self, epoch: u64) -> Option<Manifest> {
+    pub(super) fn newest_valid_before(&self, epoch: u64) -> Option<Manifest> {
         let epochs = self.list().ok()?.manifests;
         epochs
             .into_iter()
@@ -266,7 +266,11 @@ impl Store {
     /// Opens the data file for `epoch` with length `len` and its mapping,
     /// preferring a leftover file of this epoch or the spare, whose pages are
     /// already allocated. `None` when the snapshot has no bytes.
-    fn acquire_data_file(&mut self, epoch: u64, len: u64) -> Result<Option<CachedMap>, StoreError> {
+    pub(super) fn acquire_data_file(
+        &mut self,
+        epoch: u64,
+        len: u64,
+    ) -> Result<Option<CachedMap>, StoreError> {
         if len == 0 {
             return Ok(None);
         }

@@ -1,0 +1,301 @@
+//! `pmbench replicate`: replicating a rank's snapshot to a partner's store
+//! over the TCP transport, against a raw TCP stream of the same bytes.
+//!
+//! Two "nodes" on this machine: stores under two roots, transport endpoints
+//! on 127.0.0.2 and 127.0.0.3.
+//!
+//! * `raw_tcp_s`: one plain TCP connection moving the state's bytes from
+//!   memory into a pre-faulted buffer (the baseline).
+//! * `replicate_full_s`: pulling a snapshot in which every chunk changed into
+//!   the partner's store (authenticated requests, one-sided reads into the
+//!   mapped data file, hash check of every chunk, atomic publish), in steady
+//!   state (the partner recycles the pages of its pruned epochs).
+//! * `expose_s`: the source registering the snapshot's data files (mapping
+//!   them), paid once per epoch whatever the number of partners.
+//! * `replicate_incr_1pct_s` and `incr_bytes_fetched`: the same after 1% of
+//!   the chunks changed.
+//!
+//! Each time is the median of `--repeat` runs.
+
+use crate::size::parse_size;
+use anyhow::{Context, ensure};
+use clap::Args as ClapArgs;
+use pm_core::replicate;
+use pm_core::store::{DEFAULT_CHUNK_SIZE, default_root};
+use pm_core::transport::{TcpOptions, TcpTransport};
+use pm_core::wire::JobSecret;
+use pm_core::{RegionBuf, RegionRef, Store, StoreOptions};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// State size per rank (bytes, or with KiB/MiB/GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// Directory under which the two nodes' stores are made [default: /dev/shm/pmrun-<uid>].
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Chunk size (a multiple of 4096).
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE as u64, value_parser = parse_size)]
+    chunk_size: u64,
+    /// Transport connections per peer.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Runs per figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    bytes: u64,
+    chunk_size: u64,
+    store: PathBuf,
+    connections: usize,
+    raw_tcp_s: f64,
+    raw_tcp_gbs: f64,
+    replicate_full_s: f64,
+    replicate_gbs: f64,
+    replicate_over_raw: f64,
+    expose_s: f64,
+    full_bytes_fetched: u64,
+    replicate_incr_1pct_s: f64,
+    incr_bytes_fetched: u64,
+    incr_bytes_over_full: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+const PIECE: usize = 4 << 20;
+
+/// Time to move `state` over one plain TCP connection into `sink`.
+fn raw_tcp(state: &[u8], sink: &mut [u8]) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))?;
+    let addr = listener.local_addr()?;
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            for piece in state.chunks(PIECE) {
+                s.write_all(piece)?;
+            }
+            Ok(())
+        });
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr)?;
+        for piece in sink.chunks_mut(PIECE) {
+            s.read_exact(piece)?;
+        }
+        let t = started.elapsed().as_secs_f64();
+        sender.join().expect("sender thread")?;
+        Ok(t)
+    })
+}
+
+fn fill(state: &mut [u8]) {
+    state
+        .par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for b in c.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+            }
+        });
+}
+
+/// Changes one byte in every `stride`-th chunk.
+fn touch_chunks(state: &mut [u8], chunk: usize, stride: usize, round: u8) {
+    for (i, c) in state.chunks_mut(chunk).enumerate() {
+        if i % stride == 0 {
+            c[0] = c[0].wrapping_add(1).wrapping_add(round);
+        }
+    }
+}
+
+struct Round {
+    expose_s: f64,
+    pull_s: f64,
+    fetched: u64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let size = usize::try_from(args.size).context("--size does not fit in memory")?;
+    ensure!(size > 0, "--size must be positive");
+    ensure!(args.repeat > 0, "--repeat must be at least 1");
+    let chunk = args.chunk_size as usize;
+    let base = args.store.clone().unwrap_or_else(default_root);
+    let pid = std::process::id();
+    let job = format!("pmbench-repl-{pid}");
+    let roots = [
+        base.join(format!("pmbench-node-a-{pid}")),
+        base.join(format!("pmbench-node-b-{pid}")),
+    ];
+    let opts = StoreOptions {
+        chunk_size: chunk,
+        ..StoreOptions::default()
+    };
+    let mut src = Store::open(&roots[0], &job, 0, opts.clone())?;
+    let mut dst = Store::open(&roots[1], &job, 0, opts)?;
+    let secret = JobSecret::generate()?;
+    let endpoint = |octet: u8, node: &str| {
+        TcpTransport::bind(
+            SocketAddr::from((Ipv4Addr::new(127, 0, 0, octet), 0)),
+            secret.clone(),
+            TcpOptions {
+                node: node.into(),
+                connections_per_peer: args.connections,
+                ..TcpOptions::default()
+            },
+        )
+    };
+    let (a, b) = (endpoint(2, "a")?, endpoint(3, "b")?);
+    let progress = |what: &str| {
+        if !args.json {
+            eprintln!("pmbench replicate: {what}");
+        }
+    };
+
+    progress("filling the state with pseudo-random bytes");
+    let mut state = RegionBuf::new(size)?;
+    let mut sink = RegionBuf::new(size)?;
+    fill(&mut state);
+
+    progress("raw TCP baseline");
+    let raw: Vec<f64> = (0..args.repeat)
+        .map(|_| raw_tcp(&state, &mut sink))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        sink[..] == state[..],
+        "the raw stream delivered other bytes"
+    );
+
+    let mut epoch = 0u64;
+    let mut puller = replicate::Puller::new(&b);
+    let mut round = |src: &mut Store, dst: &mut Store, state: &[u8]| -> anyhow::Result<Round> {
+        epoch += 1;
+        src.write(epoch, epoch, &[RegionRef::new("state", state)])?;
+        let snap = src.open_snapshot(epoch)?;
+        let t = Instant::now();
+        let exposed = replicate::expose(&a, src, &snap)?;
+        let expose_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let report = puller.pull(&a.local_addr(), &exposed.manifest, &exposed.data_keys, dst)?;
+        let pull_s = t.elapsed().as_secs_f64();
+        exposed.withdraw(&a)?;
+        Ok(Round {
+            expose_s,
+            pull_s,
+            fetched: report.bytes_fetched,
+        })
+    };
+
+    progress("warm-up: three full replicas fill both stores to steady state");
+    // Keep (2) epochs and the spare: from the fourth on, pages are recycled.
+    for r in 0..3 {
+        touch_chunks(&mut state, chunk, 1, r);
+        round(&mut src, &mut dst, &state)?;
+    }
+    progress("full replications (every chunk changed)");
+    let mut full = Vec::new();
+    let mut expose = Vec::new();
+    let mut full_bytes = 0;
+    for r in 0..args.repeat {
+        touch_chunks(&mut state, chunk, 1, r as u8);
+        let rd = round(&mut src, &mut dst, &state)?;
+        ensure!(
+            rd.fetched == args.size,
+            "a full replica moved {} of {} bytes",
+            rd.fetched,
+            args.size
+        );
+        full.push(rd.pull_s);
+        expose.push(rd.expose_s);
+        full_bytes = rd.fetched;
+    }
+    progress("incremental replications (1% of chunks changed)");
+    let chunks = size.div_ceil(chunk);
+    let stride = (chunks / (chunks / 100).max(1)).max(1);
+    let mut incr = Vec::new();
+    let mut incr_bytes = 0;
+    for r in 0..args.repeat {
+        touch_chunks(&mut state, chunk, stride, r as u8);
+        let rd = round(&mut src, &mut dst, &state)?;
+        incr.push(rd.pull_s);
+        incr_bytes = rd.fetched;
+    }
+
+    progress("checking that the replica restores bit-exactly");
+    let replica = dst.latest_valid()?.snapshot.context("no valid replica")?;
+    sink.fill(0);
+    replica.read_region("state", &mut sink)?;
+    ensure!(
+        sink[..] == state[..],
+        "the replica differs from the source state"
+    );
+
+    drop(puller);
+    drop((a, b));
+    src.destroy()?;
+    dst.destroy()?;
+    for r in &roots {
+        let _ = std::fs::remove_dir_all(r);
+    }
+
+    let raw_tcp_s = median(raw);
+    let replicate_full_s = median(full);
+    let gbs = |s: f64| args.size as f64 / s / 1e9;
+    let report = Report {
+        bytes: args.size,
+        chunk_size: args.chunk_size,
+        store: base,
+        connections: args.connections,
+        raw_tcp_s,
+        raw_tcp_gbs: gbs(raw_tcp_s),
+        replicate_full_s,
+        replicate_gbs: gbs(replicate_full_s),
+        replicate_over_raw: raw_tcp_s / replicate_full_s,
+        expose_s: median(expose),
+        full_bytes_fetched: full_bytes,
+        replicate_incr_1pct_s: median(incr),
+        incr_bytes_fetched: incr_bytes,
+        incr_bytes_over_full: incr_bytes as f64 / full_bytes as f64,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "state            {} bytes in {}-byte chunks, stores under {}",
+            report.bytes,
+            report.chunk_size,
+            report.store.display()
+        );
+        println!(
+            "raw TCP          {:8.4} s  {:6.2} GB/s",
+            raw_tcp_s, report.raw_tcp_gbs
+        );
+        println!(
+            "full replica     {:8.4} s  {:6.2} GB/s  {:.2}x raw throughput",
+            replicate_full_s, report.replicate_gbs, report.replicate_over_raw
+        );
+        println!("expose (source)  {:8.4} s", report.expose_s);
+        println!(
+            "1% replica       {:8.4} s  moved {:.4} of a full one",
+            report.replicate_incr_1pct_s, report.incr_bytes_over_full
+        );
+    }
+    Ok(())
+}
