@@ -17,6 +17,7 @@
 //! simulator in `pmbench sim` drives the same code for 10⁵ nodes.
 
 pub mod balance;
+mod copy;
 mod error;
 pub mod estimate;
 pub mod format;

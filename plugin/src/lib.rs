@@ -37,7 +37,7 @@ mod runtime;
 mod timing;
 
 pub use error::{PmError, code};
-pub use pm_core::region::PAGE_SIZE;
+pub use pm_core::region::{PAGE_SIZE, RegionBuf};
 pub use region::{Region, Value};
 pub use runtime::{Action, CheckpointReport, Runtime};
 pub use timing::StepStats;

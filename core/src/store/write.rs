@@ -3,6 +3,7 @@
 use super::commit::{self, CommitRecord};
 use super::{CachedMap, Store};
 use crate::StoreError;
+use crate::copy::copy_nontemporal;
 use crate::format::{ChunkRef, Manifest, RegionManifest, chunk_hash};
 use crate::names::validate_region_name;
 use crate::region::{RegionRef, page_align};
@@ -125,7 +126,7 @@ impl Store {
                 match reusable {
                     Some(old) if old.hash == hash => (old, false),
                     _ => {
-                        dst.copy_from_slice(src);
+                        copy_nontemporal(dst, src);
                         let fresh = ChunkRef {
                             hash,
                             file_epoch: epoch,

@@ -85,8 +85,11 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
             &mut region
         }
         None => {
-            plain = vec![0.0; cells];
-            &mut plain
+            // The same page-aligned, pre-faulted memory pm gives a region, so
+            // that the baseline differs from the pm run only by pm.
+            plain = pm::RegionBuf::new(cells * 8)
+                .map_err(|e| PmError::InvalidArgument(e.to_string()))?;
+            bytemuck::cast_slice_mut(&mut plain)
         }
     };
     let start = match rt.as_ref().and_then(Runtime::restored_step) {
