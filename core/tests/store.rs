@@ -466,3 +466,15 @@ fn pruning_preserves_committed_epochs_while_newer_ones_are_unconfirmed() {
         StoreError::NoSuchEpoch { epoch: 9, .. }
     ));
 }
+
+#[test]
+fn destroying_the_last_rank_removes_the_job_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open(dir.path(), 2);
+    let b = Store::open(dir.path(), "job-1", 1, opts(2)).unwrap();
+    write(&mut a, 1, &[("s", &pattern(1, CHUNK))]);
+    a.destroy().unwrap();
+    assert!(dir.path().join("job-1").exists(), "rank 1 is still there");
+    b.destroy().unwrap();
+    assert!(!dir.path().join("job-1").exists());
+}

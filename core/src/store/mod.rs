@@ -224,10 +224,14 @@ impl Store {
         self.sync_dir()
     }
 
-    /// Deletes every snapshot of this rank (the end of a job).
+    /// Deletes every snapshot of this rank (the end of a job), and the job's
+    /// directory once no rank on this node has anything left in it.
     pub fn destroy(self) -> Result<(), StoreError> {
         fs::remove_dir_all(&self.dir)
-            .map_err(|e| StoreError::io("remove store directory", &self.dir, e))
+            .map_err(|e| StoreError::io("remove store directory", &self.dir, e))?;
+        // Fails while another rank of the job still has its directory here.
+        let _ = fs::remove_dir(self.job_dir());
+        Ok(())
     }
 
     pub fn manifest_path(&self, epoch: u64) -> PathBuf {
