@@ -14,14 +14,13 @@
 //! is the median of `--repeat` runs.
 
 use crate::size::parse_size;
+use crate::util::{fill_pseudo_random, median, timed, touch_chunks};
 use anyhow::{Context, ensure};
 use clap::Args as ClapArgs;
 use pm_core::store::{DEFAULT_CHUNK_SIZE, default_root};
 use pm_core::{RegionBuf, RegionRef, Store, StoreOptions};
-use rayon::prelude::*;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -60,26 +59,6 @@ struct Report {
     incr_bytes_over_full: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed().as_secs_f64())
-}
-
-/// Changes one byte in every `stride`-th chunk, so exactly those chunks hash differently.
-fn touch_chunks(state: &mut [u8], chunk: usize, stride: usize, round: u8) {
-    for (i, c) in state.chunks_mut(chunk).enumerate() {
-        if i % stride == 0 {
-            c[0] = c[0].wrapping_add(1).wrapping_add(round);
-        }
-    }
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let size = usize::try_from(args.size).context("--size does not fit in memory")?;
     ensure!(size > 0, "--size must be positive");
@@ -105,18 +84,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     progress("filling the state with pseudo-random bytes");
     let mut state = RegionBuf::new(size)?;
     let mut copy = RegionBuf::new(size)?;
-    state
-        .par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(i, c)| {
-            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            for b in c.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-            }
-        });
+    fill_pseudo_random(&mut state);
 
     progress("memcpy baseline");
     let memcpy: Vec<f64> = (0..args.repeat)

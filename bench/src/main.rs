@@ -10,6 +10,7 @@ mod overhead;
 mod replicate;
 mod sim;
 mod size;
+mod util;
 
 use clap::{Parser, Subcommand};
 

@@ -6,6 +6,7 @@
 //! reports the time a checkpoint blocks a rank (write plus commit
 //! agreement) against a memcpy of one rank's state measured in this run.
 
+use crate::util::median;
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
 use pm_core::RegionBuf;
@@ -153,11 +154,6 @@ fn heat_run(
         bail!("the heat run failed:\n{text}");
     }
     parse(&text)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {

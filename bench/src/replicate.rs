@@ -18,6 +18,7 @@
 //! Each time is the median of `--repeat` runs.
 
 use crate::size::parse_size;
+use crate::util::{fill_pseudo_random, median, touch_chunks};
 use anyhow::{Context, ensure};
 use clap::Args as ClapArgs;
 use pm_core::replicate;
@@ -25,7 +26,6 @@ use pm_core::store::{DEFAULT_CHUNK_SIZE, default_root};
 use pm_core::transport::{TcpOptions, TcpTransport};
 use pm_core::wire::JobSecret;
 use pm_core::{RegionBuf, RegionRef, Store, StoreOptions};
-use rayon::prelude::*;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -72,11 +72,6 @@ struct Report {
     incr_bytes_over_full: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 const PIECE: usize = 4 << 20;
 
 /// Time to move `state` over one plain TCP connection into `sink`.
@@ -100,30 +95,6 @@ fn raw_tcp(state: &[u8], sink: &mut [u8]) -> anyhow::Result<f64> {
         sender.join().expect("sender thread")?;
         Ok(t)
     })
-}
-
-fn fill(state: &mut [u8]) {
-    state
-        .par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(i, c)| {
-            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            for b in c.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-            }
-        });
-}
-
-/// Changes one byte in every `stride`-th chunk.
-fn touch_chunks(state: &mut [u8], chunk: usize, stride: usize, round: u8) {
-    for (i, c) in state.chunks_mut(chunk).enumerate() {
-        if i % stride == 0 {
-            c[0] = c[0].wrapping_add(1).wrapping_add(round);
-        }
-    }
 }
 
 struct Round {
@@ -172,7 +143,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     progress("filling the state with pseudo-random bytes");
     let mut state = RegionBuf::new(size)?;
     let mut sink = RegionBuf::new(size)?;
-    fill(&mut state);
+    fill_pseudo_random(&mut state);
 
     progress("raw TCP baseline");
     let raw: Vec<f64> = (0..args.repeat)

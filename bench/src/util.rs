@@ -1,0 +1,42 @@
+//! Helpers the scenarios share: medians, timing, and synthetic state.
+
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// The median of `v` (the upper one for an even count); `v` must not be empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds `f` took.
+pub fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Fills `state` with pseudo-random bytes (xorshift), in parallel.
+pub fn fill_pseudo_random(state: &mut [u8]) {
+    state
+        .par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for b in c.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+            }
+        });
+}
+
+/// Changes one byte in every `stride`-th chunk, so exactly those chunks hash differently.
+pub fn touch_chunks(state: &mut [u8], chunk: usize, stride: usize, round: u8) {
+    for (i, c) in state.chunks_mut(chunk).enumerate() {
+        if i % stride == 0 {
+            c[0] = c[0].wrapping_add(1).wrapping_add(round);
+        }
+    }
+}
