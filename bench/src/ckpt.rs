@@ -14,7 +14,7 @@
 //! is the median of `--repeat` runs.
 
 use crate::size::parse_size;
-use crate::util::{fill_pseudo_random, median, timed, touch_chunks};
+use crate::util::{fill_pseudo_random, median, memcpy_seconds, timed, touch_chunks};
 use anyhow::{Context, ensure};
 use clap::Args as ClapArgs;
 use pm_core::store::{DEFAULT_CHUNK_SIZE, default_root};
@@ -87,14 +87,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     fill_pseudo_random(&mut state);
 
     progress("memcpy baseline");
-    let memcpy: Vec<f64> = (0..args.repeat)
-        .map(|_| {
-            timed(|| {
-                copy.copy_from_slice(&state);
-                Ok(())
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let memcpy_s = memcpy_seconds(&state, &mut copy, args.repeat);
 
     let mut epoch = 0u64;
     let mut write = |store: &mut Store, state: &[u8]| -> anyhow::Result<(f64, u64)> {
@@ -149,7 +142,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let durable = store.is_durable();
     store.destroy()?;
-    let memcpy_s = median(memcpy);
     let ckpt_full_s = median(full);
     let restore_s = median(restore);
     let report = Report {

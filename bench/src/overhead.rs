@@ -6,7 +6,7 @@
 //! reports the time a checkpoint blocks a rank (write plus commit
 //! agreement) against a memcpy of one rank's state measured in this run.
 
-use crate::util::median;
+use crate::util::{median, memcpy_seconds};
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
 use pm_core::RegionBuf;
@@ -14,7 +14,6 @@ use pm_core::store::default_root;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -229,15 +228,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let size = usize::try_from(per_rank_bytes)?;
     let src = RegionBuf::new(size)?;
     let mut dst = RegionBuf::new(size)?;
-    let memcpy_s = median(
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                dst.copy_from_slice(&src);
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
+    let memcpy_s = memcpy_seconds(&src, &mut dst, 5);
 
     let (plain_s, pm_s) = (median(plain), median(with_pm));
     let report = Report {

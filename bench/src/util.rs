@@ -16,6 +16,19 @@ pub fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// The baseline every scenario compares with: the median time of `runs`
+/// plain copies of `src` into the pre-faulted `dst` (same length).
+pub fn memcpy_seconds(src: &[u8], dst: &mut [u8], runs: usize) -> f64 {
+    let times = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(src);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(times)
+}
+
 /// Fills `state` with pseudo-random bytes (xorshift), in parallel.
 pub fn fill_pseudo_random(state: &mut [u8]) {
     state
