@@ -136,13 +136,65 @@ pub enum Message {
         epoch: u64,
         node: String,
     },
-    /// Launcher to agents: `epoch` is committed; older epochs may be pruned.
-    Commit { epoch: u64 },
+    /// Launcher to agents: `epoch`, taken at `step` by a job of `ranks`
+    /// ranks, is committed; older epochs may be pruned.
+    Commit { epoch: u64, step: u64, ranks: u32 },
     /// Launcher to agents: the job ended; delete every snapshot and replica.
     DeleteJob { job: String },
     /// Either direction: a request could not be served; the reason is for
     /// the log and the user.
     Error { reason: String },
+    /// Agent to launcher, first message after the handshake: where ranks,
+    /// partner agents and transfers reach it.
+    AgentReady {
+        /// The agent's TCP address for partner agents (replication requests).
+        control: String,
+        /// The agent's transport address for one-sided transfers.
+        transport: String,
+        pid: u32,
+    },
+    /// Rank to its agent, first message: which rank connected, from which
+    /// process (the agent reports ranks' processes and moves them into the
+    /// node's CPU cgroup).
+    RankHello { rank: u32, pid: u32 },
+    /// Rank to agent, then agent to launcher: the rank's snapshot of
+    /// `epoch` is published in the node's store.
+    Published {
+        rank: u32,
+        epoch: u64,
+        step: u64,
+        state_bytes: u64,
+        written_bytes: u64,
+    },
+    /// Rank to agent, then agent to launcher: the rank completed the job
+    /// (`pm::Runtime::finalize`).
+    Finished { rank: u32 },
+    /// Launcher to agent: the ranks this node runs from now on and, for
+    /// each of them, the control addresses of the partner agents that must
+    /// hold its replicas. `generation` numbers placements.
+    Placement {
+        generation: u64,
+        local: Vec<u32>,
+        partners: Vec<(u32, Vec<String>)>,
+    },
+    /// Agent to launcher: the placement of `generation` is in force (no
+    /// replica import into one of the node's own ranks is still running).
+    PlacementApplied { generation: u64 },
+    /// Operator (`pmrun ctl`) to launcher.
+    Control(ControlRequest),
+    /// Launcher to operator: the outcome, as text for a person (or JSON).
+    ControlReply { ok: bool, text: String },
+}
+
+/// What `pmrun ctl` asks of a running job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Nodes, ranks, epochs and replicas; as JSON if `json`.
+    Status { json: bool },
+    /// Take a checkpoint now.
+    Checkpoint,
+    /// Checkpoint, move every rank off `node`, continue without it.
+    Drain { node: String },
 }
 
 /// Why a frame or handshake was rejected, and from whom.
@@ -215,6 +267,7 @@ impl Default for Limits {
 }
 
 /// One authenticated connection: its keys and sequence numbers.
+#[derive(Clone)]
 pub struct Session {
     peer: String,
     send_key: [u8; 32],
@@ -369,6 +422,13 @@ impl Session {
         Ok(s)
     }
 
+    /// Splits the session so that one thread can send while another
+    /// receives on the same connection (each direction has its own key and
+    /// sequence numbers).
+    pub fn split(self) -> (SessionSender, SessionReceiver) {
+        (SessionSender(self.clone()), SessionReceiver(self))
+    }
+
     /// The peer's address or label, as given to `connect`/`accept`.
     pub fn peer(&self) -> &str {
         &self.peer
@@ -499,6 +559,42 @@ impl Session {
     }
 }
 
+/// The sending half of a [`Session`].
+#[derive(Debug)]
+pub struct SessionSender(Session);
+
+impl SessionSender {
+    pub fn send<T: Serialize, W: Write>(&mut self, w: &mut W, msg: &T) -> Result<(), WireError> {
+        self.0.send(w, msg)
+    }
+
+    pub fn peer(&self) -> &str {
+        self.0.peer()
+    }
+}
+
+/// The receiving half of a [`Session`].
+#[derive(Debug)]
+pub struct SessionReceiver(Session);
+
+impl SessionReceiver {
+    pub fn recv<T: DeserializeOwned, R: Read>(&mut self, r: &mut R) -> Result<T, WireError> {
+        self.0.recv(r)
+    }
+
+    pub fn peer(&self) -> &str {
+        self.0.peer()
+    }
+
+    pub fn remote_node(&self) -> &str {
+        self.0.remote_node()
+    }
+
+    pub fn remote_role(&self) -> Role {
+        self.0.remote_role()
+    }
+}
+
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
 fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
@@ -561,12 +657,12 @@ mod tests {
         assert_eq!(c.remote_node(), "server-node");
         let mut wire = Vec::new();
         c.send(&mut wire, &sample()).unwrap();
-        c.send(&mut wire, &Message::Commit { epoch: 9 }).unwrap();
+        c.send(&mut wire, &Message::Commit { epoch: 9, step: 90, ranks: 4 }).unwrap();
         let mut r = Cursor::new(wire);
         assert_eq!(s.recv::<Message, _>(&mut r).unwrap(), sample());
         assert_eq!(
             s.recv::<Message, _>(&mut r).unwrap(),
-            Message::Commit { epoch: 9 }
+            Message::Commit { epoch: 9, step: 90, ranks: 4 }
         );
         let mut back = Vec::new();
         s.send(&mut back, &Message::DeleteJob { job: "heat".into() })
@@ -604,9 +700,9 @@ mod tests {
     fn replayed_and_reordered_frames_are_rejected() {
         let (mut c, mut s) = pair(Limits::default());
         let mut first = Vec::new();
-        c.send(&mut first, &Message::Commit { epoch: 1 }).unwrap();
+        c.send(&mut first, &Message::Commit { epoch: 1, step: 1, ranks: 1 }).unwrap();
         let mut second = Vec::new();
-        c.send(&mut second, &Message::Commit { epoch: 2 }).unwrap();
+        c.send(&mut second, &Message::Commit { epoch: 2, step: 2, ranks: 1 }).unwrap();
         // Reordered: the second frame first.
         let err = s.recv::<Message, _>(&mut Cursor::new(&second)).unwrap_err();
         assert!(
@@ -702,7 +798,7 @@ mod tests {
                 }
             ),
             ".{0,40}".prop_map(|reason| Message::Error { reason }),
-            any::<u64>().prop_map(|epoch| Message::Commit { epoch }),
+            any::<u64>().prop_map(|epoch| Message::Commit { epoch, step: epoch / 2, ranks: 3 }),
         ]
     }
 

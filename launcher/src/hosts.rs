@@ -165,6 +165,23 @@ pub fn expand_slurm_nodelist(list: &str) -> Result<Vec<String>, HostError> {
 }
 
 /// This machine as one node with as many slots as it has cores.
+/// Whether `name` is this machine: `localhost`, a loopback address, or
+/// this machine's host name.
+pub fn is_this_machine(name: &str) -> bool {
+    if name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()) {
+        return true;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return false;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let own = String::from_utf8_lossy(&buf[..len]);
+    name == own || own.split('.').next() == Some(name)
+}
+
 pub fn this_machine() -> Vec<Host> {
     let slots = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     vec![Host {

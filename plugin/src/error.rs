@@ -50,6 +50,9 @@ pub enum PmError {
 
     #[error("{0}")]
     State(&'static str),
+
+    #[error("node agent: {0}; is the job's pmrun still running?")]
+    Agent(String),
 }
 
 /// Error codes of the C ABI (`pm.h`).
@@ -90,6 +93,7 @@ impl PmError {
             Self::Peer { .. } => code::PEER,
             Self::Mpi { .. } => code::MPI,
             Self::State(_) => code::STATE,
+            Self::Agent(_) => code::PEER,
         }
     }
 }

@@ -27,6 +27,7 @@
 //! ABI (`include/pm.h`, `libpm.so`) is in [`capi`]. Configuration comes from
 //! the environment ([`config`]).
 
+pub mod agent;
 mod capi;
 mod comm;
 pub mod config;

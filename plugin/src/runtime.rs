@@ -6,6 +6,7 @@
 //! is left waiting in a collective.
 
 use crate::PmError;
+use crate::agent::{AgentConfig, AgentLink};
 use crate::comm::Comm;
 use crate::config::{Config, Schedule};
 use crate::region::{Entry, Region, Slot, Source, Value};
@@ -53,13 +54,18 @@ pub struct Runtime {
     comm: Comm,
     cfg: Config,
     store: Store,
+    /// The node agent, when `pmrun` runs the job: it replicates every
+    /// snapshot and `pmrun` commits; otherwise the ranks commit themselves.
+    agent: Option<AgentLink>,
     entries: Vec<Entry>,
     /// The snapshot regions are restored from, until the first step.
     restore: Option<Snapshot>,
     restored_step: Option<u64>,
     /// Steps completed by the application (including those before a restart).
     step: u64,
-    /// Newest committed epoch (0: none yet).
+    /// Newest epoch taken or restored (0: none yet). Committed when the
+    /// ranks commit themselves; under `pmrun`, handed to the agent, which
+    /// commits it once it is replicated.
     epoch: u64,
     next_poll: u64,
     /// Steps between the last two decisions.
@@ -87,7 +93,11 @@ impl Runtime {
     pub unsafe fn init_raw(comm: MPI_Comm) -> Result<Self, PmError> {
         install_log_subscriber();
         let comm = unsafe { Comm::dup(comm)? };
-        let local = Config::from_env().and_then(|cfg| {
+        let placement = comm.agree("read its placement", AgentConfig::from_env(comm.rank))?;
+        let local = Config::from_env().and_then(|mut cfg| {
+            if let Some(p) = &placement {
+                cfg.store = p.store.clone();
+            }
             let opts = StoreOptions {
                 keep: cfg.keep,
                 auto_commit: false,
@@ -97,22 +107,40 @@ impl Runtime {
             Ok((cfg, store))
         });
         let (cfg, store) = comm.agree("open its checkpoint store", local)?;
-        let job_record = store.job_dir().join("committed");
+        let agent = placement
+            .as_ref()
+            .map(|p| comm.agree("connect to its node agent", AgentLink::connect(p, comm.rank)))
+            .transpose()?;
 
-        let record = if comm.rank == 0 {
-            commit::read_record(&job_record).map_err(PmError::from)
-        } else {
-            Ok(None)
+        let [found, epoch, step, ranks] = match &placement {
+            // Under pmrun, pmrun names the committed epoch.
+            Some(p) if p.restore_epoch > 0 => {
+                let manifest = store.manifest(p.restore_epoch).map_err(PmError::from);
+                let manifest =
+                    comm.agree("read its manifest of the committed epoch", manifest)?;
+                [1, p.restore_epoch, manifest.step, u64::from(comm.size)]
+            }
+            Some(_) => [0; 4],
+            None => {
+                let job_record = store.job_dir().join("committed");
+                let record = if comm.rank == 0 {
+                    commit::read_record(&job_record).map_err(PmError::from)
+                } else {
+                    Ok(None)
+                };
+                let record = comm.agree("read the job's commit record", record)?;
+                let mut words =
+                    record.map_or([0; 4], |r| [1, r.epoch, r.step, u64::from(r.ranks)]);
+                comm.bcast(&mut words)?;
+                words
+            }
         };
-        let record = comm.agree("read the job's commit record", record)?;
-        let mut words = record.map_or([0; 4], |r| [1, r.epoch, r.step, u64::from(r.ranks)]);
-        comm.bcast(&mut words)?;
-        let [found, epoch, step, ranks] = words;
 
         let mut rt = Self {
             comm,
             cfg,
             store,
+            agent,
             entries: Vec::new(),
             restore: None,
             restored_step: None,
@@ -175,8 +203,10 @@ impl Runtime {
         self.step
     }
 
-    /// The newest committed epoch (0 before the first checkpoint).
-    pub fn committed_epoch(&self) -> u64 {
+    /// The newest checkpoint epoch (0 before the first): committed when the
+    /// ranks commit themselves; under `pmrun`, handed to the node agent,
+    /// and committed once replicated.
+    pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
@@ -340,9 +370,19 @@ impl Runtime {
     }
 
     /// Ends the job successfully: every rank deletes its checkpoints, since a
-    /// finished job has nothing to resume. Collective.
+    /// finished job has nothing to resume (under `pmrun`, the agents delete
+    /// them and their replicas on every node once all ranks are done).
+    /// Collective.
     pub fn finalize(self) -> Result<(), PmError> {
-        let Runtime { comm, store, .. } = self;
+        let Runtime {
+            comm, store, agent, ..
+        } = self;
+        if let Some(mut agent) = agent {
+            let rank = comm.rank;
+            let told = agent.send(&pm_core::wire::Message::Finished { rank });
+            comm.agree("tell its node agent it finished", told)?;
+            return Ok(());
+        }
         if comm.rank == 0 {
             // First, so that a crash from here on starts the job afresh.
             let record = store.job_dir().join("committed");
@@ -406,7 +446,44 @@ impl Runtime {
         let epoch = self.epoch + 1;
         let written = self.write_snapshot(epoch);
         let report = self.comm.agree("write its snapshot", written)?;
+        if let Some(agent) = &mut self.agent {
+            let published = pm_core::wire::Message::Published {
+                rank: self.comm.rank,
+                epoch,
+                step: self.step,
+                state_bytes: report.state_bytes,
+                written_bytes: report.bytes_written,
+            };
+            let told = agent.send(&published);
+            self.comm.agree("hand its snapshot to its node agent", told)?;
+        } else {
+            self.commit(epoch)?;
+        }
 
+        self.epoch = epoch;
+        self.last_checkpoint = Instant::now();
+        self.last_report = Some(CheckpointReport {
+            epoch,
+            step: self.step,
+            state_bytes: report.state_bytes,
+            bytes_written: report.bytes_written,
+            blocked: started.elapsed(),
+        });
+        if self.comm.rank == 0 {
+            tracing::info!(
+                epoch,
+                step = self.step,
+                bytes_written = report.bytes_written,
+                blocked_ms = started.elapsed().as_secs_f64() * 1e3,
+                "checkpoint taken"
+            );
+        }
+        Ok(())
+    }
+
+    /// Records the commit of `epoch` (rank 0, job-wide), then marks it
+    /// committed locally; every step is agreed on.
+    fn commit(&mut self, epoch: u64) -> Result<(), PmError> {
         let record = CommitRecord {
             epoch,
             step: self.step,
@@ -433,25 +510,6 @@ impl Runtime {
             .map(|_| ())
             .map_err(PmError::from);
         self.comm.agree("mark the epoch committed", marked)?;
-
-        self.epoch = epoch;
-        self.last_checkpoint = Instant::now();
-        self.last_report = Some(CheckpointReport {
-            epoch,
-            step: self.step,
-            state_bytes: report.state_bytes,
-            bytes_written: report.bytes_written,
-            blocked: started.elapsed(),
-        });
-        if self.comm.rank == 0 {
-            tracing::info!(
-                epoch,
-                step = self.step,
-                bytes_written = report.bytes_written,
-                blocked_ms = started.elapsed().as_secs_f64() * 1e3,
-                "checkpoint committed"
-            );
-        }
         Ok(())
     }
 

@@ -325,6 +325,15 @@ impl Store {
         self.prune()
     }
 
+    /// Records `epoch` as committed without pruning. For a process that is
+    /// not the store's writer (the node agent, marking the epochs `pmrun`
+    /// committed): pruning could remove a data file the writer is filling.
+    pub fn mark_committed(&self, epoch: u64, ranks: u32) -> Result<(), StoreError> {
+        let step = self.manifest(epoch)?.step;
+        let record = CommitRecord { epoch, step, ranks };
+        commit::write_record(&self.commit_path(), record, self.sync)
+    }
+
     /// The newest committed epoch of this rank: its commit record or, with
     /// `auto_commit`, the newest snapshot whose manifest decodes.
     pub fn committed(&self) -> Result<Option<CommitRecord>, StoreError> {

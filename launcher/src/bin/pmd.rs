@@ -1,13 +1,89 @@
-//! `pmd`: the per-node agent of a pmrun job (not built yet).
+//! `pmd`: the node agent of one pmrun job. `pmrun` starts it, one per node;
+//! it is not meant to be run by hand.
 
+use anyhow::Context;
 use clap::Parser;
+use pm_launcher::agent::{self, AgentOptions};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// pmrun node agent: holds and replicates the checkpoints of the ranks on its node.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
+/// Node agent of a pmrun job: replicates the node's checkpoints to partner
+/// nodes, stores partners' replicas, and heartbeats to pmrun. Started by
+/// pmrun; see `pmrun --help`.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// This node's name in the job.
+    #[arg(long)]
+    node: String,
+    /// Address to listen on for partner agents and transfers.
+    #[arg(long)]
+    addr: IpAddr,
+    /// The node's checkpoint store root.
+    #[arg(long)]
+    store: PathBuf,
+    /// The job id.
+    #[arg(long)]
+    job: String,
+    /// pmrun's address.
+    #[arg(long)]
+    launcher: SocketAddr,
+    /// File with the job's 32-byte secret.
+    #[arg(long)]
+    secret_file: PathBuf,
+    /// Unix socket for the node's ranks.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 0.5)]
+    heartbeat: f64,
+    /// CPU cgroup directory to move the node's ranks into.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// CPUs the node offers.
+    #[arg(long, default_value_t = 1.0)]
+    cpus: f64,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!(pm_launcher::PMD_NOT_YET)
+fn main() {
+    let filter = std::env::var("PM_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        tracing::error!("{e:#}");
+        eprintln!("pmd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    pm_core::names::validate_job_id(&cli.job)?;
+    if !(cli.heartbeat > 0.0 && cli.heartbeat.is_finite()) {
+        anyhow::bail!("--heartbeat {}: expected seconds greater than 0", cli.heartbeat);
+    }
+    let import_delay = match std::env::var("PMD_FAULT_IMPORT_DELAY_MS") {
+        Ok(ms) => Duration::from_millis(
+            ms.parse()
+                .with_context(|| format!("PMD_FAULT_IMPORT_DELAY_MS={ms:?}: expected milliseconds"))?,
+        ),
+        Err(_) => Duration::ZERO,
+    };
+    agent::run(AgentOptions {
+        node: cli.node,
+        addr: cli.addr,
+        store: cli.store,
+        job: cli.job,
+        launcher: cli.launcher,
+        secret: agent::read_secret(&cli.secret_file)?,
+        socket: cli.socket,
+        heartbeat: Duration::from_secs_f64(cli.heartbeat),
+        cgroup: cli.cgroup,
+        cpus: cli.cpus,
+        import_delay,
+    })
 }

@@ -1,23 +1,31 @@
-//! `pmrun`: runs an MPI job whose ranks checkpoint with pm, and relaunches it
-//! from its newest committed checkpoint when it fails.
+//! `pmrun`: runs an MPI job whose ranks checkpoint with pm, with one `pmd`
+//! agent per node that replicates the checkpoints to partner nodes; when a
+//! node dies, its ranks restart on nodes that hold their replicas.
+//! `pmrun ctl` reaches a running job (status, checkpoint, drain).
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use pm_launcher::backend::{LaunchPlan, Mpirun};
+use pm_launcher::backend::Mpirun;
+use pm_launcher::coord::agents::NodeSpec;
+use pm_launcher::coord::{self, JobSpec, cgroup, control};
 use pm_launcher::hosts::{self, Host};
-use pm_launcher::supervise::Supervisor;
+use pm_core::wire::ControlRequest;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Run an MPI job that resumes from its last checkpoint when it fails.
+/// Run an MPI job that survives node failures.
 ///
-/// The application links pm (Rust crate or libpm.so); pmrun starts it with
-/// mpirun, gives every rank its job id and checkpoint settings, and, when the
-/// job dies after committing a checkpoint, starts it again so that it resumes
-/// there. The exit status is the application's.
+/// The application links pm (Rust crate or libpm.so). pmrun starts one pmd
+/// agent per node, launches the ranks with mpirun, and commits a checkpoint
+/// once every rank's snapshot is on its node and on --replicas partner
+/// nodes. When a node stops answering, its ranks restart on nodes that hold
+/// their replicas; `pmrun ctl drain NODE` moves every rank off a node. The
+/// exit status is the application's.
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  pmrun -n 4 ./heat --steps 1000\n  pmrun -np 64 --hostfile nodes --every 100 ./app input.dat\n  pmrun -n 8 -H n1:4,n2:4 -x OMP_NUM_THREADS=2 ./app"
+    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2"
 )]
 struct Cli {
     /// Number of ranks (also -np).
@@ -41,6 +49,30 @@ struct Cli {
     /// Checkpoint store directory on every node [default: /dev/shm/pmrun-<uid>].
     #[arg(long, value_name = "DIR", env = "PM_STORE")]
     store: Option<PathBuf>,
+    /// Run K virtual nodes on this machine (agents on 127.0.0.2, .3, ...,
+    /// each with its own store directory).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=250))]
+    local_nodes: Option<u32>,
+    /// CPUs each virtual node may use, enforced with a cgroup v1 CPU quota
+    /// (needs root).
+    #[arg(long, value_name = "CPUS", requires = "local_nodes")]
+    node_cpus: Option<f64>,
+    /// Partner nodes that hold a replica of every checkpoint.
+    #[arg(long, default_value_t = 1, value_name = "R")]
+    replicas: usize,
+    /// Nodes (the last ones) kept free of ranks: replica holders and
+    /// places to recover to.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    spare: u32,
+    /// Seconds between agent heartbeats.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    heartbeat: f64,
+    /// Seconds without heartbeats after which a node is declared dead.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    fail_after: f64,
+    /// Keep the job's checkpoints when it ends.
+    #[arg(long)]
+    keep: bool,
     /// Job id: reuse one to resume a job whose pmrun was stopped [default: a new id].
     #[arg(long, value_name = "ID")]
     job: Option<String>,
@@ -50,7 +82,7 @@ struct Cli {
     /// The mpirun to use.
     #[arg(long, default_value = "mpirun", value_name = "PATH")]
     mpirun: PathBuf,
-    /// Say what is launched where.
+    /// Say what is launched where and when epochs commit.
     #[arg(short, long)]
     verbose: bool,
     /// The application and its arguments.
@@ -66,7 +98,7 @@ struct Cli {
 /// Open MPI spells `--np` as `-np`; accept that among pmrun's own options
 /// (never in the application's arguments) before clap sees it.
 fn normalise_args(mut args: Vec<String>) -> Vec<String> {
-    const TAKES_VALUE: [&str; 13] = [
+    const TAKES_VALUE: [&str; 20] = [
         "-n",
         "--np",
         "-np",
@@ -80,6 +112,13 @@ fn normalise_args(mut args: Vec<String>) -> Vec<String> {
         "--job",
         "--max-restarts",
         "--mpirun",
+        "--local-nodes",
+        "--node-cpus",
+        "--replicas",
+        "--spare",
+        "--heartbeat",
+        "--fail-after",
+        "--job",
     ];
     let mut i = 1;
     while i < args.len() {
@@ -121,7 +160,7 @@ fn find_app(app: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
-fn nodes(cli: &Cli) -> anyhow::Result<Vec<Host>> {
+fn hosts(cli: &Cli) -> anyhow::Result<Vec<Host>> {
     if let Some(file) = &cli.hostfile {
         return Ok(hosts::read_hostfile(file)?);
     }
@@ -140,6 +179,74 @@ fn nodes(cli: &Cli) -> anyhow::Result<Vec<Host>> {
             .collect());
     }
     Ok(hosts::this_machine())
+}
+
+/// The job's nodes: virtual nodes, or this machine.
+fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
+    let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    if let Some(k) = cli.local_nodes {
+        if cli.spare >= k {
+            bail!("--spare {} leaves none of the {k} virtual nodes to run ranks", cli.spare);
+        }
+        let workers = k - cli.spare;
+        let slots = cli.ranks.div_ceil(workers).max(1);
+        let quota = match cli.node_cpus {
+            Some(c) if !(c > 0.0 && c.is_finite()) => {
+                bail!("--node-cpus {c}: expected a number of CPUs greater than 0")
+            }
+            Some(c) => match cgroup::available() {
+                Ok(()) => Some(c),
+                Err(why) => {
+                    eprintln!("pmrun: --node-cpus is not enforced: {why}");
+                    None
+                }
+            },
+            None => None,
+        };
+        return (0..k)
+            .map(|i| {
+                let name = format!("node{}", i + 1);
+                let cgroup = quota.map(|c| cgroup::create(job, &name, c)).transpose()?;
+                Ok(NodeSpec {
+                    store: store.join(&name),
+                    addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)),
+                    slots,
+                    spare: i >= workers,
+                    cgroup,
+                    cpus: cli.node_cpus.unwrap_or(cpus),
+                    name,
+                })
+            })
+            .collect();
+    }
+    let hosts = hosts(cli)?;
+    if let Some(remote) = hosts.iter().find(|h| !hosts::is_this_machine(&h.name)) {
+        bail!(
+            "host {:?} is not this machine: this pmrun release starts its node agents on this \
+             machine only (use --local-nodes K for virtual nodes here)",
+            remote.name
+        );
+    }
+    if cli.spare > 0 {
+        bail!("--spare {} needs more than one node (use --local-nodes K)", cli.spare);
+    }
+    let slots = hosts.iter().map(|h| h.slots).sum();
+    Ok(vec![NodeSpec {
+        name: "localhost".into(),
+        slots,
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        store: store.to_owned(),
+        spare: false,
+        cgroup: None,
+        cpus,
+    }])
+}
+
+fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("{flag} {v}: expected a number of seconds greater than 0");
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 fn job_id(cli: &Cli) -> anyhow::Result<String> {
@@ -168,11 +275,8 @@ fn job_id(cli: &Cli) -> anyhow::Result<String> {
     Ok(id)
 }
 
-fn environment(cli: &Cli, job: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let mut env = vec![("PM_JOB".to_string(), job.to_string())];
-    if let Some(store) = &cli.store {
-        env.push(("PM_STORE".into(), store.display().to_string()));
-    }
+fn environment(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
     if let Some(every) = cli.every {
         env.push(("PM_EVERY".into(), every.to_string()));
     }
@@ -198,9 +302,57 @@ fn environment(cli: &Cli, job: &str) -> anyhow::Result<Vec<(String, String)>> {
     Ok(env)
 }
 
+/// `pmrun ctl`: talk to a running job.
+#[derive(Parser, Debug)]
+#[command(name = "pmrun ctl", version)]
+struct CtlCli {
+    /// The job's store directory [default: /dev/shm/pmrun-<uid>].
+    #[arg(long, value_name = "DIR", env = "PM_STORE")]
+    store: Option<PathBuf>,
+    /// The job [default: the only running one].
+    #[arg(long, value_name = "ID")]
+    job: Option<String>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum CtlCommand {
+    /// Nodes, ranks, committed epoch, replicas, recoveries.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a checkpoint now; returns once it is committed.
+    Checkpoint,
+    /// Checkpoint, move every rank off NODE, and continue without it.
+    Drain { node: String },
+}
+
+fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
+    let cli = CtlCli::parse_from(args);
+    let store = cli.store.unwrap_or_else(pm_core::store::default_root);
+    let req = match cli.command {
+        CtlCommand::Status { json } => ControlRequest::Status { json },
+        CtlCommand::Checkpoint => ControlRequest::Checkpoint,
+        CtlCommand::Drain { node } => ControlRequest::Drain { node },
+    };
+    let (ok, text) = control::request(&store, cli.job.as_deref(), req)?;
+    println!("{}", text.trim_end());
+    Ok(if ok { 0 } else { 1 })
+}
+
 fn main() {
-    let cli = Cli::parse_from(normalise_args(std::env::args().collect()));
-    match run(&cli) {
+    let args: Vec<String> = std::env::args().collect();
+    let result = if args.get(1).map(String::as_str) == Some("ctl") {
+        ctl(args[1..].to_vec())
+    } else {
+        let cli = Cli::parse_from(normalise_args(args));
+        init_logging(cli.verbose);
+        run(&cli)
+    };
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("pmrun: {e:#}");
@@ -209,45 +361,65 @@ fn main() {
     }
 }
 
+/// Structured logs on stderr, filtered by `PM_LOG` (warnings, or info with -v).
+fn init_logging(verbose: bool) {
+    let default = if verbose { "warn" } else { "error" };
+    let filter = std::env::var("PM_LOG").unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn run(cli: &Cli) -> anyhow::Result<i32> {
     let mut app = cli.app.clone();
     app[0] = find_app(&app[0])?.display().to_string();
-    let hosts = nodes(cli)?;
     let job = job_id(cli)?;
-    let env = environment(cli, &job)?;
+    let env = environment(cli)?;
     let store = cli
         .store
         .clone()
         .unwrap_or_else(pm_core::store::default_root);
-    let plan = LaunchPlan {
-        ranks: cli.ranks,
-        hosts,
-        app,
-        env,
-    };
+    let nodes = nodes(cli, &store, &job)?;
     if cli.verbose {
-        let where_: Vec<String> = plan
-            .hosts
+        let names: Vec<String> = nodes
             .iter()
-            .map(|h| format!("{}:{}", h.name, h.slots))
+            .map(|n| format!("{}@{}", n.name, n.addr))
             .collect();
         eprintln!(
-            "pmrun: job {job}: {} ranks on {}; checkpoints in {}",
+            "pmrun: job {job}: {} ranks on {}; checkpoints in {}, {} replica(s) each",
             cli.ranks,
-            where_.join(","),
-            store.display()
+            names.join(" "),
+            store.display(),
+            cli.replicas
+        );
+    }
+    let spec = JobSpec {
+        job,
+        ranks: cli.ranks,
+        app,
+        env,
+        local: true,
+        nodes,
+        replicas: cli.replicas,
+        heartbeat: seconds("--heartbeat", cli.heartbeat)?,
+        fail_after: seconds("--fail-after", cli.fail_after)?,
+        keep: cli.keep,
+        max_restarts: cli.max_restarts,
+        store,
+        verbose: cli.verbose,
+    };
+    if spec.fail_after <= spec.heartbeat {
+        bail!(
+            "--fail-after {} must be longer than --heartbeat {}",
+            cli.fail_after,
+            cli.heartbeat
         );
     }
     let backend = Mpirun {
         program: cli.mpirun.clone(),
     };
-    Supervisor {
-        backend: &backend,
-        plan,
-        job_record: store.join(&job).join("committed"),
-        max_restarts: cli.max_restarts,
-    }
-    .run()
+    coord::run(spec, Box::new(backend))
 }
 
 #[cfg(test)]

@@ -1,0 +1,86 @@
+//! `pmrun ctl`: operators reach a running job through a Unix socket in the
+//! job's run directory (`<store>/.pmrun/<job>/ctl.sock`), authenticated with
+//! the job's secret, which only the job's user can read.
+
+use super::Event;
+use anyhow::{Context, bail};
+use pm_core::wire::{ControlRequest, JobSecret, Limits, Message, Role, Session};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// The directory holding a job's secret, sockets and agent logs.
+pub fn run_dir(store: &Path, job: &str) -> PathBuf {
+    store.join(".pmrun").join(job)
+}
+
+/// Serves control requests until the listener is closed.
+pub fn serve(listener: UnixListener, secret: JobSecret, events: mpsc::Sender<Event>) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let secret = secret.clone();
+        let events = events.clone();
+        let _ = std::thread::Builder::new()
+            .name("pmrun-ctl".into())
+            .spawn(move || {
+                let served = (|| -> anyhow::Result<()> {
+                    let mut session =
+                        Session::accept(&mut stream, &secret, "ctl socket", "pmrun", Limits::default())?;
+                    let Message::Control(req) = session.recv(&mut stream)? else {
+                        bail!("expected a control request");
+                    };
+                    let (tx, rx) = mpsc::channel();
+                    events.send(Event::Control { req, reply: tx })?;
+                    let (ok, text) = rx
+                        .recv()
+                        .unwrap_or((false, "the job ended before answering".into()));
+                    session.send(&mut stream, &Message::ControlReply { ok, text })?;
+                    Ok(())
+                })();
+                if let Err(e) = served {
+                    tracing::warn!(error = %format!("{e:#}"), "control connection rejected");
+                }
+            });
+    }
+}
+
+/// Sends `req` to the job `job` (or the only job) under `store`; the reply.
+pub fn request(store: &Path, job: Option<&str>, req: ControlRequest) -> anyhow::Result<(bool, String)> {
+    let base = store.join(".pmrun");
+    let job = match job {
+        Some(j) => j.to_owned(),
+        None => {
+            let running: Vec<String> = std::fs::read_dir(&base)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().join("ctl.sock").exists())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match running.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("no running pmrun job has its control socket under {}", base.display()),
+                many => bail!("several jobs run under {}: name one with --job ({})", base.display(), many.join(", ")),
+            }
+        }
+    };
+    let dir = run_dir(store, &job);
+    let secret = crate::agent::read_secret(&dir.join("secret"))?;
+    let sock = dir.join("ctl.sock");
+    let mut stream = UnixStream::connect(&sock)
+        .with_context(|| format!("cannot reach job {job} at {} (has it ended?)", sock.display()))?;
+    let mut session = Session::connect(
+        &mut stream,
+        &secret,
+        &sock.display().to_string(),
+        "pmrun-ctl",
+        Role::Launcher,
+        Limits::default(),
+    )?;
+    session.send(&mut stream, &Message::Control(req))?;
+    match session.recv(&mut stream)? {
+        Message::ControlReply { ok, text } => Ok((ok, text)),
+        other => bail!("the job answered {other:?}"),
+    }
+}

@@ -1,0 +1,1040 @@
+//! The job's coordinator, inside `pmrun`.
+//!
+//! It starts one agent per node, places the ranks, launches the MPI job,
+//! and then follows it: it counts the snapshots ranks publish and the
+//! replicas partners store, commits an epoch once every rank's snapshot is
+//! on its node and on its partners, declares a node dead when its heartbeats
+//! stop for `--fail-after`, and then stops the job, moves the dead node's
+//! ranks to nodes that hold their committed snapshots, and relaunches. A
+//! drain takes a checkpoint, waits for it to commit and moves the drained
+//! node's ranks the same way. When the job ends, every node deletes its
+//! snapshots and replicas (unless `--keep`).
+
+pub mod agents;
+pub mod cgroup;
+pub mod control;
+mod console;
+pub mod state;
+mod status;
+
+use crate::backend::{LaunchBackend, LaunchPlan};
+use crate::hosts::Host;
+use crate::supervise::exit_code;
+use agents::{Agent, AgentLaunch, NodeSpec};
+use anyhow::{Context, bail};
+use console::Console;
+use pm_core::store::commit::read_record;
+use pm_core::wire::{ControlRequest, JobSecret, Message};
+use state::{Commit, Health, JobState, Node};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What `pmrun` was asked to run.
+pub struct JobSpec {
+    pub job: String,
+    pub ranks: u32,
+    pub app: Vec<String>,
+    /// Variables every rank gets besides the placement (`PM_EVERY`, `-x`, …).
+    pub env: Vec<(String, String)>,
+    pub nodes: Vec<NodeSpec>,
+    /// Whether the node stores are on this machine (virtual nodes, or this
+    /// machine as the only node): then pmrun can also clean up after dead nodes.
+    pub local: bool,
+    pub replicas: usize,
+    pub heartbeat: Duration,
+    pub fail_after: Duration,
+    pub keep: bool,
+    pub max_restarts: u32,
+    /// Root under which the job's run directory lives.
+    pub store: PathBuf,
+    pub verbose: bool,
+}
+
+/// Events the coordinator's loop reacts to.
+pub enum Event {
+    Agent {
+        node: usize,
+        msg: Message,
+    },
+    AgentLost {
+        node: usize,
+        reason: String,
+    },
+    Exited {
+        run: u64,
+        status: ExitStatus,
+    },
+    Control {
+        req: ControlRequest,
+        reply: mpsc::Sender<(bool, String)>,
+    },
+}
+
+/// How long agents may take to start and connect.
+const AGENT_START: Duration = Duration::from_secs(30);
+/// How long agents may take to apply a placement.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(60);
+/// How long a drain waits for its checkpoint to be replicated.
+const DRAIN_COMMIT_WAIT: Duration = Duration::from_secs(120);
+/// Grace period between asking mpirun to stop and killing it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How one run of the MPI job ended.
+enum Outcome {
+    Finished,
+    /// The application failed (a rank died or exited with an error).
+    Failed(i32),
+    /// The job stopped at a checkpoint for a drain.
+    Drained,
+    /// pmrun was interrupted (SIGINT/SIGTERM).
+    Interrupted(i32),
+}
+
+/// One recovery or drain, with its timings, for logs and `ctl status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Recovery {
+    pub kind: &'static str,
+    pub nodes: Vec<String>,
+    /// From the node's last heartbeat to its declaration as dead.
+    pub detect_s: f64,
+    /// From the declaration (or the drain request) until the job stopped.
+    pub stop_s: f64,
+    /// Placing ranks and waiting for agents to apply it.
+    pub place_s: f64,
+    /// From relaunch until every rank had restored and connected.
+    pub resume_s: f64,
+    pub total_s: f64,
+    pub epoch: u64,
+    pub step: u64,
+    pub moved: Vec<(u32, String, String)>,
+}
+
+struct Coordinator {
+    spec: JobSpec,
+    state: JobState,
+    agents: Vec<Agent>,
+    events: mpsc::Receiver<Event>,
+    backend: Box<dyn LaunchBackend>,
+    run_dir: PathBuf,
+    secret_file: PathBuf,
+    /// Last time each node was heard from.
+    last_seen: Vec<Instant>,
+    /// Placement generation and which agents applied it.
+    generation: u64,
+    applied: BTreeSet<usize>,
+    /// Rank processes as agents reported them.
+    pids: HashMap<u32, u32>,
+    finished: BTreeSet<u32>,
+    /// The current mpirun: run number and pid.
+    run: u64,
+    mpirun_pid: Option<u32>,
+    restarts: u32,
+    interrupted: Arc<AtomicBool>,
+    console: Console,
+    recoveries: Vec<Recovery>,
+    /// Times of the last commits (for steps/s and replication lag).
+    commits: Vec<(Instant, Commit)>,
+    /// When each epoch was first published.
+    published_at: HashMap<u64, Instant>,
+    pending_checkpoints: Vec<(u64, mpsc::Sender<(bool, String)>)>,
+    drain: Option<(Vec<usize>, Instant, mpsc::Sender<(bool, String)>)>,
+    /// A recovery in progress: its record so far and when it started.
+    recovering: Option<(Recovery, Instant)>,
+    job_started: Instant,
+}
+
+/// Runs the job to its end; the application's exit code.
+pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32> {
+    let run_dir = control::run_dir(&spec.store, &spec.job);
+    if run_dir.join("ctl.sock").exists()
+        && std::os::unix::net::UnixStream::connect(run_dir.join("ctl.sock")).is_ok()
+    {
+        bail!(
+            "job {} is already running (its control socket {} answers)",
+            spec.job,
+            run_dir.join("ctl.sock").display()
+        );
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run_dir)
+        .with_context(|| {
+            format!(
+                "cannot create the job's run directory {} (is --store writable?)",
+                run_dir.display()
+            )
+        })?;
+    for node in &spec.nodes {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&node.store)
+            .with_context(|| {
+                format!(
+                    "cannot create the store {} of node {} (is --store writable?)",
+                    node.store.display(),
+                    node.name
+                )
+            })?;
+    }
+    let secret = JobSecret::generate().context("no random bytes for the job's secret")?;
+    let secret_file = run_dir.join("secret");
+    {
+        use std::io::Write;
+        let _ = std::fs::remove_file(&secret_file);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret_file)
+            .with_context(|| format!("cannot write the job's secret {}", secret_file.display()))?;
+        f.write_all(secret.as_bytes())?;
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let bind = if spec.local {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    };
+    let listener = TcpListener::bind(bind).context("cannot listen for agents")?;
+    let started = Instant::now();
+    let agents = agents::start(
+        &AgentLaunch {
+            job: &spec.job,
+            run_dir: &run_dir,
+            secret_file: &secret_file,
+            secret: &secret,
+            heartbeat: spec.heartbeat,
+            listener: &listener,
+        },
+        &spec.nodes,
+        &tx,
+        AGENT_START,
+    )
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    })?;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "agents connected"
+    );
+
+    let ctl_path = run_dir.join("ctl.sock");
+    let _ = std::fs::remove_file(&ctl_path);
+    let ctl = std::os::unix::net::UnixListener::bind(&ctl_path)
+        .with_context(|| format!("cannot create the control socket {}", ctl_path.display()))?;
+    {
+        let tx = tx.clone();
+        let secret = secret.clone();
+        std::thread::Builder::new()
+            .name("pmrun-ctl-accept".into())
+            .spawn(move || control::serve(ctl, secret, tx))?;
+    }
+
+    let nodes: Vec<Node> = spec
+        .nodes
+        .iter()
+        .map(|n| Node {
+            name: n.name.clone(),
+            slots: n.slots,
+            spare: n.spare,
+            health: Health::Alive,
+        })
+        .collect();
+    let state = JobState::new(nodes, spec.ranks, spec.replicas)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupted.clone())?;
+    }
+    let node_count = spec.nodes.len();
+    let mut c = Coordinator {
+        spec,
+        state,
+        agents,
+        events: rx,
+        backend,
+        run_dir,
+        secret_file,
+        last_seen: vec![Instant::now(); node_count],
+        generation: 0,
+        applied: BTreeSet::new(),
+        pids: HashMap::new(),
+        finished: BTreeSet::new(),
+        run: 0,
+        mpirun_pid: None,
+        restarts: 0,
+        interrupted,
+        console: Console::new(),
+        recoveries: Vec::new(),
+        commits: Vec::new(),
+        published_at: HashMap::new(),
+        pending_checkpoints: Vec::new(),
+        drain: None,
+        recovering: None,
+        job_started: Instant::now(),
+    };
+    let result = c.run_job(tx);
+    if result.is_err() {
+        c.shut_down(false);
+    }
+    result
+}
+
+impl Coordinator {
+    fn say(&mut self, msg: &str) {
+        self.console.say(msg);
+        tracing::info!("{msg}");
+    }
+
+    fn run_job(&mut self, tx: mpsc::Sender<Event>) -> anyhow::Result<i32> {
+        let resumed = self.resume_from_disk()?;
+        if self.state.effective_replicas() < self.spec.replicas {
+            self.say(&format!(
+                "only {} usable node(s): each checkpoint gets {} replica(s) instead of {}",
+                self.state.nodes.len(),
+                self.state.effective_replicas(),
+                self.spec.replicas
+            ));
+        }
+        self.apply_placement()?;
+        if let Some(c) = resumed {
+            self.say(&format!(
+                "resuming job {} from its committed checkpoint (epoch {}, step {})",
+                self.spec.job, c.epoch, c.step
+            ));
+        }
+        loop {
+            self.launch(&tx)?;
+            let outcome = self.supervise()?;
+            match outcome {
+                Outcome::Finished => {
+                    self.console.clear();
+                    self.shut_down(!self.spec.keep);
+                    if self.spec.keep {
+                        self.say(&format!(
+                            "job finished; its checkpoints are kept (--keep) under {}",
+                            self.spec.store.display()
+                        ));
+                    }
+                    return Ok(0);
+                }
+                Outcome::Interrupted(code) => {
+                    self.say(&format!(
+                        "interrupted; the job's checkpoints are kept: run pmrun again with --job {} to resume",
+                        self.spec.job
+                    ));
+                    self.shut_down(false);
+                    return Ok(code);
+                }
+                Outcome::Drained => self.finish_drain()?,
+                Outcome::Failed(code) => {
+                    if let Some((.., reply)) = self.drain.take() {
+                        let _ = reply.send((false, "the job failed during the drain".into()));
+                    }
+                    if let Some(code) = self.after_failure(code)? {
+                        return Ok(code);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A job started again with `--job`: its committed epoch and where each
+    /// rank's snapshot of it is, read from the node stores on this machine.
+    fn resume_from_disk(&mut self) -> anyhow::Result<Option<Commit>> {
+        let records: Vec<_> = self
+            .spec
+            .nodes
+            .iter()
+            .filter_map(|n| read_record(&n.store.join(&self.spec.job).join("committed")).ok().flatten())
+            .collect();
+        let Some(newest) = records.iter().max_by_key(|r| r.epoch).copied() else {
+            return Ok(None);
+        };
+        if newest.ranks != 0 && newest.ranks != self.spec.ranks {
+            bail!(
+                "job {} was checkpointed with {} ranks; run it with -n {} to resume, or choose another --job",
+                self.spec.job,
+                newest.ranks,
+                newest.ranks
+            );
+        }
+        let holders: Vec<BTreeSet<usize>> = (0..self.spec.ranks)
+            .map(|r| {
+                (0..self.spec.nodes.len())
+                    .filter(|&i| {
+                        self.spec.nodes[i]
+                            .store
+                            .join(&self.spec.job)
+                            .join(format!("rank-{r}"))
+                            .join(format!("epoch-{:020}.manifest", newest.epoch))
+                            .exists()
+                    })
+                    .collect()
+            })
+            .collect();
+        let commit = Commit {
+            epoch: newest.epoch,
+            step: newest.step,
+        };
+        self.state.resume(commit, holders)?;
+        self.broadcast(&Message::Commit {
+            epoch: commit.epoch,
+            step: commit.step,
+            ranks: self.spec.ranks,
+        });
+        Ok(Some(commit))
+    }
+
+    fn broadcast(&mut self, msg: &Message) {
+        for (i, agent) in self.agents.iter_mut().enumerate() {
+            if self.state.nodes[i].health != Health::Dead {
+                agent.send(msg);
+            }
+        }
+    }
+
+    /// Tells every live agent the current placement and waits until all
+    /// have applied it.
+    fn apply_placement(&mut self) -> anyhow::Result<()> {
+        self.generation += 1;
+        self.applied.clear();
+        let control: Vec<String> = self.agents.iter().map(|a| a.control.clone()).collect();
+        let mut waiting = BTreeSet::new();
+        for i in 0..self.agents.len() {
+            if self.state.nodes[i].health == Health::Dead {
+                continue;
+            }
+            let local = self.state.ranks_on(i);
+            let partners = local
+                .iter()
+                .map(|&r| {
+                    let p = self.state.partners[r as usize]
+                        .iter()
+                        .map(|&n| control[n].clone())
+                        .collect();
+                    (r, p)
+                })
+                .collect();
+            let msg = Message::Placement {
+                generation: self.generation,
+                local,
+                partners,
+            };
+            if self.agents[i].send(&msg) {
+                waiting.insert(i);
+            }
+        }
+        let deadline = Instant::now() + PLACEMENT_WAIT;
+        while !waiting.is_subset(&self.applied) {
+            if Instant::now() > deadline {
+                bail!("agents did not apply the new placement within {} s", PLACEMENT_WAIT.as_secs());
+            }
+            match self.events.recv_timeout(Duration::from_millis(100)) {
+                Ok(ev) => self.handle(ev),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("lost every agent"),
+            }
+            self.check_heartbeats();
+            waiting.retain(|&i| self.state.nodes[i].health != Health::Dead);
+        }
+        Ok(())
+    }
+
+    /// Starts mpirun for the current placement.
+    fn launch(&mut self, tx: &mpsc::Sender<Event>) -> anyhow::Result<()> {
+        self.run += 1;
+        self.finished.clear();
+        self.pids.clear();
+        let join = |f: &dyn Fn(&NodeSpec) -> String| {
+            self.spec.nodes.iter().map(f).collect::<Vec<_>>().join(":")
+        };
+        let mut env = self.spec.env.clone();
+        env.push(("PM_JOB".into(), self.spec.job.clone()));
+        env.push((
+            "PM_NODE_MAP".into(),
+            self.state
+                .placement
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        env.push(("PM_NODE_STORES".into(), join(&|n| n.store.display().to_string())));
+        let sockets: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| a.socket.display().to_string())
+            .collect();
+        env.push(("PM_NODE_AGENTS".into(), sockets.join(":")));
+        env.push((
+            "PM_SECRET_FILE".into(),
+            self.secret_file.display().to_string(),
+        ));
+        env.push((
+            "PM_RESTORE_EPOCH".into(),
+            self.state.committed.map_or(0, |c| c.epoch).to_string(),
+        ));
+        let plan = LaunchPlan {
+            ranks: self.spec.ranks,
+            hosts: vec![Host {
+                name: "localhost".into(),
+                slots: self.spec.ranks,
+            }],
+            app: self.spec.app.clone(),
+            env,
+        };
+        if self.spec.verbose {
+            let map: Vec<String> = (0..self.spec.nodes.len())
+                .filter(|&i| self.state.nodes[i].health == Health::Alive)
+                .map(|i| {
+                    let ranks: Vec<String> =
+                        self.state.ranks_on(i).iter().map(u32::to_string).collect();
+                    format!("{}[{}]", self.spec.nodes[i].name, ranks.join(","))
+                })
+                .collect();
+            self.say(&format!("launching {} ranks: {}", self.spec.ranks, map.join(" ")));
+        }
+        let mut child = self.backend.command(&plan).spawn().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {}: {e} (is it installed and on PATH?)",
+                self.backend.name()
+            )
+        })?;
+        self.mpirun_pid = Some(child.id());
+        let run = self.run;
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("pmrun-mpirun".into())
+            .spawn(move || {
+                if let Ok(status) = child.wait() {
+                    let _ = tx.send(Event::Exited { run, status });
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Follows one run of the job until it ends and its end is understood.
+    fn supervise(&mut self) -> anyhow::Result<Outcome> {
+        let mut exited: Option<(ExitStatus, Instant)> = None;
+        let mut stopping: Option<Instant> = None;
+        let mut last_status = Instant::now();
+        loop {
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(Event::Exited { run, status }) if run == self.run => {
+                    self.mpirun_pid = None;
+                    exited = Some((status, Instant::now()));
+                }
+                Ok(ev) => self.handle(ev),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the coordinator lost its event sources"),
+            }
+            if self.interrupted.load(Ordering::Relaxed) && stopping.is_none() {
+                self.console.clear();
+                self.signal_job(libc::SIGTERM);
+                stopping = Some(Instant::now());
+            }
+            let lost = self.check_heartbeats();
+            if !lost.is_empty() && exited.is_none() && stopping.is_none() {
+                // A node with ranks is gone: the job cannot go on as it is.
+                if lost.iter().any(|&n| !self.state.ranks_on(n).is_empty()) {
+                    self.signal_job(libc::SIGTERM);
+                    stopping = Some(Instant::now());
+                } else {
+                    self.state.choose_partners();
+                    self.apply_placement()?;
+                    if let Some((r, _)) = self.recovering.take() {
+                        self.say(&format!(
+                            "{} ran no ranks; its replicas are being made again on other nodes",
+                            r.nodes.join(", ")
+                        ));
+                    }
+                }
+            }
+            if let Some(t) = stopping
+                && exited.is_none()
+                && t.elapsed() > STOP_GRACE
+            {
+                self.signal_job(libc::SIGKILL);
+                self.kill_ranks();
+            }
+            if last_status.elapsed() >= Duration::from_secs(1) {
+                last_status = Instant::now();
+                let line = self.status_line();
+                self.console.status(&line);
+            }
+            let Some((status, at)) = exited else { continue };
+            if self.interrupted.load(Ordering::Relaxed) {
+                return Ok(Outcome::Interrupted(130));
+            }
+            if status.success() {
+                let all_finished = self.finished.len() == self.spec.ranks as usize;
+                if self.drain.is_some() && !all_finished {
+                    return Ok(Outcome::Drained);
+                }
+                return Ok(Outcome::Finished);
+            }
+            // A failure: wait until every node with ranks has either been
+            // heard from since the exit or been declared dead.
+            let undecided = (0..self.agents.len()).any(|i| {
+                self.state.nodes[i].health == Health::Alive
+                    && !self.state.ranks_on(i).is_empty()
+                    && self.last_seen[i] < at
+            });
+            if !undecided {
+                return Ok(Outcome::Failed(exit_code(status)));
+            }
+        }
+    }
+
+    /// Declares dead every live node not heard from for `--fail-after`;
+    /// returns them.
+    fn check_heartbeats(&mut self) -> Vec<usize> {
+        let mut lost = Vec::new();
+        for i in 0..self.agents.len() {
+            if self.state.nodes[i].health == Health::Dead {
+                continue;
+            }
+            let silent = self.last_seen[i].elapsed();
+            if silent > self.spec.fail_after {
+                self.state.nodes[i].health = Health::Dead;
+                lost.push(i);
+                let name = self.spec.nodes[i].name.clone();
+                self.say(&format!(
+                    "node {name} missed its heartbeats for {:.1} s: declared dead",
+                    silent.as_secs_f64()
+                ));
+                let detect = silent.as_secs_f64();
+                match &mut self.recovering {
+                    Some((r, _)) => r.nodes.push(name),
+                    None => {
+                        self.recovering = Some((
+                            Recovery {
+                                kind: "node failure",
+                                nodes: vec![name],
+                                detect_s: detect,
+                                stop_s: 0.0,
+                                place_s: 0.0,
+                                resume_s: 0.0,
+                                total_s: 0.0,
+                                epoch: 0,
+                                step: 0,
+                                moved: Vec::new(),
+                            },
+                            Instant::now(),
+                        ))
+                    }
+                }
+            }
+        }
+        lost
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Agent { node, msg } => self.handle_agent(node, msg),
+            Event::AgentLost { node, reason } => {
+                if self.state.nodes[node].health != Health::Dead {
+                    tracing::warn!(node = %self.spec.nodes[node].name, %reason, "lost the agent's connection");
+                }
+            }
+            Event::Exited { .. } => {}
+            Event::Control { req, reply } => self.handle_control(req, reply),
+        }
+    }
+
+    fn handle_agent(&mut self, node: usize, msg: Message) {
+        if self.state.nodes[node].health == Health::Dead {
+            return;
+        }
+        self.last_seen[node] = Instant::now();
+        match msg {
+            Message::Heartbeat { .. } => {}
+            Message::RankHello { rank, pid } => {
+                self.pids.insert(rank, pid);
+                if self.pids.len() == self.spec.ranks as usize
+                    && let Some((mut r, started)) = self.recovering.take()
+                {
+                    r.resume_s = started.elapsed().as_secs_f64() - r.stop_s - r.place_s;
+                    r.total_s = r.detect_s + started.elapsed().as_secs_f64();
+                    self.say(&format!(
+                        "{} of {} handled: detected in {:.2} s, job stopped in {:.2} s, placed in {:.2} s, \
+                         ranks resumed from epoch {} {:.2} s after the relaunch; {:.2} s in all",
+                        r.kind,
+                        r.nodes.join(", "),
+                        r.detect_s,
+                        r.stop_s,
+                        r.place_s,
+                        r.epoch,
+                        r.resume_s,
+                        r.total_s
+                    ));
+                    self.recoveries.push(r);
+                }
+            }
+            Message::Published {
+                rank,
+                epoch,
+                step,
+                state_bytes,
+                written_bytes,
+            } => {
+                self.published_at.entry(epoch).or_insert_with(Instant::now);
+                self.state
+                    .published(rank, epoch, step, state_bytes, written_bytes);
+                self.try_commit();
+            }
+            Message::ReplicaStored {
+                rank,
+                epoch,
+                node: holder,
+                ..
+            } => {
+                if let Some(h) = self.spec.nodes.iter().position(|n| n.name == holder) {
+                    self.state.replica_stored(rank, epoch, h);
+                    self.try_commit();
+                }
+            }
+            Message::Finished { rank } => {
+                self.finished.insert(rank);
+            }
+            Message::PlacementApplied { generation } if generation == self.generation => {
+                self.applied.insert(node);
+            }
+            Message::PlacementApplied { .. } => {}
+            other => tracing::warn!(node = %self.spec.nodes[node].name, message = ?other, "unexpected message from an agent"),
+        }
+    }
+
+    fn try_commit(&mut self) {
+        let Some(commit) = self.state.try_commit() else {
+            return;
+        };
+        self.broadcast(&Message::Commit {
+            epoch: commit.epoch,
+            step: commit.step,
+            ranks: self.spec.ranks,
+        });
+        let lag = self
+            .published_at
+            .get(&commit.epoch)
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.published_at.retain(|&e, _| e > commit.epoch);
+        tracing::info!(epoch = commit.epoch, step = commit.step, replication_s = lag, "epoch committed");
+        if self.spec.verbose {
+            let msg = format!(
+                "epoch {} committed (step {}, replicated {:.2} s after it was written)",
+                commit.epoch, commit.step, lag
+            );
+            self.say(&msg);
+        }
+        self.commits.push((Instant::now(), commit));
+        if self.commits.len() > 8 {
+            self.commits.remove(0);
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_checkpoints)
+            .into_iter()
+            .partition(|(after, _)| commit.epoch > *after);
+        self.pending_checkpoints = waiting;
+        for (_, reply) in done {
+            let _ = reply.send((
+                true,
+                format!("epoch {} committed at step {}", commit.epoch, commit.step),
+            ));
+        }
+    }
+
+    fn handle_control(&mut self, req: ControlRequest, reply: mpsc::Sender<(bool, String)>) {
+        match req {
+            ControlRequest::Status { json } => {
+                let text = if json {
+                    status::json(self)
+                } else {
+                    status::text(self)
+                };
+                let _ = reply.send((true, text));
+            }
+            ControlRequest::Checkpoint => {
+                if self.mpirun_pid.is_none() {
+                    let _ = reply.send((false, "the job is not running right now".into()));
+                    return;
+                }
+                let after = self.state.newest_published().unwrap_or(0);
+                self.signal_job(libc::SIGUSR2);
+                self.pending_checkpoints.push((after, reply));
+            }
+            ControlRequest::Drain { node } => {
+                let Some(i) = self.spec.nodes.iter().position(|n| n.name == node) else {
+                    let names: Vec<&str> = self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+                    let _ = reply.send((
+                        false,
+                        format!("no node {node:?} in this job (nodes: {})", names.join(", ")),
+                    ));
+                    return;
+                };
+                let usable = self.state.nodes.iter().filter(|n| n.health == Health::Alive).count();
+                let refusal = match self.state.nodes[i].health {
+                    Health::Dead => Some(format!("node {node} is dead already")),
+                    Health::Drained => Some(format!("node {node} is drained already")),
+                    Health::Alive if usable < 2 => {
+                        Some(format!("node {node} is the last usable node"))
+                    }
+                    Health::Alive if self.drain.is_some() || self.recovering.is_some() => {
+                        Some("another drain or recovery is in progress; try again".into())
+                    }
+                    Health::Alive if self.mpirun_pid.is_none() => {
+                        Some("the job is not running right now".into())
+                    }
+                    Health::Alive => None,
+                };
+                if let Some(why) = refusal {
+                    let _ = reply.send((false, why));
+                    return;
+                }
+                self.say(&format!(
+                    "draining node {node}: checkpointing, then moving its {} rank(s)",
+                    self.state.ranks_on(i).len()
+                ));
+                self.drain = Some((vec![i], Instant::now(), reply));
+                self.signal_job(libc::SIGUSR1);
+            }
+        }
+    }
+
+    /// Sends `sig` to mpirun, which forwards SIGUSR1/SIGUSR2/SIGTERM to the ranks.
+    fn signal_job(&self, sig: i32) {
+        if let Some(pid) = self.mpirun_pid {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// SIGKILLs every rank process an agent reported (mpirun did not stop them).
+    fn kill_ranks(&self) {
+        for &pid in self.pids.values() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// The drained job stopped at a checkpoint: wait until it is committed,
+    /// move the drained node's ranks to holders of it, and relaunch.
+    fn finish_drain(&mut self) -> anyhow::Result<()> {
+        let Some((nodes, started, reply)) = self.drain.take() else {
+            return Ok(());
+        };
+        let stopped = started.elapsed();
+        let target = self.state.newest_published().unwrap_or(0);
+        let deadline = Instant::now() + DRAIN_COMMIT_WAIT;
+        while self.state.committed.is_none_or(|c| c.epoch < target) && Instant::now() < deadline {
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(ev) => self.handle(ev),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("lost every agent"),
+            }
+            self.check_heartbeats();
+        }
+        let commit_wait = started.elapsed() - stopped;
+        for &n in &nodes {
+            if self.state.nodes[n].health == Health::Alive {
+                self.state.nodes[n].health = Health::Drained;
+            }
+        }
+        let names: Vec<String> = nodes.iter().map(|&n| self.spec.nodes[n].name.clone()).collect();
+        let place_started = Instant::now();
+        let moves = match self.state.replace_lost_ranks() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send((false, e.to_string()));
+                return Err(e.into());
+            }
+        };
+        self.state.forget_uncommitted();
+        self.apply_placement()?;
+        let commit = self.state.committed.unwrap_or(Commit { epoch: 0, step: 0 });
+        let moved = self.describe_moves(&moves);
+        let text = format!(
+            "node {} drained: stopped at a checkpoint in {:.2} s, replicated in {:.2} s, {} rank(s) moved ({}); \
+             resuming from epoch {} (step {})",
+            names.join(", "),
+            stopped.as_secs_f64(),
+            commit_wait.as_secs_f64(),
+            moves.len(),
+            moved.iter().map(|(r, _, to)| format!("{r}→{to}")).collect::<Vec<_>>().join(" "),
+            commit.epoch,
+            commit.step
+        );
+        self.say(&text);
+        self.recovering = Some((
+            Recovery {
+                kind: "drain",
+                nodes: names,
+                detect_s: 0.0,
+                stop_s: started.elapsed().as_secs_f64() - place_started.elapsed().as_secs_f64(),
+                place_s: place_started.elapsed().as_secs_f64(),
+                resume_s: 0.0,
+                total_s: 0.0,
+                epoch: commit.epoch,
+                step: commit.step,
+                moved,
+            },
+            started,
+        ));
+        let _ = reply.send((true, text));
+        Ok(())
+    }
+
+    fn describe_moves(&self, moves: &[(u32, usize, usize)]) -> Vec<(u32, String, String)> {
+        moves
+            .iter()
+            .map(|&(r, from, to)| {
+                (
+                    r,
+                    self.spec.nodes[from].name.clone(),
+                    self.spec.nodes[to].name.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// After a failed run: relaunch (returns `None`) or give up with the
+    /// application's exit code.
+    fn after_failure(&mut self, code: i32) -> anyhow::Result<Option<i32>> {
+        let lost_node = self.recovering.is_some();
+        let Some(commit) = self.state.committed else {
+            if !lost_node {
+                self.say(&format!(
+                    "the job failed (exit code {code}) before committing any checkpoint"
+                ));
+                self.shut_down(true);
+                return Ok(Some(code));
+            }
+            self.say("a node was lost before the first checkpoint was committed; starting the job afresh");
+            self.relaunch_after_loss(None)?;
+            return Ok(None);
+        };
+        if !lost_node {
+            if self.restarts >= self.spec.max_restarts {
+                self.say(&format!(
+                    "the job failed (exit code {code}) {} times; its checkpoint of step {} is kept: \
+                     run pmrun again with --job {} to resume",
+                    self.restarts + 1,
+                    commit.step,
+                    self.spec.job
+                ));
+                self.shut_down(false);
+                return Ok(Some(code));
+            }
+            self.restarts += 1;
+            self.say(&format!(
+                "the job failed after {:.1} s (exit code {code}); relaunching from its committed \
+                 checkpoint (epoch {}, step {}), restart {} of {}",
+                self.job_started.elapsed().as_secs_f64(),
+                commit.epoch,
+                commit.step,
+                self.restarts,
+                self.spec.max_restarts
+            ));
+            self.state.forget_uncommitted();
+            self.apply_placement()?;
+            return Ok(None);
+        }
+        match self.relaunch_after_loss(Some(commit)) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                self.say(&format!("{e:#}"));
+                self.shut_down(false);
+                Ok(Some(code))
+            }
+        }
+    }
+
+    fn relaunch_after_loss(&mut self, commit: Option<Commit>) -> anyhow::Result<()> {
+        let stopped_at = self.recovering.as_ref().map(|(_, t)| t.elapsed().as_secs_f64());
+        let place_started = Instant::now();
+        let moves = self.state.replace_lost_ranks()?;
+        self.state.forget_uncommitted();
+        self.apply_placement()?;
+        let moved = self.describe_moves(&moves);
+        if let Some((r, _)) = &mut self.recovering {
+            r.stop_s = stopped_at.unwrap_or(0.0);
+            r.place_s = place_started.elapsed().as_secs_f64();
+            r.epoch = commit.map_or(0, |c| c.epoch);
+            r.step = commit.map_or(0, |c| c.step);
+            r.moved = moved.clone();
+        }
+        let list: Vec<String> = moved
+            .iter()
+            .map(|(r, from, to)| format!("rank {r} {from}→{to}"))
+            .collect();
+        match commit {
+            Some(c) => self.say(&format!(
+                "relaunching from the committed checkpoint (epoch {}, step {}) with {}",
+                c.epoch,
+                c.step,
+                list.join(", ")
+            )),
+            None => self.say(&format!("relaunching afresh with {}", list.join(", "))),
+        }
+        Ok(())
+    }
+
+    /// Ends the agents; with `delete`, every node deletes the job's
+    /// snapshots and replicas first (and pmrun cleans up after dead nodes
+    /// whose stores are on this machine).
+    fn shut_down(&mut self, delete: bool) {
+        self.console.clear();
+        if delete {
+            let msg = Message::DeleteJob {
+                job: self.spec.job.clone(),
+            };
+            self.broadcast(&msg);
+        }
+        for agent in &mut self.agents {
+            let _ = agent.stream.shutdown(std::net::Shutdown::Both);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for agent in &mut self.agents {
+            if let Some(child) = &mut agent.child {
+                while child.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        if delete && self.spec.local {
+            for node in &self.spec.nodes {
+                let dir = node.store.join(&self.spec.job);
+                if let Err(e) = std::fs::remove_dir_all(&dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the job's checkpoints");
+                }
+                if node.store != self.spec.store {
+                    // A virtual node's root, made by pmrun: remove it once empty.
+                    let _ = std::fs::remove_dir(&node.store);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        let _ = std::fs::remove_dir(self.run_dir.parent().unwrap_or(Path::new("/nonexistent")));
+        cgroup::remove(&self.spec.job);
+    }
+
+    fn status_line(&self) -> String {
+        status::line(self)
+    }
+}
