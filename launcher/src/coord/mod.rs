@@ -527,6 +527,7 @@ impl Coordinator {
     fn supervise(&mut self) -> anyhow::Result<Outcome> {
         let mut exited: Option<(ExitStatus, Instant)> = None;
         let mut stopping: Option<Instant> = None;
+        let mut sent_term = false;
         let mut last_status = Instant::now();
         loop {
             match self.events.recv_timeout(Duration::from_millis(50)) {
@@ -538,16 +539,21 @@ impl Coordinator {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the coordinator lost its event sources"),
             }
-            if self.interrupted.load(Ordering::Relaxed) && stopping.is_none() {
+            if self.interrupted.load(Ordering::Relaxed) && !sent_term {
                 self.console.clear();
                 self.signal_job(libc::SIGTERM);
-                stopping = Some(Instant::now());
+                sent_term = true;
+                stopping.get_or_insert_with(Instant::now);
             }
             let lost = self.check_heartbeats();
             if !lost.is_empty() && exited.is_none() && stopping.is_none() {
                 // A node with ranks is gone: the job cannot go on as it is.
                 if lost.iter().any(|&n| !self.state.ranks_on(n).is_empty()) {
-                    self.signal_job(libc::SIGTERM);
+                    // Nothing may depend on a dead node: its ranks are
+                    // killed if they still run, and mpirun then ends the job.
+                    for &n in &lost {
+                        self.kill_ranks(&self.state.ranks_on(n));
+                    }
                     stopping = Some(Instant::now());
                 } else {
                     self.state.choose_partners();
@@ -562,10 +568,16 @@ impl Coordinator {
             }
             if let Some(t) = stopping
                 && exited.is_none()
-                && t.elapsed() > STOP_GRACE
             {
-                self.signal_job(libc::SIGKILL);
-                self.kill_ranks();
+                // mpirun usually ends the job by itself once a rank is gone;
+                // interrupting it while it aborts can crash it.
+                if t.elapsed() > STOP_GRACE {
+                    self.signal_job(libc::SIGKILL);
+                    self.kill_ranks(&(0..self.spec.ranks).collect::<Vec<_>>());
+                } else if t.elapsed() > STOP_GRACE / 3 && !sent_term {
+                    self.signal_job(libc::SIGTERM);
+                    sent_term = true;
+                }
             }
             if last_status.elapsed() >= Duration::from_secs(1) {
                 last_status = Instant::now();
@@ -818,11 +830,11 @@ impl Coordinator {
         }
     }
 
-    /// SIGKILLs every rank process an agent reported (mpirun did not stop them).
-    fn kill_ranks(&self) {
-        for &pid in self.pids.values() {
+    /// SIGKILLs the processes of `ranks` that agents reported.
+    fn kill_ranks(&self, ranks: &[u32]) {
+        for pid in ranks.iter().filter_map(|r| self.pids.get(r)) {
             // SAFETY: as above.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
         }
     }
 
