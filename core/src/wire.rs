@@ -657,12 +657,24 @@ mod tests {
         assert_eq!(c.remote_node(), "server-node");
         let mut wire = Vec::new();
         c.send(&mut wire, &sample()).unwrap();
-        c.send(&mut wire, &Message::Commit { epoch: 9, step: 90, ranks: 4 }).unwrap();
+        c.send(
+            &mut wire,
+            &Message::Commit {
+                epoch: 9,
+                step: 90,
+                ranks: 4,
+            },
+        )
+        .unwrap();
         let mut r = Cursor::new(wire);
         assert_eq!(s.recv::<Message, _>(&mut r).unwrap(), sample());
         assert_eq!(
             s.recv::<Message, _>(&mut r).unwrap(),
-            Message::Commit { epoch: 9, step: 90, ranks: 4 }
+            Message::Commit {
+                epoch: 9,
+                step: 90,
+                ranks: 4
+            }
         );
         let mut back = Vec::new();
         s.send(&mut back, &Message::DeleteJob { job: "heat".into() })
@@ -700,9 +712,25 @@ mod tests {
     fn replayed_and_reordered_frames_are_rejected() {
         let (mut c, mut s) = pair(Limits::default());
         let mut first = Vec::new();
-        c.send(&mut first, &Message::Commit { epoch: 1, step: 1, ranks: 1 }).unwrap();
+        c.send(
+            &mut first,
+            &Message::Commit {
+                epoch: 1,
+                step: 1,
+                ranks: 1,
+            },
+        )
+        .unwrap();
         let mut second = Vec::new();
-        c.send(&mut second, &Message::Commit { epoch: 2, step: 2, ranks: 1 }).unwrap();
+        c.send(
+            &mut second,
+            &Message::Commit {
+                epoch: 2,
+                step: 2,
+                ranks: 1,
+            },
+        )
+        .unwrap();
         // Reordered: the second frame first.
         let err = s.recv::<Message, _>(&mut Cursor::new(&second)).unwrap_err();
         assert!(
@@ -798,7 +826,11 @@ mod tests {
                 }
             ),
             ".{0,40}".prop_map(|reason| Message::Error { reason }),
-            any::<u64>().prop_map(|epoch| Message::Commit { epoch, step: epoch / 2, ranks: 3 }),
+            any::<u64>().prop_map(|epoch| Message::Commit {
+                epoch,
+                step: epoch / 2,
+                ranks: 3
+            }),
         ]
     }
 

@@ -168,7 +168,11 @@ pub fn expand_slurm_nodelist(list: &str) -> Result<Vec<String>, HostError> {
 /// Whether `name` is this machine: `localhost`, a loopback address, or
 /// this machine's host name.
 pub fn is_this_machine(name: &str) -> bool {
-    if name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()) {
+    if name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+    {
         return true;
     }
     let mut buf = [0u8; 256];

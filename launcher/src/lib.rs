@@ -3,6 +3,6 @@
 
 pub mod agent;
 pub mod backend;
-pub mod hosts;
 pub mod coord;
+pub mod hosts;
 pub mod supervise;

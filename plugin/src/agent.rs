@@ -86,8 +86,12 @@ impl AgentLink {
     /// Connects to the agent and introduces this rank.
     pub fn connect(cfg: &AgentConfig, rank: u32) -> Result<Self, PmError> {
         let unreachable = |what: String| PmError::Agent(what);
-        let secret = std::fs::read(&cfg.secret_file)
-            .map_err(|e| unreachable(format!("cannot read the job's secret {}: {e}", cfg.secret_file.display())))?;
+        let secret = std::fs::read(&cfg.secret_file).map_err(|e| {
+            unreachable(format!(
+                "cannot read the job's secret {}: {e}",
+                cfg.secret_file.display()
+            ))
+        })?;
         let secret: [u8; 32] = secret.try_into().map_err(|_| {
             unreachable(format!(
                 "the job's secret {} is not 32 bytes long",

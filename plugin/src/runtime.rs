@@ -109,15 +109,19 @@ impl Runtime {
         let (cfg, store) = comm.agree("open its checkpoint store", local)?;
         let agent = placement
             .as_ref()
-            .map(|p| comm.agree("connect to its node agent", AgentLink::connect(p, comm.rank)))
+            .map(|p| {
+                comm.agree(
+                    "connect to its node agent",
+                    AgentLink::connect(p, comm.rank),
+                )
+            })
             .transpose()?;
 
         let [found, epoch, step, ranks] = match &placement {
             // Under pmrun, pmrun names the committed epoch.
             Some(p) if p.restore_epoch > 0 => {
                 let manifest = store.manifest(p.restore_epoch).map_err(PmError::from);
-                let manifest =
-                    comm.agree("read its manifest of the committed epoch", manifest)?;
+                let manifest = comm.agree("read its manifest of the committed epoch", manifest)?;
                 [1, p.restore_epoch, manifest.step, u64::from(comm.size)]
             }
             Some(_) => [0; 4],
@@ -129,8 +133,7 @@ impl Runtime {
                     Ok(None)
                 };
                 let record = comm.agree("read the job's commit record", record)?;
-                let mut words =
-                    record.map_or([0; 4], |r| [1, r.epoch, r.step, u64::from(r.ranks)]);
+                let mut words = record.map_or([0; 4], |r| [1, r.epoch, r.step, u64::from(r.ranks)]);
                 comm.bcast(&mut words)?;
                 words
             }
@@ -412,6 +415,10 @@ impl Runtime {
                 Schedule::Every(n) => self.step % n == 0,
                 Schedule::Interval(d) => self.last_checkpoint.elapsed() >= d,
             };
+            // Under pmrun, a scheduled checkpoint waits until the previous
+            // one is replicated and committed: epochs in flight stay few, so
+            // pruning never removes one that partners are still copying.
+            let due = due && !self.replication_pending();
             if due || self.checkpoint_requested.swap(false, Ordering::Relaxed) {
                 flags |= CHECKPOINT;
             }
@@ -423,6 +430,23 @@ impl Runtime {
         self.comm.bcast(&mut words)?;
         self.next_poll = words[1];
         Ok(words[0])
+    }
+
+    /// Whether this rank's newest epoch is still waiting for `pmrun` to
+    /// commit it (the node agent records each commit in the job's record).
+    fn replication_pending(&self) -> bool {
+        if self.agent.is_none() || self.epoch == 0 {
+            return false;
+        }
+        let record = commit::read_record(&self.store.job_dir().join("committed"));
+        match record {
+            Ok(Some(r)) => r.epoch < self.epoch,
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the job's commit record");
+                false
+            }
+        }
     }
 
     /// Steps until the next decision: about every `POLL_PERIOD` of wall time,
@@ -455,7 +479,8 @@ impl Runtime {
                 written_bytes: report.bytes_written,
             };
             let told = agent.send(&published);
-            self.comm.agree("hand its snapshot to its node agent", told)?;
+            self.comm
+                .agree("hand its snapshot to its node agent", told)?;
         } else {
             self.commit(epoch)?;
         }

@@ -532,7 +532,16 @@ fn garbage_on_the_port_is_rejected_and_the_server_keeps_serving() {
         Limits { max_body: 4096 },
     )
     .unwrap();
-    session.send(&mut s, &Message::Commit { epoch: 1, step: 1, ranks: 1 }).unwrap();
+    session
+        .send(
+            &mut s,
+            &Message::Commit {
+                epoch: 1,
+                step: 1,
+                ranks: 1,
+            },
+        )
+        .unwrap();
     let (remote, _r) = buffer(&a, 4096);
     let (local, _l) = buffer(&b, 4096);
     assert_eq!(

@@ -44,6 +44,8 @@ pub struct AgentOptions {
     pub import_delay: Duration,
 }
 
+/// How long a connecting peer may take to authenticate.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one replication request may take before the partner is
 /// considered unresponsive.
 const PARTNER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -68,6 +70,8 @@ struct State {
     partners: HashMap<u32, Vec<String>>,
     /// Newest epoch `pmrun` committed.
     committed: Option<u64>,
+    /// Newest epoch each local rank published.
+    published: HashMap<u32, u64>,
     /// Processes of the connected ranks.
     pids: HashMap<u32, u32>,
     /// Replication workers, by rank.
@@ -248,14 +252,19 @@ fn commit(shared: &Shared, epoch: u64, step: u64, ranks: u32) {
         }
     }
     for rank in shared.ranks_on_disk() {
-        let marked = Store::open(&shared.opts.store, &shared.opts.job, rank, Shared::store_options())
-            .and_then(|store| {
-                if store.epochs()?.contains(&epoch) {
-                    store.mark_committed(epoch, ranks)
-                } else {
-                    Ok(())
-                }
-            });
+        let marked = Store::open(
+            &shared.opts.store,
+            &shared.opts.job,
+            rank,
+            Shared::store_options(),
+        )
+        .and_then(|store| {
+            if store.epochs()?.contains(&epoch) {
+                store.mark_committed(epoch, ranks)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = marked {
             tracing::error!(rank, epoch, error = %e, "cannot mark the epoch committed");
         }
@@ -278,7 +287,7 @@ fn place(shared: &Arc<Shared>, local: Vec<u32>, partners: Vec<(u32, Vec<String>)
     }
     let mut state = lock(&shared.state);
     let mut fills = Vec::new();
-    if let Some(epoch) = state.committed {
+    if let Some(committed) = state.committed {
         for rank in &local {
             let before: &[String] = if state.local.contains(rank) {
                 state.partners.get(rank).map_or(&[], |v| v.as_slice())
@@ -293,7 +302,14 @@ fn place(shared: &Arc<Shared>, local: Vec<u32>, partners: Vec<(u32, Vec<String>)
                 .cloned()
                 .collect();
             if !added.is_empty() {
-                fills.push((*rank, epoch, added));
+                // The committed epoch, and the one in flight if any (else it
+                // could never commit without the replaced partner).
+                fills.push((*rank, committed, added.clone()));
+                if let Some(&newest) = state.published.get(rank)
+                    && newest > committed
+                {
+                    fills.push((*rank, newest, added));
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ pub(super) fn serve(shared: Arc<Shared>, listener: UnixListener) {
 }
 
 fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()> {
+    stream.set_read_timeout(Some(super::HANDSHAKE_TIMEOUT))?;
     let session = Session::accept(
         &mut stream,
         &shared.opts.secret,
@@ -31,6 +32,7 @@ fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()
     if session.remote_role() != Role::Rank {
         anyhow::bail!("a {:?} connected to the rank socket", session.remote_role());
     }
+    stream.set_read_timeout(None)?;
     let (_, mut receiver) = session.split();
     let mut me = None;
     loop {
@@ -60,6 +62,7 @@ fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()
                 tracing::debug!(rank, pid, "rank connected");
             }
             Message::Published { rank, epoch, .. } if Some(rank) == me => {
+                lock(&shared.state).published.insert(rank, epoch);
                 shared.tell_launcher(&msg);
                 replicate::enqueue(shared, rank, replicate::Work::Replicate { epoch });
             }

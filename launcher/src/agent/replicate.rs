@@ -12,10 +12,10 @@
 //! their transport listens (`AgentReady`) and send `SnapshotReady`
 //! requests, which are pulled into this node's store one-sidedly.
 
-use super::{PARTNER_TIMEOUT, Shared, lock};
+use super::{HANDSHAKE_TIMEOUT, PARTNER_TIMEOUT, Shared, lock};
+use pm_core::Store;
 use pm_core::replicate::{ExposedSnapshot, Puller, expose};
 use pm_core::wire::{Limits, Message, Role, Session, WireErrorKind};
-use pm_core::Store;
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -83,9 +83,11 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
             if to.is_empty() {
                 continue;
             }
-            let snapshot = match store.open_snapshot(epoch).map_err(anyhow::Error::from).and_then(
-                |snap| Ok(expose(&shared.transport, &store, &snap)?),
-            ) {
+            let snapshot = match store
+                .open_snapshot(epoch)
+                .map_err(anyhow::Error::from)
+                .and_then(|snap| Ok(expose(&shared.transport, &store, &snap)?))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(rank, epoch, error = %e, "cannot expose the snapshot to partners");
@@ -187,6 +189,8 @@ pub(super) fn serve_partners(shared: Arc<Shared>, listener: TcpListener) {
 
 fn serve_partner(shared: &Shared, mut stream: TcpStream, peer: &str) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
+    // A peer that stalls in the handshake must not hold a thread for ever.
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut session = Session::accept(
         &mut stream,
         &shared.opts.secret,
@@ -195,12 +199,16 @@ fn serve_partner(shared: &Shared, mut stream: TcpStream, peer: &str) -> anyhow::
         Limits::default(),
     )?;
     if session.remote_role() != Role::Agent {
-        anyhow::bail!("a {:?} connected to the partner port", session.remote_role());
+        anyhow::bail!(
+            "a {:?} connected to the partner port",
+            session.remote_role()
+        );
     }
     let Message::AgentReady { transport, .. } = session.recv(&mut stream)? else {
         anyhow::bail!("the partner did not say where its transport listens");
     };
     let source: SocketAddr = transport.parse()?;
+    stream.set_read_timeout(None)?;
     let mut puller = Puller::new(&shared.transport);
     loop {
         let msg: Message = match session.recv(&mut stream) {
@@ -237,7 +245,11 @@ fn import(
     let manifest = &snapshot.manifest;
     let (rank, epoch) = (manifest.rank, manifest.epoch);
     if manifest.job != shared.opts.job {
-        anyhow::bail!("snapshot of job {:?}, this agent serves {:?}", manifest.job, shared.opts.job);
+        anyhow::bail!(
+            "snapshot of job {:?}, this agent serves {:?}",
+            manifest.job,
+            shared.opts.job
+        );
     }
     if lock(&shared.state).local.contains(&rank) {
         anyhow::bail!("rank {rank} runs on this node; it is not a partner for it");
@@ -263,6 +275,11 @@ fn import(
     if lock(&shared.state).committed == Some(epoch) {
         store.mark_committed(epoch, 0)?;
     }
-    tracing::debug!(rank, epoch, bytes = report.bytes_fetched, "replica imported");
+    tracing::debug!(
+        rank,
+        epoch,
+        bytes = report.bytes_fetched,
+        "replica imported"
+    );
     Ok((rank, epoch))
 }

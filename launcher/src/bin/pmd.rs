@@ -64,15 +64,18 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     pm_core::names::validate_job_id(&cli.job)?;
     if !(cli.heartbeat > 0.0 && cli.heartbeat.is_finite()) {
-        anyhow::bail!("--heartbeat {}: expected seconds greater than 0", cli.heartbeat);
+        anyhow::bail!(
+            "--heartbeat {}: expected seconds greater than 0",
+            cli.heartbeat
+        );
     }
-    let import_delay = match std::env::var("PMD_FAULT_IMPORT_DELAY_MS") {
-        Ok(ms) => Duration::from_millis(
-            ms.parse()
-                .with_context(|| format!("PMD_FAULT_IMPORT_DELAY_MS={ms:?}: expected milliseconds"))?,
-        ),
-        Err(_) => Duration::ZERO,
-    };
+    let import_delay =
+        match std::env::var("PMD_FAULT_IMPORT_DELAY_MS") {
+            Ok(ms) => Duration::from_millis(ms.parse().with_context(|| {
+                format!("PMD_FAULT_IMPORT_DELAY_MS={ms:?}: expected milliseconds")
+            })?),
+            Err(_) => Duration::ZERO,
+        };
     agent::run(AgentOptions {
         node: cli.node,
         addr: cli.addr,

@@ -5,11 +5,12 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use pm_core::wire::ControlRequest;
 use pm_launcher::backend::Mpirun;
 use pm_launcher::coord::agents::NodeSpec;
 use pm_launcher::coord::{self, JobSpec, cgroup, control};
 use pm_launcher::hosts::{self, Host};
-use pm_core::wire::ControlRequest;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -186,7 +187,10 @@ fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
     let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
     if let Some(k) = cli.local_nodes {
         if cli.spare >= k {
-            bail!("--spare {} leaves none of the {k} virtual nodes to run ranks", cli.spare);
+            bail!(
+                "--spare {} leaves none of the {k} virtual nodes to run ranks",
+                cli.spare
+            );
         }
         let workers = k - cli.spare;
         let slots = cli.ranks.div_ceil(workers).max(1);
@@ -228,7 +232,10 @@ fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
         );
     }
     if cli.spare > 0 {
-        bail!("--spare {} needs more than one node (use --local-nodes K)", cli.spare);
+        bail!(
+            "--spare {} needs more than one node (use --local-nodes K)",
+            cli.spare
+        );
     }
     let slots = hosts.iter().map(|h| h.slots).sum();
     Ok(vec![NodeSpec {
@@ -339,7 +346,8 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
         CtlCommand::Drain { node } => ControlRequest::Drain { node },
     };
     let (ok, text) = control::request(&store, cli.job.as_deref(), req)?;
-    println!("{}", text.trim_end());
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
     Ok(if ok { 0 } else { 1 })
 }
 

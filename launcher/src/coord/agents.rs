@@ -154,12 +154,19 @@ pub fn start(
                 spawn_reader(i, &agent, receiver, events)?;
                 agents[i] = Some(agent);
             }
-            Ok((i, ..)) => tracing::warn!(node = %nodes[i].name, "a second agent for the node; refused"),
-            Err(e) => tracing::warn!(peer = %peer, error = %format!("{e:#}"), "connection to pmrun rejected"),
+            Ok((i, ..)) => {
+                tracing::warn!(node = %nodes[i].name, "a second agent for the node; refused")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %format!("{e:#}"), "connection to pmrun rejected")
+            }
         }
     }
     launch.listener.set_nonblocking(false)?;
-    Ok(agents.into_iter().map(|a| a.expect("all connected")).collect())
+    Ok(agents
+        .into_iter()
+        .map(|a| a.expect("all connected"))
+        .collect())
 }
 
 fn handshake(
@@ -171,7 +178,13 @@ fn handshake(
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_nodelay(true)?;
-    let mut session = Session::accept(&mut stream, secret, &peer.to_string(), "pmrun", Limits::default())?;
+    let mut session = Session::accept(
+        &mut stream,
+        secret,
+        &peer.to_string(),
+        "pmrun",
+        Limits::default(),
+    )?;
     if session.remote_role() != Role::Agent {
         bail!("a {:?} connected, not an agent", session.remote_role());
     }

@@ -28,7 +28,8 @@ fn is_root() -> bool {
 /// Creates the group of `node` of `job` with a quota of `cpus` CPUs.
 pub fn create(job: &str, node: &str, cpus: f64) -> anyhow::Result<PathBuf> {
     let dir = Path::new(ROOT).join("pmrun").join(job).join(node);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create cgroup {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
     let quota = ((cpus * PERIOD_US as f64).round() as u64).max(1000);
     std::fs::write(dir.join("cpu.cfs_period_us"), PERIOD_US.to_string())?;
     std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())

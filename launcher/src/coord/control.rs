@@ -24,8 +24,13 @@ pub fn serve(listener: UnixListener, secret: JobSecret, events: mpsc::Sender<Eve
             .name("pmrun-ctl".into())
             .spawn(move || {
                 let served = (|| -> anyhow::Result<()> {
-                    let mut session =
-                        Session::accept(&mut stream, &secret, "ctl socket", "pmrun", Limits::default())?;
+                    let mut session = Session::accept(
+                        &mut stream,
+                        &secret,
+                        "ctl socket",
+                        "pmrun",
+                        Limits::default(),
+                    )?;
                     let Message::Control(req) = session.recv(&mut stream)? else {
                         bail!("expected a control request");
                     };
@@ -45,7 +50,11 @@ pub fn serve(listener: UnixListener, secret: JobSecret, events: mpsc::Sender<Eve
 }
 
 /// Sends `req` to the job `job` (or the only job) under `store`; the reply.
-pub fn request(store: &Path, job: Option<&str>, req: ControlRequest) -> anyhow::Result<(bool, String)> {
+pub fn request(
+    store: &Path,
+    job: Option<&str>,
+    req: ControlRequest,
+) -> anyhow::Result<(bool, String)> {
     let base = store.join(".pmrun");
     let job = match job {
         Some(j) => j.to_owned(),
@@ -60,16 +69,27 @@ pub fn request(store: &Path, job: Option<&str>, req: ControlRequest) -> anyhow::
                 .unwrap_or_default();
             match running.as_slice() {
                 [one] => one.clone(),
-                [] => bail!("no running pmrun job has its control socket under {}", base.display()),
-                many => bail!("several jobs run under {}: name one with --job ({})", base.display(), many.join(", ")),
+                [] => bail!(
+                    "no running pmrun job has its control socket under {}",
+                    base.display()
+                ),
+                many => bail!(
+                    "several jobs run under {}: name one with --job ({})",
+                    base.display(),
+                    many.join(", ")
+                ),
             }
         }
     };
     let dir = run_dir(store, &job);
     let secret = crate::agent::read_secret(&dir.join("secret"))?;
     let sock = dir.join("ctl.sock");
-    let mut stream = UnixStream::connect(&sock)
-        .with_context(|| format!("cannot reach job {job} at {} (has it ended?)", sock.display()))?;
+    let mut stream = UnixStream::connect(&sock).with_context(|| {
+        format!(
+            "cannot reach job {job} at {} (has it ended?)",
+            sock.display()
+        )
+    })?;
     let mut session = Session::connect(
         &mut stream,
         &secret,

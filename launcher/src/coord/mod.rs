@@ -12,8 +12,8 @@
 
 pub mod agents;
 pub mod cgroup;
-pub mod control;
 mod console;
+pub mod control;
 pub mod state;
 mod status;
 
@@ -355,7 +355,11 @@ impl Coordinator {
             .spec
             .nodes
             .iter()
-            .filter_map(|n| read_record(&n.store.join(&self.spec.job).join("committed")).ok().flatten())
+            .filter_map(|n| {
+                read_record(&n.store.join(&self.spec.job).join("committed"))
+                    .ok()
+                    .flatten()
+            })
             .collect();
         let Some(newest) = records.iter().max_by_key(|r| r.epoch).copied() else {
             return Ok(None);
@@ -437,7 +441,10 @@ impl Coordinator {
         let deadline = Instant::now() + PLACEMENT_WAIT;
         while !waiting.is_subset(&self.applied) {
             if Instant::now() > deadline {
-                bail!("agents did not apply the new placement within {} s", PLACEMENT_WAIT.as_secs());
+                bail!(
+                    "agents did not apply the new placement within {} s",
+                    PLACEMENT_WAIT.as_secs()
+                );
             }
             match self.events.recv_timeout(Duration::from_millis(100)) {
                 Ok(ev) => self.handle(ev),
@@ -469,7 +476,10 @@ impl Coordinator {
                 .collect::<Vec<_>>()
                 .join(","),
         ));
-        env.push(("PM_NODE_STORES".into(), join(&|n| n.store.display().to_string())));
+        env.push((
+            "PM_NODE_STORES".into(),
+            join(&|n| n.store.display().to_string()),
+        ));
         let sockets: Vec<String> = self
             .agents
             .iter()
@@ -502,7 +512,11 @@ impl Coordinator {
                     format!("{}[{}]", self.spec.nodes[i].name, ranks.join(","))
                 })
                 .collect();
-            self.say(&format!("launching {} ranks: {}", self.spec.ranks, map.join(" ")));
+            self.say(&format!(
+                "launching {} ranks: {}",
+                self.spec.ranks,
+                map.join(" ")
+            ));
         }
         let mut child = self.backend.command(&plan).spawn().map_err(|e| {
             anyhow::anyhow!(
@@ -537,7 +551,9 @@ impl Coordinator {
                 }
                 Ok(ev) => self.handle(ev),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the coordinator lost its event sources"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the coordinator lost its event sources")
+                }
             }
             if self.interrupted.load(Ordering::Relaxed) && !sent_term {
                 self.console.clear();
@@ -723,7 +739,9 @@ impl Coordinator {
                 self.applied.insert(node);
             }
             Message::PlacementApplied { .. } => {}
-            other => tracing::warn!(node = %self.spec.nodes[node].name, message = ?other, "unexpected message from an agent"),
+            other => {
+                tracing::warn!(node = %self.spec.nodes[node].name, message = ?other, "unexpected message from an agent")
+            }
         }
     }
 
@@ -741,7 +759,12 @@ impl Coordinator {
             .get(&commit.epoch)
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.published_at.retain(|&e, _| e > commit.epoch);
-        tracing::info!(epoch = commit.epoch, step = commit.step, replication_s = lag, "epoch committed");
+        tracing::info!(
+            epoch = commit.epoch,
+            step = commit.step,
+            replication_s = lag,
+            "epoch committed"
+        );
         if self.spec.verbose {
             let msg = format!(
                 "epoch {} committed (step {}, replicated {:.2} s after it was written)",
@@ -786,14 +809,20 @@ impl Coordinator {
             }
             ControlRequest::Drain { node } => {
                 let Some(i) = self.spec.nodes.iter().position(|n| n.name == node) else {
-                    let names: Vec<&str> = self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+                    let names: Vec<&str> =
+                        self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
                     let _ = reply.send((
                         false,
                         format!("no node {node:?} in this job (nodes: {})", names.join(", ")),
                     ));
                     return;
                 };
-                let usable = self.state.nodes.iter().filter(|n| n.health == Health::Alive).count();
+                let usable = self
+                    .state
+                    .nodes
+                    .iter()
+                    .filter(|n| n.health == Health::Alive)
+                    .count();
                 let refusal = match self.state.nodes[i].health {
                     Health::Dead => Some(format!("node {node} is dead already")),
                     Health::Drained => Some(format!("node {node} is drained already")),
@@ -861,7 +890,10 @@ impl Coordinator {
                 self.state.nodes[n].health = Health::Drained;
             }
         }
-        let names: Vec<String> = nodes.iter().map(|&n| self.spec.nodes[n].name.clone()).collect();
+        let names: Vec<String> = nodes
+            .iter()
+            .map(|&n| self.spec.nodes[n].name.clone())
+            .collect();
         let place_started = Instant::now();
         let moves = match self.state.replace_lost_ranks() {
             Ok(m) => m,
@@ -881,7 +913,11 @@ impl Coordinator {
             stopped.as_secs_f64(),
             commit_wait.as_secs_f64(),
             moves.len(),
-            moved.iter().map(|(r, _, to)| format!("{r}→{to}")).collect::<Vec<_>>().join(" "),
+            moved
+                .iter()
+                .map(|(r, _, to)| format!("{r}→{to}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             commit.epoch,
             commit.step
         );
@@ -971,7 +1007,10 @@ impl Coordinator {
     }
 
     fn relaunch_after_loss(&mut self, commit: Option<Commit>) -> anyhow::Result<()> {
-        let stopped_at = self.recovering.as_ref().map(|(_, t)| t.elapsed().as_secs_f64());
+        let stopped_at = self
+            .recovering
+            .as_ref()
+            .map(|(_, t)| t.elapsed().as_secs_f64());
         let place_started = Instant::now();
         let moves = self.state.replace_lost_ranks()?;
         self.state.forget_uncommitted();

@@ -85,7 +85,10 @@ impl JobState {
         if workers.is_empty() {
             return Err(PlacementError::NoNodes);
         }
-        let total: u64 = workers.iter().map(|&i| u64::from(nodes[i].slots.max(1))).sum();
+        let total: u64 = workers
+            .iter()
+            .map(|&i| u64::from(nodes[i].slots.max(1)))
+            .sum();
         // Rank r goes to the node whose cumulative slot share covers it.
         let mut placement = Vec::with_capacity(ranks as usize);
         let mut bounds = Vec::with_capacity(workers.len());
@@ -95,7 +98,10 @@ impl JobState {
             bounds.push((acc * u64::from(ranks)).div_ceil(total));
         }
         for r in 0..u64::from(ranks) {
-            let k = bounds.iter().position(|&b| r < b).unwrap_or(workers.len() - 1);
+            let k = bounds
+                .iter()
+                .position(|&b| r < b)
+                .unwrap_or(workers.len() - 1);
             placement.push(workers[k]);
         }
         let mut state = Self {
@@ -156,7 +162,14 @@ impl JobState {
     }
 
     /// Rank `rank` published `epoch` on its node.
-    pub fn published(&mut self, rank: u32, epoch: u64, step: u64, state_bytes: u64, written_bytes: u64) {
+    pub fn published(
+        &mut self,
+        rank: u32,
+        epoch: u64,
+        step: u64,
+        state_bytes: u64,
+        written_bytes: u64,
+    ) {
         if rank >= self.ranks || self.committed.is_some_and(|c| epoch <= c.epoch) {
             return;
         }
@@ -228,9 +241,11 @@ impl JobState {
     /// Size of the newest published epoch: (state bytes, bytes written) over all ranks.
     pub fn epoch_bytes(&self, epoch: u64) -> Option<(u64, u64)> {
         let ranks = self.published.get(&epoch)?;
-        Some(ranks.values().fold((0, 0), |(s, w), p| {
-            (s + p.state_bytes, w + p.written_bytes)
-        }))
+        Some(
+            ranks
+                .values()
+                .fold((0, 0), |(s, w), p| (s + p.state_bytes, w + p.written_bytes)),
+        )
     }
 
     /// Forgets published epochs newer than the committed one: after a
@@ -292,8 +307,10 @@ impl JobState {
                         .filter(|&n| self.nodes[n].usable())
                         .collect();
                     if usable.is_empty() {
-                        let names: Vec<&str> =
-                            holders.iter().map(|&n| self.nodes[n].name.as_str()).collect();
+                        let names: Vec<&str> = holders
+                            .iter()
+                            .map(|&n| self.nodes[n].name.as_str())
+                            .collect();
                         return Err(PlacementError::Lost {
                             rank: r,
                             epoch: c.epoch,
@@ -302,12 +319,15 @@ impl JobState {
                     }
                     usable
                 }
-                None => (0..self.nodes.len()).filter(|&n| self.nodes[n].usable()).collect(),
+                None => (0..self.nodes.len())
+                    .filter(|&n| self.nodes[n].usable())
+                    .collect(),
             };
             let to = *candidates
                 .iter()
                 .min_by_key(|&&n| {
-                    let share = u64::from(load[n]) * 1_000_000 / u64::from(self.nodes[n].slots.max(1));
+                    let share =
+                        u64::from(load[n]) * 1_000_000 / u64::from(self.nodes[n].slots.max(1));
                     (share, !self.nodes[n].spare, n)
                 })
                 .expect("candidates are not empty");
@@ -426,7 +446,17 @@ mod tests {
         s.nodes[0].health = Health::Dead;
         s.nodes[p].health = Health::Dead;
         let err = s.replace_lost_ranks().unwrap_err();
-        assert!(matches!(err, PlacementError::Lost { rank: 0, epoch: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PlacementError::Lost {
+                    rank: 0,
+                    epoch: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("--replicas"));
     }
 

@@ -48,7 +48,10 @@ pub fn json(c: &Coordinator) -> String {
         .enumerate()
         .map(|(i, n)| {
             let ranks = c.state.ranks_on(i);
-            let pids: Vec<u32> = ranks.iter().filter_map(|r| c.pids.get(r).copied()).collect();
+            let pids: Vec<u32> = ranks
+                .iter()
+                .filter_map(|r| c.pids.get(r).copied())
+                .collect();
             json!({
                 "name": n.name,
                 "addr": n.addr.to_string(),
@@ -103,7 +106,11 @@ pub fn json(c: &Coordinator) -> String {
 }
 
 pub fn text(c: &Coordinator) -> String {
-    let mut out = format!("job {}: {}\n", c.spec.job, line(c).trim_start_matches("pmrun: "));
+    let mut out = format!(
+        "job {}: {}\n",
+        c.spec.job,
+        line(c).trim_start_matches("pmrun: ")
+    );
     for (i, n) in c.spec.nodes.iter().enumerate() {
         let ranks: Vec<String> = c.state.ranks_on(i).iter().map(u32::to_string).collect();
         let health = match c.state.nodes[i].health {
@@ -128,10 +135,9 @@ pub fn text(c: &Coordinator) -> String {
                 .map_or(String::new(), |(s, w)| {
                     format!(", newest snapshot {s} bytes ({w} written)")
                 });
-            let age = c
-                .commits
-                .last()
-                .map_or(String::new(), |(t, _)| format!(", {:.1} s ago", t.elapsed().as_secs_f64()));
+            let age = c.commits.last().map_or(String::new(), |(t, _)| {
+                format!(", {:.1} s ago", t.elapsed().as_secs_f64())
+            });
             out.push_str(&format!(
                 "  committed epoch {} at step {}{age}{size}; replicas per rank: {}\n",
                 k.epoch,
