@@ -5,4 +5,3 @@ pub mod agent;
 pub mod backend;
 pub mod coord;
 pub mod hosts;
-pub mod supervise;

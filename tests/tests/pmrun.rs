@@ -168,6 +168,32 @@ fn bad_input_is_a_clear_error() {
             vec!["-n", "2", "-x", "NOT_SET_ANYWHERE_PM", heat],
             "NOT_SET_ANYWHERE_PM is not set".into(),
         ),
+        (
+            vec![
+                "-n",
+                "2",
+                "--hostfile",
+                store.path().to_str().unwrap(),
+                heat,
+            ],
+            format!("cannot read hostfile {}", store.path().display()),
+        ),
+        (
+            vec!["-n", "2", "-H", "node-that-does-not-exist.invalid:2", heat],
+            "host \"node-that-does-not-exist.invalid\" is not this machine".into(),
+        ),
+        (
+            vec!["-n", "2", "--store", "/proc/pmrun-store", heat],
+            "cannot create the job's run directory /proc/pmrun-store".into(),
+        ),
+        (
+            vec!["-n", "2", "--local-nodes", "2", "--spare", "2", heat],
+            "--spare 2 leaves none of the 2 virtual nodes".into(),
+        ),
+        (
+            vec!["-n", "2", "--heartbeat", "2", "--fail-after", "1", heat],
+            "--fail-after 1 must be longer than --heartbeat 2".into(),
+        ),
     ];
     for (args, expected) in cases {
         let out = pmrun(store.path()).args(&args).output().unwrap();

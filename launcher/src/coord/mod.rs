@@ -19,7 +19,6 @@ mod status;
 
 use crate::backend::{LaunchBackend, LaunchPlan};
 use crate::hosts::Host;
-use crate::supervise::exit_code;
 use agents::{Agent, AgentLaunch, NodeSpec};
 use anyhow::{Context, bail};
 use console::Console;
@@ -35,6 +34,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// The exit code a shell would report for `status`.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
 
 /// What `pmrun` was asked to run.
 pub struct JobSpec {
@@ -59,22 +66,20 @@ pub struct JobSpec {
 
 /// Events the coordinator's loop reacts to.
 pub enum Event {
-    Agent {
-        node: usize,
-        msg: Message,
-    },
-    AgentLost {
-        node: usize,
-        reason: String,
-    },
-    Exited {
-        run: u64,
-        status: ExitStatus,
-    },
-    Control {
-        req: ControlRequest,
-        reply: mpsc::Sender<(bool, String)>,
-    },
+    Agent { node: usize, msg: Message },
+    AgentLost { node: usize, reason: String },
+    Exited { run: u64, status: ExitStatus },
+    Control { req: ControlRequest, reply: Reply },
+}
+
+/// Where the answer to a control request goes: success, and text.
+pub type Reply = mpsc::Sender<(bool, String)>;
+
+/// A drain in progress: the nodes, since when, and who asked.
+struct Drain {
+    nodes: Vec<usize>,
+    started: Instant,
+    reply: Reply,
 }
 
 /// How long agents may take to start and connect.
@@ -143,8 +148,8 @@ struct Coordinator {
     commits: Vec<(Instant, Commit)>,
     /// When each epoch was first published.
     published_at: HashMap<u64, Instant>,
-    pending_checkpoints: Vec<(u64, mpsc::Sender<(bool, String)>)>,
-    drain: Option<(Vec<usize>, Instant, mpsc::Sender<(bool, String)>)>,
+    pending_checkpoints: Vec<(u64, Reply)>,
+    drain: Option<Drain>,
     /// A recovery in progress: its record so far and when it started.
     recovering: Option<(Recovery, Instant)>,
     job_started: Instant,
@@ -337,7 +342,7 @@ impl Coordinator {
                 }
                 Outcome::Drained => self.finish_drain()?,
                 Outcome::Failed(code) => {
-                    if let Some((.., reply)) = self.drain.take() {
+                    if let Some(Drain { reply, .. }) = self.drain.take() {
                         let _ = reply.send((false, "the job failed during the drain".into()));
                     }
                     if let Some(code) = self.after_failure(code)? {
@@ -788,7 +793,7 @@ impl Coordinator {
         }
     }
 
-    fn handle_control(&mut self, req: ControlRequest, reply: mpsc::Sender<(bool, String)>) {
+    fn handle_control(&mut self, req: ControlRequest, reply: Reply) {
         match req {
             ControlRequest::Status { json } => {
                 let text = if json {
@@ -845,7 +850,11 @@ impl Coordinator {
                     "draining node {node}: checkpointing, then moving its {} rank(s)",
                     self.state.ranks_on(i).len()
                 ));
-                self.drain = Some((vec![i], Instant::now(), reply));
+                self.drain = Some(Drain {
+                    nodes: vec![i],
+                    started: Instant::now(),
+                    reply,
+                });
                 self.signal_job(libc::SIGUSR1);
             }
         }
@@ -870,7 +879,12 @@ impl Coordinator {
     /// The drained job stopped at a checkpoint: wait until it is committed,
     /// move the drained node's ranks to holders of it, and relaunch.
     fn finish_drain(&mut self) -> anyhow::Result<()> {
-        let Some((nodes, started, reply)) = self.drain.take() else {
+        let Some(Drain {
+            nodes,
+            started,
+            reply,
+        }) = self.drain.take()
+        else {
             return Ok(());
         };
         let stopped = started.elapsed();

@@ -71,6 +71,8 @@ pub struct JobState {
     /// Partner nodes of every rank.
     pub partners: Vec<Vec<usize>>,
     pub committed: Option<Commit>,
+    /// Size of the committed epoch over all ranks: state bytes, bytes written.
+    pub committed_bytes: Option<(u64, u64)>,
     /// Per epoch not yet committed: per rank what it published.
     published: BTreeMap<u64, BTreeMap<u32, Published>>,
     /// Per (epoch, rank): nodes holding the snapshot (its own node included).
@@ -111,6 +113,7 @@ impl JobState {
             placement,
             partners: Vec::new(),
             committed: None,
+            committed_bytes: None,
             published: BTreeMap::new(),
             holders: BTreeMap::new(),
         };
@@ -217,6 +220,7 @@ impl JobState {
             })
         })?;
         self.committed = Some(ready);
+        self.committed_bytes = self.epoch_bytes(ready.epoch);
         self.published = self.published.split_off(&(ready.epoch + 1));
         self.holders = self.holders.split_off(&(ready.epoch, 0));
         Some(ready)

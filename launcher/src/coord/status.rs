@@ -94,6 +94,7 @@ pub fn json(c: &Coordinator) -> String {
         "placement": c.state.placement.iter().map(|&n| c.spec.nodes[n].name.as_str()).collect::<Vec<_>>(),
         "partners": partners,
         "committed": c.state.committed.map(|k| json!({"epoch": k.epoch, "step": k.step})),
+        "committed_bytes": c.state.committed_bytes.map(|(s, w)| json!({"state": s, "written": w})),
         "committed_holders": replicas,
         "newest_published": newest,
         "newest_bytes": newest.and_then(|e| c.state.epoch_bytes(e)).map(|(s, w)| json!({"state": s, "written": w})),
@@ -129,12 +130,9 @@ pub fn text(c: &Coordinator) -> String {
     }
     match c.state.committed {
         Some(k) => {
-            let size = c
-                .state
-                .epoch_bytes(c.state.newest_published().unwrap_or(k.epoch))
-                .map_or(String::new(), |(s, w)| {
-                    format!(", newest snapshot {s} bytes ({w} written)")
-                });
+            let size = c.state.committed_bytes.map_or(String::new(), |(s, w)| {
+                format!(", {s} bytes of state ({w} written)")
+            });
             let age = c.commits.last().map_or(String::new(), |(t, _)| {
                 format!(", {:.1} s ago", t.elapsed().as_secs_f64())
             });
