@@ -323,3 +323,69 @@ fn an_agent_rejects_and_logs_messages_without_the_secret_and_the_job_goes_on() {
     );
     assert!(files_under(store.path()).is_empty());
 }
+
+#[test]
+fn virtual_nodes_get_an_enforced_cpu_quota_where_the_host_allows() {
+    let _serial = serial();
+    let job = Job::start(
+        "cpus",
+        &[
+            "-n",
+            "4",
+            "--local-nodes",
+            "2",
+            "--node-cpus",
+            "0.5",
+            "--every",
+            "10",
+        ],
+        &heat_args(0),
+        &[],
+    );
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let group_root = std::path::Path::new("/sys/fs/cgroup/cpu");
+    if root && group_root.join("cpu.cfs_quota_us").exists() {
+        let status = job.wait_for("every rank to connect", |s| {
+            s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["rank_pids"].as_array().is_some_and(|p| p.len() == 2))
+        });
+        for name in ["node1", "node2"] {
+            let group = group_root.join("pmrun/cpus").join(name);
+            let quota = std::fs::read_to_string(group.join("cpu.cfs_quota_us")).unwrap();
+            let period = std::fs::read_to_string(group.join("cpu.cfs_period_us")).unwrap();
+            let share =
+                quota.trim().parse::<f64>().unwrap() / period.trim().parse::<f64>().unwrap();
+            assert!(
+                (share - 0.5).abs() < 1e-9,
+                "{name}: quota {quota} period {period}"
+            );
+            for pid in node(&status, name)["rank_pids"].as_array().unwrap() {
+                let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+                assert!(
+                    cgroups
+                        .lines()
+                        .any(|l| l.ends_with(&format!(":cpu:/pmrun/cpus/{name}"))),
+                    "rank {pid} of {name} is not in its node's group:\n{cgroups}"
+                );
+            }
+        }
+        let (ended, _store) = job.finish();
+        assert!(ended.status.success(), "{}", ended.output);
+        assert!(
+            !group_root.join("pmrun/cpus").exists(),
+            "the job's CPU groups are left behind"
+        );
+    } else {
+        let (ended, _store) = job.finish();
+        assert!(ended.status.success(), "{}", ended.output);
+        assert!(
+            ended.output.contains("--node-cpus is not enforced"),
+            "{}",
+            ended.output
+        );
+    }
+}
