@@ -7,6 +7,7 @@
 
 mod ckpt;
 mod overhead;
+mod recovery;
 mod replicate;
 mod sim;
 mod size;
@@ -35,6 +36,8 @@ enum Scenario {
     Sim(sim::Sim),
     /// Replication of a snapshot to a partner over loopback against raw TCP.
     Replicate(replicate::Args),
+    /// Node failure under pmrun: detect, stop, place, resume against a plain mpirun start.
+    Recovery(recovery::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Overhead(args) => overhead::run(&args),
         Scenario::Sim(sim) => sim::run(&sim),
         Scenario::Replicate(args) => replicate::run(&args),
+        Scenario::Recovery(args) => recovery::run(&args),
     }
 }

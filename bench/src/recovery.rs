@@ -1,0 +1,578 @@
+//! `pmbench recovery`: how long a job under `pmrun` takes to get going again
+//! after one of its nodes dies, against the time a plain `mpirun` needs just
+//! to start the same program.
+//!
+//! Runs `heat` under `pmrun --local-nodes K` (virtual nodes on this machine,
+//! each a `pmd` agent with its own store), waits until a checkpoint is
+//! committed, then kills one node the way a power cut would: SIGKILL to its
+//! agent and to every rank on it. `pmrun` notices the missing heartbeats,
+//! declares the node dead, stops the job, places the lost ranks on nodes that
+//! hold their replicas and relaunches; `pmrun ctl status --json` then lists
+//! the recovery with its phases:
+//!
+//! * `detect_s`: from the node's last heartbeat to its declaration as dead
+//!   (bounded below by `--fail-after`);
+//! * `stop_s`: from the declaration until the job had stopped;
+//! * `place_s`: placing the ranks and waiting for the agents to apply it;
+//! * `resume_s`: from the relaunch until every rank had restored its state
+//!   and connected;
+//! * `total_s`: all of it.
+//!
+//! The baseline, `plain_start_s`, is the median wall time of a plain
+//! `mpirun -n N heat ... --no-pm --steps 0` (start, MPI init, set up the
+//! plate, finalize): the floor under any relaunch through mpirun.
+//! `resume_over_plain_start` is `resume_s` / `plain_start_s`.
+//!
+//! Every killed-and-recovered run must end with the checksum of an
+//! undisturbed run (`mpirun ... --no-pm`, measured first); otherwise the
+//! scenario fails. The kill is repeated `--repeats` times, each with its own
+//! job id; medians and the per-run figures are reported.
+
+use crate::util::{median, timed};
+use anyhow::{Context, bail, ensure};
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// MPI ranks.
+    #[arg(short = 'n', long, default_value_t = 8)]
+    ranks: u32,
+    /// Virtual nodes on this machine (pmrun --local-nodes).
+    #[arg(long, default_value_t = 4)]
+    nodes: u32,
+    /// The node to kill.
+    #[arg(long, default_value = "node2")]
+    victim: String,
+    /// Seconds between agent heartbeats (pmrun --heartbeat).
+    #[arg(long, default_value_t = 0.2)]
+    heartbeat: f64,
+    /// Seconds without heartbeats after which a node is dead (pmrun --fail-after).
+    #[arg(long, default_value_t = 1.0)]
+    fail_after: f64,
+    /// Checkpoint every this many steps (pmrun --every).
+    #[arg(long, default_value_t = 10)]
+    every: u64,
+    /// Partner nodes holding a replica of every checkpoint (pmrun --replicas).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Plate rows.
+    #[arg(long, default_value_t = 96)]
+    rows: u64,
+    /// Plate columns.
+    #[arg(long, default_value_t = 64)]
+    cols: u64,
+    /// Time steps per run.
+    #[arg(long, default_value_t = 300)]
+    steps: u64,
+    /// Sleep in every heat step, so the job is still running when the node dies.
+    #[arg(long, default_value_t = 10)]
+    pause_ms: u64,
+    /// Runs with a killed node; medians are reported.
+    #[arg(long, alias = "repeat", default_value_t = 3)]
+    repeats: usize,
+    /// Plain mpirun starts for the baseline; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    starts: usize,
+    /// Store directory of the runs [default: /dev/shm/pmbench-recovery-<pid>].
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Seconds a run may take before it is stopped and the scenario fails.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Clone)]
+struct Run {
+    job: String,
+    /// The committed checkpoint when the node was killed.
+    committed_at_kill: Value,
+    detect_s: f64,
+    stop_s: f64,
+    place_s: f64,
+    resume_s: f64,
+    total_s: f64,
+    /// Seen from outside: SIGKILL until `ctl status` listed the recovery
+    /// (includes up to one status poll).
+    kill_to_reported_s: f64,
+    /// The epoch and step the job resumed from.
+    epoch: u64,
+    step: u64,
+    /// [rank, from, to] for every rank that moved.
+    moved: Value,
+    /// Wall time of the whole pmrun, start to exit.
+    run_s: f64,
+    checksum: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    scenario: &'static str,
+    ranks: u32,
+    nodes: u32,
+    victim: String,
+    heartbeat_s: f64,
+    fail_after_s: f64,
+    every: u64,
+    replicas: usize,
+    rows: u64,
+    cols: u64,
+    steps: u64,
+    pause_ms: u64,
+    repeats: usize,
+    reference_checksum: String,
+    checksums_match: bool,
+    plain_start_s: f64,
+    plain_start_runs_s: Vec<f64>,
+    detect_s: f64,
+    stop_s: f64,
+    place_s: f64,
+    resume_s: f64,
+    total_s: f64,
+    kill_to_reported_s: f64,
+    resume_over_plain_start: f64,
+    runs: Vec<Run>,
+}
+
+/// Where pmbench's sibling binaries are: the same profile's target directory.
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    ensure!(
+        path.exists(),
+        "{} not found: build it next to pmbench with `cargo build --release -p heat -p pm-launcher` \
+         (or the profile pmbench was built with)",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn mpi_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+}
+
+fn heat_args(args: &Args, steps: u64) -> Vec<String> {
+    [
+        "--rows",
+        &args.rows.to_string(),
+        "--cols",
+        &args.cols.to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--pause-ms",
+        &args.pause_ms.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn checksum(out: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        l.strip_prefix("heat: checksum ")
+            .and_then(|r| r.split_whitespace().next())
+            .map(String::from)
+    })
+}
+
+/// heat under plain mpirun without pm; returns its output.
+fn plain_heat(args: &Args, heat: &Path, steps: u64) -> anyhow::Result<String> {
+    let out = mpi_env(&mut Command::new("mpirun"))
+        .args(["-n", &args.ranks.to_string()])
+        .arg(heat)
+        .args(heat_args(args, steps))
+        .arg("--no-pm")
+        .output()
+        .context("cannot run mpirun (is Open MPI installed?)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "plain mpirun heat failed:\n{text}");
+    Ok(text)
+}
+
+/// `pmrun ctl status --json` of a job, or None while it cannot be reached.
+fn status(pmrun: &Path, store: &Path, job: &str) -> Option<Value> {
+    let out = Command::new(pmrun)
+        .args(["ctl", "--store"])
+        .arg(store)
+        .args(["--job", job, "status", "--json"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn reader(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = from.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// A pmrun under way, its output collected in the background.
+struct Job {
+    child: Child,
+    out: Option<JoinHandle<String>>,
+    err: Option<JoinHandle<String>>,
+}
+
+impl Job {
+    /// Waits for pmrun to exit (at most until `deadline`); returns whether it
+    /// succeeded and everything it and the ranks printed.
+    fn finish(&mut self, deadline: Instant) -> anyhow::Result<(bool, String)> {
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                bail!("pmrun did not finish in time; stopped it");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = self.out.take().map(|h| h.join().unwrap_or_default());
+        let err = self.err.take().map(|h| h.join().unwrap_or_default());
+        Ok((
+            status.success(),
+            format!("{}{}", out.unwrap_or_default(), err.unwrap_or_default()),
+        ))
+    }
+
+    /// SIGTERM (pmrun then stops its job and agents), SIGKILL if that does not do.
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Everything printed so far, once pmrun was stopped.
+    fn output_after_stop(&mut self) -> String {
+        self.stop();
+        let out = self.out.take().map(|h| h.join().unwrap_or_default());
+        let err = self.err.take().map(|h| h.join().unwrap_or_default());
+        format!("{}{}", out.unwrap_or_default(), err.unwrap_or_default())
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn f(v: &Value, key: &str) -> anyhow::Result<f64> {
+    v[key]
+        .as_f64()
+        .with_context(|| format!("recovery entry without {key}: {v}"))
+}
+
+/// One run: start the job, kill `--victim` after the first commit, wait for
+/// the recovery, let the job finish and check its checksum.
+fn killed_run(
+    args: &Args,
+    bins: &Bins,
+    store: &Path,
+    job: &str,
+    reference: &str,
+    progress: &dyn Fn(String),
+) -> anyhow::Result<Run> {
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let started = Instant::now();
+    let mut cmd = Command::new(&bins.pmrun);
+    mpi_env(&mut cmd)
+        .args(["-n", &args.ranks.to_string()])
+        .args(["--local-nodes", &args.nodes.to_string()])
+        .arg("--store")
+        .arg(store)
+        .args(["--job", job])
+        .args(["--every", &args.every.to_string()])
+        .args(["--replicas", &args.replicas.to_string()])
+        .args(["--heartbeat", &args.heartbeat.to_string()])
+        .args(["--fail-after", &args.fail_after.to_string()])
+        .arg(&bins.heat)
+        .args(heat_args(args, args.steps))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("cannot start pmrun")?;
+    let out = child.stdout.take().map(reader);
+    let err = child.stderr.take().map(reader);
+    let mut run = Job { child, out, err };
+
+    // Wait for a committed checkpoint and the victim's process ids.
+    let (committed, pids) = loop {
+        if run.child.try_wait()?.is_some() {
+            let (_, text) = run.finish(deadline)?;
+            bail!("pmrun ended before a checkpoint was committed:\n{text}");
+        }
+        if Instant::now() > deadline {
+            let text = run.output_after_stop();
+            bail!("no checkpoint committed within --timeout:\n{text}");
+        }
+        if let Some(s) = status(&bins.pmrun, store, job)
+            && !s["committed"].is_null()
+            && s["running"] == Value::Bool(true)
+        {
+            let node = s["nodes"]
+                .as_array()
+                .and_then(|n| n.iter().find(|n| n["name"] == args.victim.as_str()))
+                .with_context(|| format!("the job has no node {:?}", args.victim))?;
+            let ranks = node["ranks"].as_array().map_or(0, Vec::len);
+            let rank_pids: Vec<i32> = node["rank_pids"]
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|p| p.as_i64())
+                        .map(|p| p as i32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            ensure!(
+                ranks > 0,
+                "{} runs no ranks: nothing to recover (choose another --victim)",
+                args.victim
+            );
+            if rank_pids.len() == ranks
+                && let Some(agent) = node["agent_pid"].as_i64()
+            {
+                let mut pids = vec![agent as i32];
+                pids.extend(rank_pids);
+                break (s["committed"].clone(), pids);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    progress(format!(
+        "  committed {committed}; killing {} (agent and ranks: pids {pids:?})",
+        args.victim
+    ));
+    let killed = Instant::now();
+    for &pid in &pids {
+        // SAFETY: plain kill(2); the pids are the victim's agent and ranks,
+        // which pmrun reported a moment ago.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    // Wait for the recovery to be listed.
+    let (recovery, kill_to_reported_s) = loop {
+        if run.child.try_wait()?.is_some() {
+            let (_, text) = run.finish(deadline)?;
+            bail!(
+                "pmrun ended without reporting the recovery of {}:\n{text}",
+                args.victim
+            );
+        }
+        if Instant::now() > deadline {
+            let text = run.output_after_stop();
+            bail!(
+                "the recovery of {} was not reported within --timeout:\n{text}",
+                args.victim
+            );
+        }
+        if let Some(s) = status(&bins.pmrun, store, job)
+            && let Some(r) = s["recoveries"].as_array().and_then(|rs| {
+                rs.iter().find(|r| {
+                    r["kind"] == "node failure"
+                        && r["nodes"]
+                            .as_array()
+                            .is_some_and(|n| n.iter().any(|n| n == args.victim.as_str()))
+                })
+            })
+        {
+            break (r.clone(), killed.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    progress(format!(
+        "  recovered: detect {:.3} s, stop {:.3} s, place {:.3} s, resume {:.3} s, total {:.3} s; waiting for the job to finish",
+        f(&recovery, "detect_s")?,
+        f(&recovery, "stop_s")?,
+        f(&recovery, "place_s")?,
+        f(&recovery, "resume_s")?,
+        f(&recovery, "total_s")?,
+    ));
+
+    let (ok, text) = run.finish(deadline)?;
+    let run_s = started.elapsed().as_secs_f64();
+    ensure!(ok, "pmrun failed after the recovery:\n{text}");
+    ensure!(
+        text.contains("heat: resumed from step"),
+        "the job never resumed from a checkpoint:\n{text}"
+    );
+    let sum = checksum(&text).with_context(|| format!("heat printed no checksum:\n{text}"))?;
+    if sum != reference {
+        bail!(
+            "CHECKSUM MISMATCH in job {job}: the recovered run ended with {sum}, the undisturbed \
+             run with {reference}\n{text}"
+        );
+    }
+    progress(format!("  checksum {sum} matches the undisturbed run"));
+    Ok(Run {
+        job: job.into(),
+        committed_at_kill: committed,
+        detect_s: f(&recovery, "detect_s")?,
+        stop_s: f(&recovery, "stop_s")?,
+        place_s: f(&recovery, "place_s")?,
+        resume_s: f(&recovery, "resume_s")?,
+        total_s: f(&recovery, "total_s")?,
+        kill_to_reported_s,
+        epoch: recovery["epoch"].as_u64().unwrap_or(0),
+        step: recovery["step"].as_u64().unwrap_or(0),
+        moved: recovery["moved"].clone(),
+        run_s,
+        checksum: sum,
+    })
+}
+
+struct Bins {
+    pmrun: PathBuf,
+    heat: PathBuf,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    ensure!(
+        args.repeats > 0 && args.starts > 0,
+        "--repeats and --starts must be at least 1"
+    );
+    ensure!(
+        args.fail_after > args.heartbeat && args.heartbeat > 0.0,
+        "--fail-after must be longer than --heartbeat, which must be positive"
+    );
+    let bins = Bins {
+        pmrun: sibling("pmrun")?,
+        heat: sibling("heat")?,
+    };
+    sibling("pmd")?;
+    let store = args.store.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("/dev/shm/pmbench-recovery-{}", std::process::id()))
+    });
+    let progress = |what: String| eprintln!("pmbench recovery: {what}");
+
+    progress(format!(
+        "undisturbed reference: mpirun -n {} heat {} --no-pm",
+        args.ranks,
+        heat_args(args, args.steps).join(" ")
+    ));
+    let reference = checksum(&plain_heat(args, &bins.heat, args.steps)?)
+        .context("the reference run printed no checksum")?;
+    progress(format!("  checksum {reference}"));
+
+    progress(format!(
+        "relaunch floor: {} plain starts of mpirun -n {} heat --steps 0 --no-pm",
+        args.starts, args.ranks
+    ));
+    let mut starts = Vec::new();
+    for _ in 0..args.starts {
+        starts.push(timed(|| plain_heat(args, &bins.heat, 0).map(drop))?);
+    }
+    let plain_start_s = median(starts.clone());
+    progress(format!("  median {plain_start_s:.3} s"));
+
+    let mut runs = Vec::new();
+    let result = (|| {
+        for i in 0..args.repeats {
+            let job = format!("pmbench-recovery-{}-{}", std::process::id(), i + 1);
+            progress(format!(
+                "run {}/{}: pmrun -n {} --local-nodes {} --every {} --heartbeat {} --fail-after {} heat ..., then kill {}",
+                i + 1,
+                args.repeats,
+                args.ranks,
+                args.nodes,
+                args.every,
+                args.heartbeat,
+                args.fail_after,
+                args.victim
+            ));
+            runs.push(killed_run(
+                args, &bins, &store, &job, &reference, &progress,
+            )?);
+        }
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&store);
+    result?;
+
+    let med = |g: fn(&Run) -> f64| median(runs.iter().map(g).collect());
+    let resume_s = med(|r| r.resume_s);
+    let report = Report {
+        scenario: "recovery",
+        ranks: args.ranks,
+        nodes: args.nodes,
+        victim: args.victim.clone(),
+        heartbeat_s: args.heartbeat,
+        fail_after_s: args.fail_after,
+        every: args.every,
+        replicas: args.replicas,
+        rows: args.rows,
+        cols: args.cols,
+        steps: args.steps,
+        pause_ms: args.pause_ms,
+        repeats: args.repeats,
+        reference_checksum: reference,
+        checksums_match: true,
+        plain_start_s,
+        plain_start_runs_s: starts,
+        detect_s: med(|r| r.detect_s),
+        stop_s: med(|r| r.stop_s),
+        place_s: med(|r| r.place_s),
+        resume_s,
+        total_s: med(|r| r.total_s),
+        kill_to_reported_s: med(|r| r.kill_to_reported_s),
+        resume_over_plain_start: resume_s / plain_start_s,
+        runs,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "heat {}x{} on {} ranks over {} virtual nodes; {} killed after a commit, {} runs (medians)",
+            args.rows, args.cols, args.ranks, args.nodes, args.victim, args.repeats
+        );
+        println!(
+            "detect    {:8.3} s  (heartbeat {} s, fail after {} s)",
+            report.detect_s, args.heartbeat, args.fail_after
+        );
+        println!("stop      {:8.3} s", report.stop_s);
+        println!("place     {:8.3} s", report.place_s);
+        println!(
+            "resume    {:8.3} s  = {:.2}x a plain mpirun start ({plain_start_s:.3} s)",
+            report.resume_s, report.resume_over_plain_start
+        );
+        println!(
+            "total     {:8.3} s  (kill to reported, seen from outside: {:.3} s)",
+            report.total_s, report.kill_to_reported_s
+        );
+        println!(
+            "every run ended with the undisturbed checksum {}",
+            report.reference_checksum
+        );
+    }
+    Ok(())
+}
