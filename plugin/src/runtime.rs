@@ -107,6 +107,16 @@ impl Runtime {
             Ok((cfg, store))
         });
         let (cfg, store) = comm.agree("open its checkpoint store", local)?;
+        // Before the agent learns of this rank: from then on pmrun may
+        // signal it, and SIGUSR1/SIGUSR2 would otherwise end it.
+        let exit_requested = Arc::new(AtomicBool::new(false));
+        let checkpoint_requested = Arc::new(AtomicBool::new(false));
+        let handlers = if cfg.signals {
+            install_signal_handlers(&exit_requested, &checkpoint_requested)
+        } else {
+            Ok(())
+        };
+        comm.agree("install its signal handlers", handlers)?;
         let agent = placement
             .as_ref()
             .map(|p| {
@@ -154,8 +164,8 @@ impl Runtime {
             last_checkpoint: Instant::now(),
             last_report: None,
             timer: StepTimer::new(),
-            exit_requested: Arc::new(AtomicBool::new(false)),
-            checkpoint_requested: Arc::new(AtomicBool::new(false)),
+            exit_requested,
+            checkpoint_requested,
         };
         if found == 1 {
             if ranks != u64::from(rt.comm.size) {
@@ -185,12 +195,6 @@ impl Runtime {
             let cleared = rt.store.clear().map_err(PmError::from);
             rt.comm.agree("clear stale snapshots", cleared)?;
         }
-        let handlers = if rt.cfg.signals {
-            rt.install_signal_handlers()
-        } else {
-            Ok(())
-        };
-        rt.comm.agree("install its signal handlers", handlers)?;
         rt.timer.start_step();
         Ok(rt)
     }
@@ -575,19 +579,21 @@ impl Runtime {
         }
         Ok(())
     }
+}
 
-    fn install_signal_handlers(&self) -> Result<(), PmError> {
-        use signal_hook::consts::{SIGUSR1, SIGUSR2};
-        let install = |sig, flag: &Arc<AtomicBool>| {
-            signal_hook::flag::register(sig, flag.clone())
-                .map(|_| ())
-                .map_err(|e| {
-                    PmError::InvalidArgument(format!("cannot install a signal handler: {e}"))
-                })
-        };
-        install(SIGUSR1, &self.exit_requested)?;
-        install(SIGUSR2, &self.checkpoint_requested)
-    }
+/// SIGUSR1 asks for a checkpoint and exit, SIGUSR2 for a checkpoint.
+fn install_signal_handlers(
+    exit_requested: &Arc<AtomicBool>,
+    checkpoint_requested: &Arc<AtomicBool>,
+) -> Result<(), PmError> {
+    use signal_hook::consts::{SIGUSR1, SIGUSR2};
+    let install = |sig, flag: &Arc<AtomicBool>| {
+        signal_hook::flag::register(sig, flag.clone())
+            .map(|_| ())
+            .map_err(|e| PmError::InvalidArgument(format!("cannot install a signal handler: {e}")))
+    };
+    install(SIGUSR1, exit_requested)?;
+    install(SIGUSR2, checkpoint_requested)
 }
 
 /// Logs to stderr, filtered by `PM_LOG` (warnings by default), unless the

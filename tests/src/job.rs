@@ -157,6 +157,19 @@ impl Job {
         }
     }
 
+    /// Waits until every one of `ranks` ranks has reached its agent.
+    pub fn wait_for_ranks(&self, ranks: usize) -> Value {
+        self.wait_for("every rank to start", |s| {
+            s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["rank_pids"].as_array().map_or(0, Vec::len))
+                .sum::<usize>()
+                == ranks
+        })
+    }
+
     /// Waits until an epoch is committed; its number.
     pub fn wait_for_commit(&self, at_least: u64) -> u64 {
         let s = self.wait_for(&format!("epoch {at_least} to commit"), |s| {

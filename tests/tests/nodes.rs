@@ -148,11 +148,7 @@ fn a_lost_replica_holder_is_replaced_and_filled_before_its_node_is_lost() {
         &heat_args(30),
         &[],
     );
-    job.wait_for("ranks to connect", |s| {
-        node(s, "node4")["rank_pids"]
-            .as_array()
-            .is_some_and(|p| p.len() == 2)
-    });
+    job.wait_for_ranks(8);
     let (ok, reply) = job.ctl(&["checkpoint"]);
     assert!(ok, "{reply}");
     let status = job.status().unwrap();
@@ -346,13 +342,7 @@ fn virtual_nodes_get_an_enforced_cpu_quota_where_the_host_allows() {
     let root = unsafe { libc::geteuid() } == 0;
     let group_root = std::path::Path::new("/sys/fs/cgroup/cpu");
     if root && group_root.join("cpu.cfs_quota_us").exists() {
-        let status = job.wait_for("every rank to connect", |s| {
-            s["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["rank_pids"].as_array().is_some_and(|p| p.len() == 2))
-        });
+        let status = job.wait_for_ranks(4);
         for name in ["node1", "node2"] {
             let group = group_root.join("pmrun/cpus").join(name);
             let quota = std::fs::read_to_string(group.join("cpu.cfs_quota_us")).unwrap();

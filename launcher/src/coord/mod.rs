@@ -794,6 +794,15 @@ impl Coordinator {
     }
 
     fn handle_control(&mut self, req: ControlRequest, reply: Reply) {
+        // Signals reach ranks through mpirun; a rank that has not reached
+        // its agent yet may not handle them.
+        let starting = (self.pids.len() < self.spec.ranks as usize).then(|| {
+            format!(
+                "the job's ranks are still starting ({} of {} ready); try again in a moment",
+                self.pids.len(),
+                self.spec.ranks
+            )
+        });
         match req {
             ControlRequest::Status { json } => {
                 let text = if json {
@@ -806,6 +815,10 @@ impl Coordinator {
             ControlRequest::Checkpoint => {
                 if self.mpirun_pid.is_none() {
                     let _ = reply.send((false, "the job is not running right now".into()));
+                    return;
+                }
+                if let Some(why) = starting {
+                    let _ = reply.send((false, why));
                     return;
                 }
                 let after = self.state.newest_published().unwrap_or(0);
@@ -840,7 +853,7 @@ impl Coordinator {
                     Health::Alive if self.mpirun_pid.is_none() => {
                         Some("the job is not running right now".into())
                     }
-                    Health::Alive => None,
+                    Health::Alive => starting,
                 };
                 if let Some(why) = refusal {
                     let _ = reply.send((false, why));
