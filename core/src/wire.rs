@@ -184,6 +184,14 @@ pub enum Message {
     Control(ControlRequest),
     /// Launcher to operator: the outcome, as text for a person (or JSON).
     ControlReply { ok: bool, text: String },
+    /// Agent to launcher: the partner at control address `partner` did not
+    /// store `rank`'s snapshot of `epoch` (unreachable, or it refused).
+    ReplicaFailed {
+        rank: u32,
+        epoch: u64,
+        partner: String,
+        reason: String,
+    },
 }
 
 /// What `pmrun ctl` asks of a running job.

@@ -15,6 +15,7 @@
 //! | `PM_NODE_AGENTS` | agent socket of every node, `:`-separated |
 //! | `PM_SECRET_FILE` | the job's 32-byte secret (readable by the user only) |
 //! | `PM_RESTORE_EPOCH` | committed epoch to restore; 0 for a fresh start |
+//! | `PM_FIRST_EPOCH` | lowest epoch number the run may write (default 1) |
 
 use crate::PmError;
 use pm_core::wire::{JobSecret, Limits, Message, Role, Session};
@@ -28,6 +29,9 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub secret_file: PathBuf,
     pub restore_epoch: u64,
+    /// The lowest epoch number this run may write: pmrun never lets a
+    /// relaunched job reuse the number of an epoch an earlier run wrote.
+    pub first_epoch: u64,
 }
 
 impl AgentConfig {
@@ -62,6 +66,7 @@ impl AgentConfig {
                 .ok_or_else(|| bad(name, &list, "a path for every node of PM_NODE_MAP"))
         };
         let restore = var("PM_RESTORE_EPOCH").unwrap_or_else(|| "0".into());
+        let first = var("PM_FIRST_EPOCH").unwrap_or_else(|| "1".into());
         Ok(Some(Self {
             store: pick("PM_NODE_STORES")?,
             socket: pick("PM_NODE_AGENTS")?,
@@ -72,6 +77,10 @@ impl AgentConfig {
                 .trim()
                 .parse()
                 .map_err(|_| bad("PM_RESTORE_EPOCH", &restore, "an epoch number"))?,
+            first_epoch: first
+                .trim()
+                .parse()
+                .map_err(|_| bad("PM_FIRST_EPOCH", &first, "an epoch number"))?,
         }))
     }
 }
@@ -150,12 +159,13 @@ mod tests {
             ("PM_NODE_AGENTS", "/r/a.sock:/r/b.sock"),
             ("PM_SECRET_FILE", "/r/secret"),
             ("PM_RESTORE_EPOCH", "4"),
+            ("PM_FIRST_EPOCH", "9"),
         ];
         assert_eq!(parse(&[], 0).unwrap(), None);
         let c = parse(&vars, 2).unwrap().unwrap();
         assert_eq!(c.store, PathBuf::from("/s/b"));
         assert_eq!(c.socket, PathBuf::from("/r/b.sock"));
-        assert_eq!(c.restore_epoch, 4);
+        assert_eq!((c.restore_epoch, c.first_epoch), (4, 9));
         let err = parse(&vars, 3).unwrap_err().to_string();
         assert!(err.contains("PM_NODE_MAP"), "{err}");
         let short = [vars[0], ("PM_NODE_STORES", "/s/a"), vars[2], vars[3]];

@@ -67,6 +67,8 @@ pub struct Runtime {
     /// ranks commit themselves; under `pmrun`, handed to the agent, which
     /// commits it once it is replicated.
     epoch: u64,
+    /// Lowest number the next epoch may have (see `AgentConfig::first_epoch`).
+    first_epoch: u64,
     next_poll: u64,
     /// Steps between the last two decisions.
     poll_gap: u64,
@@ -159,6 +161,7 @@ impl Runtime {
             restored_step: None,
             step: 0,
             epoch: 0,
+            first_epoch: placement.as_ref().map_or(1, |p| p.first_epoch),
             next_poll: 1,
             poll_gap: 1,
             last_checkpoint: Instant::now(),
@@ -471,7 +474,7 @@ impl Runtime {
     /// commit (rank 0, job-wide), then marks it committed locally.
     fn checkpoint(&mut self) -> Result<(), PmError> {
         let started = Instant::now();
-        let epoch = self.epoch + 1;
+        let epoch = (self.epoch + 1).max(self.first_epoch);
         let written = self.write_snapshot(epoch);
         let report = self.comm.agree("write its snapshot", written)?;
         if let Some(agent) = &mut self.agent {

@@ -379,3 +379,46 @@ fn virtual_nodes_get_an_enforced_cpu_quota_where_the_host_allows() {
         );
     }
 }
+
+#[test]
+fn a_partner_that_stops_storing_replicas_is_replaced() {
+    let _serial = serial();
+    let reference = reference(8);
+    // node3's agent refuses every replica: node2's ranks must get another
+    // partner before anything can commit.
+    let job = Job::start(
+        "refuser",
+        &["-n", "8", "--local-nodes", "4", "--every", "10"],
+        &heat_args(20),
+        &[("PMD_FAULT_REFUSE_IMPORTS", "node3")],
+    );
+    let status = job.wait_for(
+        "node3 to be dropped as a partner and an epoch to commit",
+        |s| node(s, "node3")["holds_replicas"] == false && committed_epoch(s).is_some(),
+    );
+    let partners = status["partners"].as_array().unwrap();
+    assert!(
+        partners
+            .iter()
+            .all(|p| !p.as_array().unwrap().iter().any(|n| n == "node3")),
+        "{status}"
+    );
+    assert_eq!(
+        node(&status, "node3")["ranks"],
+        serde_json::json!([4, 5]),
+        "node3 keeps its ranks"
+    );
+    let new_partner = partners[2][0].as_str().unwrap().to_owned();
+    job.kill_node(&status, "node2");
+    let after = job.wait_for("the recovery", |s| {
+        s["recoveries"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    assert_eq!(placement(&after)[2], new_partner, "{after}");
+    let (ended, store) = job.finish();
+    assert!(
+        ended.output.contains("failed to store 3 replicas in a row"),
+        "{}",
+        ended.output
+    );
+    assert_recovered(&ended, store.path(), &reference);
+}

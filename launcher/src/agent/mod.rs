@@ -42,6 +42,8 @@ pub struct AgentOptions {
     pub cpus: f64,
     /// Test hook: every replica import waits this long before it moves data.
     pub import_delay: Duration,
+    /// Test hook: every replica import fails (a partner that stops storing).
+    pub refuse_imports: bool,
 }
 
 /// How long a connecting peer may take to authenticate.
@@ -287,30 +289,32 @@ fn place(shared: &Arc<Shared>, local: Vec<u32>, partners: Vec<(u32, Vec<String>)
     }
     let mut state = lock(&shared.state);
     let mut fills = Vec::new();
-    if let Some(committed) = state.committed {
-        for rank in &local {
-            let before: &[String] = if state.local.contains(rank) {
-                state.partners.get(rank).map_or(&[], |v| v.as_slice())
-            } else {
-                &[]
-            };
-            let added: Vec<String> = partners
-                .get(rank)
-                .into_iter()
-                .flatten()
-                .filter(|p| !before.contains(p))
-                .cloned()
-                .collect();
-            if !added.is_empty() {
-                // The committed epoch, and the one in flight if any (else it
-                // could never commit without the replaced partner).
-                fills.push((*rank, committed, added.clone()));
-                if let Some(&newest) = state.published.get(rank)
-                    && newest > committed
-                {
-                    fills.push((*rank, newest, added));
-                }
-            }
+    for rank in &local {
+        let before: &[String] = if state.local.contains(rank) {
+            state.partners.get(rank).map_or(&[], |v| v.as_slice())
+        } else {
+            &[]
+        };
+        let added: Vec<String> = partners
+            .get(rank)
+            .into_iter()
+            .flatten()
+            .filter(|p| !before.contains(p))
+            .cloned()
+            .collect();
+        if added.is_empty() {
+            continue;
+        }
+        // The committed epoch, and the one in flight if any: it could never
+        // commit without the replaced partner. (Epoch numbers are never
+        // reused, so a stale one cannot be mistaken for a newer snapshot.)
+        if let Some(committed) = state.committed {
+            fills.push((*rank, committed, added.clone()));
+        }
+        if let Some(&newest) = state.published.get(rank)
+            && state.committed.is_none_or(|c| newest > c)
+        {
+            fills.push((*rank, newest, added));
         }
     }
     state.workers.retain(|rank, _| local.contains(rank));

@@ -60,17 +60,46 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
     };
     let mut partners: HashMap<String, Partner> = HashMap::new();
     let mut exposed: VecDeque<ExposedSnapshot> = VecDeque::new();
-    while let Ok(first) = rx.recv() {
+    // Partners that failed the newest epoch are asked again, with backoff,
+    // until they store it, stop being partners, or a newer epoch comes.
+    let mut retry: Option<Retry> = None;
+    loop {
+        let first = match &retry {
+            Some(r) => match rx.recv_timeout(r.delay) {
+                Ok(work) => Some(work),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(work) => Some(work),
+                Err(_) => return,
+            },
+        };
         // Only the newest published epoch matters; fills are all kept.
         let mut newest = None;
         let mut fills = Vec::new();
-        for work in std::iter::once(first).chain(rx.try_iter()) {
+        for work in first.into_iter().chain(rx.try_iter()) {
             match work {
                 Work::Replicate { epoch } => newest = newest.max(Some(epoch)),
                 Work::Fill { epoch, to } => fills.push((epoch, to)),
             }
         }
         let mut jobs = fills;
+        let current = lock(&shared.state)
+            .partners
+            .get(&rank)
+            .cloned()
+            .unwrap_or_default();
+        let mut attempt = 0;
+        if let Some(r) = retry.take()
+            && newest.is_none_or(|n| n <= r.epoch)
+        {
+            let to: Vec<String> = r.to.into_iter().filter(|p| current.contains(p)).collect();
+            if !to.is_empty() && r.attempt < MAX_RETRIES {
+                attempt = r.attempt + 1;
+                jobs.push((r.epoch, to));
+            }
+        }
         if let Some(epoch) = newest {
             let to = lock(&shared.state)
                 .partners
@@ -83,6 +112,7 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
             if to.is_empty() {
                 continue;
             }
+            let mut failed = Vec::new();
             let snapshot = match store
                 .open_snapshot(epoch)
                 .map_err(anyhow::Error::from)
@@ -110,7 +140,14 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
                     }
                     Err(e) => {
                         partners.remove(&addr);
-                        tracing::warn!(rank, epoch, partner = %addr, error = %e, "replication failed");
+                        failed.push(addr.clone());
+                        tracing::warn!(rank, epoch, partner = %addr, error = %format!("{e:#}"), "replication failed");
+                        shared.tell_launcher(&Message::ReplicaFailed {
+                            rank,
+                            epoch,
+                            partner: addr,
+                            reason: format!("{e:#}"),
+                        });
                     }
                 }
             }
@@ -119,9 +156,28 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
                     let _ = old.withdraw(&shared.transport);
                 }
             }
+            if !failed.is_empty() && retry.as_ref().is_none_or(|r| r.epoch <= epoch) {
+                retry = Some(Retry {
+                    epoch,
+                    to: failed,
+                    attempt,
+                    delay: RETRY_DELAY * 2u32.pow(attempt.min(3)),
+                });
+            }
         }
     }
 }
+
+/// Partners to ask again for an epoch they failed to store.
+struct Retry {
+    epoch: u64,
+    to: Vec<String>,
+    attempt: u32,
+    delay: std::time::Duration,
+}
+
+const RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+const MAX_RETRIES: u32 = 8;
 
 /// A connection to a partner agent, used request by request.
 struct Partner {
@@ -270,6 +326,9 @@ fn import(
     let store = store.as_mut().expect("opened above");
     if !shared.opts.import_delay.is_zero() {
         std::thread::sleep(shared.opts.import_delay);
+    }
+    if shared.opts.refuse_imports {
+        anyhow::bail!("this node refuses replicas (PMD_FAULT_REFUSE_IMPORTS)");
     }
     let report = puller.pull(source, manifest, &snapshot.data_keys, store)?;
     if lock(&shared.state).committed == Some(epoch) {

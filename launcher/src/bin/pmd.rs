@@ -76,6 +76,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?),
             Err(_) => Duration::ZERO,
         };
+    // Test hook: `PMD_FAULT_REFUSE_IMPORTS=<node>` makes that node's agent
+    // refuse every replica.
+    let refuse_imports = std::env::var("PMD_FAULT_REFUSE_IMPORTS").is_ok_and(|n| n == cli.node);
     agent::run(AgentOptions {
         node: cli.node,
         addr: cli.addr,
@@ -88,5 +91,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cgroup: cli.cgroup,
         cpus: cli.cpus,
         import_delay,
+        refuse_imports,
     })
 }

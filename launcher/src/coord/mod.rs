@@ -88,6 +88,8 @@ const AGENT_START: Duration = Duration::from_secs(30);
 const PLACEMENT_WAIT: Duration = Duration::from_secs(60);
 /// How long a drain waits for its checkpoint to be replicated.
 const DRAIN_COMMIT_WAIT: Duration = Duration::from_secs(120);
+/// Failed replications in a row after which a node is no partner any more.
+const REPLICA_FAILURES: u32 = 3;
 /// Grace period between asking mpirun to stop and killing it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -131,6 +133,10 @@ struct Coordinator {
     secret_file: PathBuf,
     /// Last time each node was heard from.
     last_seen: Vec<Instant>,
+    /// Replications each node failed since it last stored one.
+    replica_failures: Vec<u32>,
+    /// Partners changed while the job runs: agents must learn it.
+    pending_placement: bool,
     /// Placement generation and which agents applied it.
     generation: u64,
     applied: BTreeSet<usize>,
@@ -146,6 +152,8 @@ struct Coordinator {
     recoveries: Vec<Recovery>,
     /// Times of the last commits (for steps/s and replication lag).
     commits: Vec<(Instant, Commit)>,
+    /// The highest epoch any run of the job published.
+    max_published: u64,
     /// When each epoch was first published.
     published_at: HashMap<u64, Instant>,
     pending_checkpoints: Vec<(u64, Reply)>,
@@ -253,6 +261,7 @@ pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32
             slots: n.slots,
             spare: n.spare,
             health: Health::Alive,
+            holds_replicas: true,
         })
         .collect();
     let state = JobState::new(nodes, spec.ranks, spec.replicas)?;
@@ -270,6 +279,8 @@ pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32
         run_dir,
         secret_file,
         last_seen: vec![Instant::now(); node_count],
+        replica_failures: vec![0; node_count],
+        pending_placement: false,
         generation: 0,
         applied: BTreeSet::new(),
         pids: HashMap::new(),
@@ -281,6 +292,7 @@ pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32
         console: Console::new(),
         recoveries: Vec::new(),
         commits: Vec::new(),
+        max_published: 0,
         published_at: HashMap::new(),
         pending_checkpoints: Vec::new(),
         drain: None,
@@ -495,9 +507,13 @@ impl Coordinator {
             "PM_SECRET_FILE".into(),
             self.secret_file.display().to_string(),
         ));
+        let committed = self.state.committed.map_or(0, |c| c.epoch);
+        env.push(("PM_RESTORE_EPOCH".into(), committed.to_string()));
+        // A relaunch never reuses an epoch number: a replica of an epoch of
+        // the earlier run can then never count for a new snapshot.
         env.push((
-            "PM_RESTORE_EPOCH".into(),
-            self.state.committed.map_or(0, |c| c.epoch).to_string(),
+            "PM_FIRST_EPOCH".into(),
+            (committed.max(self.max_published) + 1).to_string(),
         ));
         let plan = LaunchPlan {
             ranks: self.spec.ranks,
@@ -586,6 +602,10 @@ impl Coordinator {
                         ));
                     }
                 }
+            }
+            if self.pending_placement && exited.is_none() && stopping.is_none() {
+                self.pending_placement = false;
+                self.apply_placement()?;
             }
             if let Some(t) = stopping
                 && exited.is_none()
@@ -722,6 +742,7 @@ impl Coordinator {
                 written_bytes,
             } => {
                 self.published_at.entry(epoch).or_insert_with(Instant::now);
+                self.max_published = self.max_published.max(epoch);
                 self.state
                     .published(rank, epoch, step, state_bytes, written_bytes);
                 self.try_commit();
@@ -733,10 +754,17 @@ impl Coordinator {
                 ..
             } => {
                 if let Some(h) = self.spec.nodes.iter().position(|n| n.name == holder) {
+                    self.replica_failures[h] = 0;
                     self.state.replica_stored(rank, epoch, h);
                     self.try_commit();
                 }
             }
+            Message::ReplicaFailed {
+                rank,
+                epoch,
+                partner,
+                reason,
+            } => self.replica_failed(rank, epoch, &partner, &reason),
             Message::Finished { rank } => {
                 self.finished.insert(rank);
             }
@@ -748,6 +776,32 @@ impl Coordinator {
                 tracing::warn!(node = %self.spec.nodes[node].name, message = ?other, "unexpected message from an agent")
             }
         }
+    }
+
+    /// A partner failed to store a replica. After
+    /// [`REPLICA_FAILURES`] failures in a row it is no partner any more:
+    /// its ranks stay, but replicas go elsewhere (and are filled there).
+    fn replica_failed(&mut self, rank: u32, epoch: u64, partner: &str, reason: &str) {
+        let Some(p) = self.agents.iter().position(|a| a.control == partner) else {
+            return;
+        };
+        tracing::warn!(rank, epoch, partner = %self.spec.nodes[p].name, %reason, "replica not stored");
+        self.replica_failures[p] += 1;
+        let node = &mut self.state.nodes[p];
+        if self.replica_failures[p] < REPLICA_FAILURES
+            || !node.holds_replicas
+            || node.health != Health::Alive
+        {
+            return;
+        }
+        node.holds_replicas = false;
+        let name = node.name.clone();
+        self.say(&format!(
+            "node {name} failed to store {REPLICA_FAILURES} replicas in a row ({reason}); \
+             choosing other partners for the ranks it served"
+        ));
+        self.state.choose_partners();
+        self.pending_placement = true;
     }
 
     fn try_commit(&mut self) {

@@ -23,11 +23,18 @@ pub struct Node {
     /// Started without ranks: a replica holder and a place to recover to.
     pub spare: bool,
     pub health: Health,
+    /// False once the node failed to store replicas repeatedly: it keeps
+    /// its ranks but is no partner any more.
+    pub holds_replicas: bool,
 }
 
 impl Node {
     fn usable(&self) -> bool {
         self.health == Health::Alive
+    }
+
+    fn can_be_partner(&self) -> bool {
+        self.usable() && self.holds_replicas
     }
 }
 
@@ -121,10 +128,11 @@ impl JobState {
         Ok(state)
     }
 
-    /// Replicas each snapshot can actually get: one per other usable node.
+    /// Replicas every snapshot can actually get: one per other usable
+    /// node that holds replicas.
     pub fn effective_replicas(&self) -> usize {
-        let usable = self.nodes.iter().filter(|n| n.usable()).count();
-        self.replicas.min(usable.saturating_sub(1))
+        let holders = self.nodes.iter().filter(|n| n.can_be_partner()).count();
+        self.replicas.min(holders.saturating_sub(1))
     }
 
     /// Ranks placed on `node`.
@@ -150,15 +158,19 @@ impl JobState {
                 .into_iter()
                 .flatten()
                 .copied()
-                .filter(|&p| p != home && self.nodes[p].usable())
+                .filter(|&p| p != home && self.nodes[p].can_be_partner())
                 .take(want)
                 .collect();
             let mut candidates: Vec<usize> = (1..n)
                 .map(|d| (home + d) % n)
-                .filter(|&p| self.nodes[p].usable() && !chosen.contains(&p))
+                .filter(|&p| self.nodes[p].can_be_partner() && !chosen.contains(&p))
                 .collect();
             candidates.sort_by_key(|&p| (!self.nodes[p].spare, (p + n - home) % n));
-            chosen.extend(candidates.into_iter().take(want - chosen.len()));
+            chosen.extend(
+                candidates
+                    .into_iter()
+                    .take(want.saturating_sub(chosen.len())),
+            );
             partners.push(chosen);
         }
         self.partners = partners;
@@ -355,6 +367,7 @@ mod tests {
                 slots: 2,
                 spare: i >= k - spares,
                 health: Health::Alive,
+                holds_replicas: true,
             })
             .collect()
     }
@@ -438,6 +451,21 @@ mod tests {
             assert!(!s.partners[r].contains(&1), "dead node is no partner");
             assert!(!s.partners[r].contains(&s.placement[r]));
         }
+    }
+
+    #[test]
+    fn a_node_that_stops_storing_replicas_is_no_partner_and_keeps_its_ranks() {
+        let mut s = JobState::new(nodes(4, 0), 8, 1).unwrap();
+        s.nodes[2].holds_replicas = false;
+        s.choose_partners();
+        for r in 0..8 {
+            assert!(!s.partners[r].contains(&2), "{:?}", s.partners);
+            assert_eq!(s.partners[r].len(), 1);
+        }
+        assert_eq!(s.ranks_on(2), [4, 5]);
+        publish_all(&mut s, 1);
+        replicate_all(&mut s, 1);
+        assert!(s.try_commit().is_some());
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub fn json(c: &Coordinator) -> String {
                 "addr": n.addr.to_string(),
                 "health": c.state.nodes[i].health,
                 "spare": n.spare,
+                "holds_replicas": c.state.nodes[i].holds_replicas,
                 "ranks": ranks,
                 "rank_pids": pids,
                 "agent_pid": c.agents[i].pid,
