@@ -20,8 +20,12 @@
 //!
 //! The baseline, `plain_start_s`, is the median wall time of a plain
 //! `mpirun -n N heat ... --no-pm --steps 0` (start, MPI init, set up the
-//! plate, finalize): the floor under any relaunch through mpirun.
-//! `resume_over_plain_start` is `resume_s` / `plain_start_s`.
+//! plate, finalize): the floor under any relaunch through mpirun. `--starts`
+//! of them are timed right before every killed run, so that both see the
+//! machine in the same state; each run reports its own, and the top level
+//! the median of all. `resume_over_plain_start` is `resume_s` /
+//! `plain_start_s` (medians). `load_1m` is the 1-minute load average when
+//! the node was killed: on a shared machine, a high one explains outliers.
 //!
 //! Every killed-and-recovered run must end with the checksum of an
 //! undisturbed run (`mpirun ... --no-pm`, measured first); otherwise the
@@ -77,7 +81,7 @@ pub struct Args {
     /// Runs with a killed node; medians are reported.
     #[arg(long, alias = "repeat", default_value_t = 3)]
     repeats: usize,
-    /// Plain mpirun starts for the baseline; the median is reported.
+    /// Plain mpirun starts timed before every killed run (the baseline); medians are reported.
     #[arg(long, default_value_t = 5)]
     starts: usize,
     /// Store directory of the runs [default: /dev/shm/pmbench-recovery-<pid>].
@@ -94,6 +98,10 @@ pub struct Args {
 #[derive(Serialize, Clone)]
 struct Run {
     job: String,
+    /// Median of the plain mpirun starts timed just before this run.
+    plain_start_s: f64,
+    resume_over_plain_start: f64,
+    load_1m: Option<f64>,
     /// The committed checkpoint when the node was killed.
     committed_at_kill: Value,
     detect_s: f64,
@@ -300,6 +308,7 @@ fn killed_run(
     store: &Path,
     job: &str,
     reference: &str,
+    plain_start_s: f64,
     progress: &dyn Fn(String),
 ) -> anyhow::Result<Run> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
@@ -373,6 +382,7 @@ fn killed_run(
         "  committed {committed}; killing {} (agent and ranks: pids {pids:?})",
         args.victim
     ));
+    let load_1m = load_average();
     let killed = Instant::now();
     for &pid in &pids {
         // SAFETY: plain kill(2); the pids are the victim's agent and ranks,
@@ -434,13 +444,17 @@ fn killed_run(
         );
     }
     progress(format!("  checksum {sum} matches the undisturbed run"));
+    let resume_s = f(&recovery, "resume_s")?;
     Ok(Run {
         job: job.into(),
+        plain_start_s,
+        resume_over_plain_start: resume_s / plain_start_s,
+        load_1m,
         committed_at_kill: committed,
         detect_s: f(&recovery, "detect_s")?,
         stop_s: f(&recovery, "stop_s")?,
         place_s: f(&recovery, "place_s")?,
-        resume_s: f(&recovery, "resume_s")?,
+        resume_s,
         total_s: f(&recovery, "total_s")?,
         kill_to_reported_s,
         epoch: recovery["epoch"].as_u64().unwrap_or(0),
@@ -449,6 +463,16 @@ fn killed_run(
         run_s,
         checksum: sum,
     })
+}
+
+/// The 1-minute load average (Linux).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 struct Bins {
@@ -484,20 +508,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .context("the reference run printed no checksum")?;
     progress(format!("  checksum {reference}"));
 
-    progress(format!(
-        "relaunch floor: {} plain starts of mpirun -n {} heat --steps 0 --no-pm",
-        args.starts, args.ranks
-    ));
     let mut starts = Vec::new();
-    for _ in 0..args.starts {
-        starts.push(timed(|| plain_heat(args, &bins.heat, 0).map(drop))?);
-    }
-    let plain_start_s = median(starts.clone());
-    progress(format!("  median {plain_start_s:.3} s"));
-
     let mut runs = Vec::new();
     let result = (|| {
         for i in 0..args.repeats {
+            progress(format!(
+                "relaunch floor: {} plain starts of mpirun -n {} heat --steps 0 --no-pm",
+                args.starts, args.ranks
+            ));
+            let mut these = Vec::new();
+            for _ in 0..args.starts {
+                these.push(timed(|| plain_heat(args, &bins.heat, 0).map(drop))?);
+            }
+            starts.extend(&these);
+            let plain = median(these);
+            progress(format!("  median {plain:.3} s"));
             let job = format!("pmbench-recovery-{}-{}", std::process::id(), i + 1);
             progress(format!(
                 "run {}/{}: pmrun -n {} --local-nodes {} --every {} --heartbeat {} --fail-after {} heat ..., then kill {}",
@@ -511,7 +536,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 args.victim
             ));
             runs.push(killed_run(
-                args, &bins, &store, &job, &reference, &progress,
+                args, &bins, &store, &job, &reference, plain, &progress,
             )?);
         }
         anyhow::Ok(())
@@ -519,6 +544,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&store);
     result?;
 
+    let plain_start_s = median(starts.clone());
     let med = |g: fn(&Run) -> f64| median(runs.iter().map(g).collect());
     let resume_s = med(|r| r.resume_s);
     let report = Report {

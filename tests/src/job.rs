@@ -70,7 +70,7 @@ impl Job {
                 "--heartbeat",
                 "0.2",
                 "--fail-after",
-                "1.5",
+                "2.5",
                 "-v",
             ])
             .args(args)
