@@ -889,12 +889,7 @@ impl Coordinator {
                     ));
                     return;
                 };
-                let usable = self
-                    .state
-                    .nodes
-                    .iter()
-                    .filter(|n| n.health == Health::Alive)
-                    .count();
+                let usable = self.state.usable_nodes();
                 let refusal = match self.state.nodes[i].health {
                     Health::Dead => Some(format!("node {node} is dead already")),
                     Health::Drained => Some(format!("node {node} is drained already")),

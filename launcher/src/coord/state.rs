@@ -128,6 +128,11 @@ impl JobState {
         Ok(state)
     }
 
+    /// Nodes that are alive and in service.
+    pub fn usable_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.usable()).count()
+    }
+
     /// Replicas every snapshot can actually get: one per other usable
     /// node that holds replicas.
     pub fn effective_replicas(&self) -> usize {

@@ -22,12 +22,7 @@ fn replication_lag(c: &Coordinator) -> f64 {
 }
 
 pub fn line(c: &Coordinator) -> String {
-    let alive = c
-        .state
-        .nodes
-        .iter()
-        .filter(|n| n.health == Health::Alive)
-        .count();
+    let alive = c.state.usable_nodes();
     let committed = c
         .state
         .committed
