@@ -62,7 +62,8 @@ demo:
 
 bench:
 	@$(ENSURE_PACKAGES) bench
-	$(CARGO) run --release -q -p pm-bench --bin pmbench -- $(BENCH_ARGS)
+	$(CARGO) build --release -q -p pm-bench -p heat -p pm-launcher
+	./target/release/pmbench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

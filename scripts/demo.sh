@@ -19,8 +19,8 @@ for b in pmrun pmd heat examples/store_demo; do
     fi
 done
 
-heat=(--rows 128 --cols 128 --steps 250)
-pause=(--pause-ms 20)
+heat=(--rows 128 --cols 128 --steps 500)
+pause=(--pause-ms 30)
 victim=node2  # killed
 drained=node3 # drained afterwards
 

@@ -18,7 +18,6 @@ pub mod state;
 mod status;
 
 use crate::backend::{LaunchBackend, LaunchPlan};
-use crate::hosts::Host;
 use agents::{Agent, AgentLaunch, NodeSpec};
 use anyhow::{Context, bail};
 use console::Console;
@@ -479,6 +478,8 @@ impl Coordinator {
         self.run += 1;
         self.finished.clear();
         self.pids.clear();
+        // Steps per second are measured within one run.
+        self.commits.clear();
         let join = |f: &dyn Fn(&NodeSpec) -> String| {
             self.spec.nodes.iter().map(f).collect::<Vec<_>>().join(":")
         };
@@ -515,12 +516,12 @@ impl Coordinator {
             "PM_FIRST_EPOCH".into(),
             (committed.max(self.max_published) + 1).to_string(),
         ));
+        // Every rank runs on this machine (its node is logical): offer
+        // mpirun the real core count, so that it oversubscribes (and ranks
+        // yield while they wait) rather than spin on shared cores.
         let plan = LaunchPlan {
             ranks: self.spec.ranks,
-            hosts: vec![Host {
-                name: "localhost".into(),
-                slots: self.spec.ranks,
-            }],
+            hosts: crate::hosts::this_machine(),
             app: self.spec.app.clone(),
             env,
         };
