@@ -142,9 +142,10 @@ struct Coordinator {
     /// Rank processes as agents reported them.
     pids: HashMap<u32, u32>,
     finished: BTreeSet<u32>,
-    /// The current mpirun: run number and pid.
+    /// The current mpirun: run number and pid, and how and when it ended.
     run: u64,
     mpirun_pid: Option<u32>,
+    exited: Option<(ExitStatus, Instant)>,
     restarts: u32,
     interrupted: Arc<AtomicBool>,
     console: Console,
@@ -286,6 +287,7 @@ pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32
         finished: BTreeSet::new(),
         run: 0,
         mpirun_pid: None,
+        exited: None,
         restarts: 0,
         interrupted,
         console: Console::new(),
@@ -476,6 +478,7 @@ impl Coordinator {
     /// Starts mpirun for the current placement.
     fn launch(&mut self, tx: &mpsc::Sender<Event>) -> anyhow::Result<()> {
         self.run += 1;
+        self.exited = None;
         self.finished.clear();
         self.pids.clear();
         // Steps per second are measured within one run.
@@ -561,22 +564,18 @@ impl Coordinator {
 
     /// Follows one run of the job until it ends and its end is understood.
     fn supervise(&mut self) -> anyhow::Result<Outcome> {
-        let mut exited: Option<(ExitStatus, Instant)> = None;
         let mut stopping: Option<Instant> = None;
         let mut sent_term = false;
         let mut last_status = Instant::now();
         loop {
             match self.events.recv_timeout(Duration::from_millis(50)) {
-                Ok(Event::Exited { run, status }) if run == self.run => {
-                    self.mpirun_pid = None;
-                    exited = Some((status, Instant::now()));
-                }
                 Ok(ev) => self.handle(ev),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     bail!("the coordinator lost its event sources")
                 }
             }
+            let exited = self.exited;
             if self.interrupted.load(Ordering::Relaxed) && !sent_term {
                 self.console.clear();
                 self.signal_job(libc::SIGTERM);
@@ -700,6 +699,12 @@ impl Coordinator {
                 if self.state.nodes[node].health != Health::Dead {
                     tracing::warn!(node = %self.spec.nodes[node].name, %reason, "lost the agent's connection");
                 }
+            }
+            // Recorded wherever it arrives (a placement may be awaited
+            // meanwhile); `supervise` acts on it.
+            Event::Exited { run, status } if run == self.run => {
+                self.mpirun_pid = None;
+                self.exited = Some((status, Instant::now()));
             }
             Event::Exited { .. } => {}
             Event::Control { req, reply } => self.handle_control(req, reply),
