@@ -144,11 +144,7 @@ fn heat_run(
     let out = cmd
         .output()
         .context("cannot run mpirun (is Open MPI installed?)")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::util::output_text(&out);
     if !out.status.success() {
         bail!("the heat run failed:\n{text}");
     }

@@ -104,14 +104,8 @@ struct Run {
     load_1m: Option<f64>,
     /// The committed checkpoint when the node was killed.
     committed_at_kill: Value,
-    detect_s: f64,
-    stop_s: f64,
-    place_s: f64,
-    resume_s: f64,
-    total_s: f64,
-    /// Seen from outside: SIGKILL until `ctl status` listed the recovery
-    /// (includes up to one status poll).
-    kill_to_reported_s: f64,
+    #[serde(flatten)]
+    timings: Timings,
     /// The epoch and step the job resumed from.
     epoch: u64,
     step: u64,
@@ -120,6 +114,33 @@ struct Run {
     /// Wall time of the whole pmrun, start to exit.
     run_s: f64,
     checksum: String,
+}
+
+/// The parts of one recovery (or their medians).
+#[derive(Serialize, Clone, Copy)]
+struct Timings {
+    detect_s: f64,
+    stop_s: f64,
+    place_s: f64,
+    resume_s: f64,
+    total_s: f64,
+    /// Seen from outside: SIGKILL until `ctl status` listed the recovery
+    /// (includes up to one status poll).
+    kill_to_reported_s: f64,
+}
+
+impl Timings {
+    fn median(runs: &[Timings]) -> Timings {
+        let med = |f: fn(&Timings) -> f64| median(runs.iter().map(f).collect());
+        Timings {
+            detect_s: med(|t| t.detect_s),
+            stop_s: med(|t| t.stop_s),
+            place_s: med(|t| t.place_s),
+            resume_s: med(|t| t.resume_s),
+            total_s: med(|t| t.total_s),
+            kill_to_reported_s: med(|t| t.kill_to_reported_s),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -141,12 +162,8 @@ struct Report {
     checksums_match: bool,
     plain_start_s: f64,
     plain_start_runs_s: Vec<f64>,
-    detect_s: f64,
-    stop_s: f64,
-    place_s: f64,
-    resume_s: f64,
-    total_s: f64,
-    kill_to_reported_s: f64,
+    #[serde(flatten)]
+    timings: Timings,
     resume_over_plain_start: f64,
     runs: Vec<Run>,
 }
@@ -201,11 +218,7 @@ fn plain_heat(args: &Args, heat: &Path, steps: u64) -> anyhow::Result<String> {
         .arg("--no-pm")
         .output()
         .context("cannot run mpirun (is Open MPI installed?)")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::util::output_text(&out);
     ensure!(out.status.success(), "plain mpirun heat failed:\n{text}");
     Ok(text)
 }
@@ -451,12 +464,14 @@ fn killed_run(
         resume_over_plain_start: resume_s / plain_start_s,
         load_1m,
         committed_at_kill: committed,
-        detect_s: f(&recovery, "detect_s")?,
-        stop_s: f(&recovery, "stop_s")?,
-        place_s: f(&recovery, "place_s")?,
-        resume_s,
-        total_s: f(&recovery, "total_s")?,
-        kill_to_reported_s,
+        timings: Timings {
+            detect_s: f(&recovery, "detect_s")?,
+            stop_s: f(&recovery, "stop_s")?,
+            place_s: f(&recovery, "place_s")?,
+            resume_s,
+            total_s: f(&recovery, "total_s")?,
+            kill_to_reported_s,
+        },
         epoch: recovery["epoch"].as_u64().unwrap_or(0),
         step: recovery["step"].as_u64().unwrap_or(0),
         moved: recovery["moved"].clone(),
@@ -545,8 +560,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     result?;
 
     let plain_start_s = median(starts.clone());
-    let med = |g: fn(&Run) -> f64| median(runs.iter().map(g).collect());
-    let resume_s = med(|r| r.resume_s);
+    let timings = Timings::median(&runs.iter().map(|r| r.timings).collect::<Vec<_>>());
     let report = Report {
         scenario: "recovery",
         ranks: args.ranks,
@@ -565,13 +579,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         checksums_match: true,
         plain_start_s,
         plain_start_runs_s: starts,
-        detect_s: med(|r| r.detect_s),
-        stop_s: med(|r| r.stop_s),
-        place_s: med(|r| r.place_s),
-        resume_s,
-        total_s: med(|r| r.total_s),
-        kill_to_reported_s: med(|r| r.kill_to_reported_s),
-        resume_over_plain_start: resume_s / plain_start_s,
+        timings,
+        resume_over_plain_start: timings.resume_s / plain_start_s,
         runs,
     };
     if args.json {
@@ -583,17 +592,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
         println!(
             "detect    {:8.3} s  (heartbeat {} s, fail after {} s)",
-            report.detect_s, args.heartbeat, args.fail_after
+            report.timings.detect_s, args.heartbeat, args.fail_after
         );
-        println!("stop      {:8.3} s", report.stop_s);
-        println!("place     {:8.3} s", report.place_s);
+        println!("stop      {:8.3} s", report.timings.stop_s);
+        println!("place     {:8.3} s", report.timings.place_s);
         println!(
             "resume    {:8.3} s  = {:.2}x a plain mpirun start ({plain_start_s:.3} s)",
-            report.resume_s, report.resume_over_plain_start
+            report.timings.resume_s, report.resume_over_plain_start
         );
         println!(
             "total     {:8.3} s  (kill to reported, seen from outside: {:.3} s)",
-            report.total_s, report.kill_to_reported_s
+            report.timings.total_s, report.timings.kill_to_reported_s
         );
         println!(
             "every run ended with the undisturbed checksum {}",

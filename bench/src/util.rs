@@ -53,3 +53,12 @@ pub fn touch_chunks(state: &mut [u8], chunk: usize, stride: usize, round: u8) {
         }
     }
 }
+
+/// Standard output and error of a finished command, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
