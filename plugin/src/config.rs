@@ -10,6 +10,8 @@
 //! | `PM_KEEP` | committed epochs kept per rank | 2 |
 //! | `PM_SIGNALS` | `0` disables the SIGUSR1/SIGUSR2 handlers | `1` |
 //! | `PM_FAULT_PAUSE_BEFORE_COMMIT` | test hook: rank 0 stops before committing this epoch | |
+//!
+//! `pmrun` also sets the placement variables read by [`crate::agent`].
 
 use crate::PmError;
 use pm_core::store::{DEFAULT_KEEP, default_root};

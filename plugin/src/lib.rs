@@ -22,6 +22,9 @@
 //! # }
 //! ```
 //!
+//! Under `pmrun`, each rank also reports its snapshots to its node's agent,
+//! which replicates them to partner nodes; `pmrun` then commits ([`agent`]).
+//!
 //! Blocking MPI calls are timed through the PMPI interface ([`pmpi`]) so that
 //! a step's compute time excludes time spent waiting on other ranks. The C
 //! ABI (`include/pm.h`, `libpm.so`) is in [`capi`]. Configuration comes from
