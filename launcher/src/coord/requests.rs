@@ -1,0 +1,97 @@
+//! `pmrun ctl` requests (status, checkpoint, drain), and the signals
+//! through which they reach the ranks.
+
+use super::*;
+
+impl Coordinator {
+    pub(super) fn handle_control(&mut self, req: ControlRequest, reply: Reply) {
+        // Signals reach ranks through mpirun; a rank that has not reached
+        // its agent yet may not handle them.
+        let starting = (self.pids.len() < self.spec.ranks as usize).then(|| {
+            format!(
+                "the job's ranks are still starting ({} of {} ready); try again in a moment",
+                self.pids.len(),
+                self.spec.ranks
+            )
+        });
+        match req {
+            ControlRequest::Status { json } => {
+                let text = if json {
+                    status::json(self)
+                } else {
+                    status::text(self)
+                };
+                let _ = reply.send((true, text));
+            }
+            ControlRequest::Checkpoint => {
+                if self.mpirun_pid.is_none() {
+                    let _ = reply.send((false, "the job is not running right now".into()));
+                    return;
+                }
+                if let Some(why) = starting {
+                    let _ = reply.send((false, why));
+                    return;
+                }
+                let after = self.state.newest_published().unwrap_or(0);
+                self.signal_job(libc::SIGUSR2);
+                self.pending_checkpoints.push((after, reply));
+            }
+            ControlRequest::Drain { node } => {
+                let Some(i) = self.spec.nodes.iter().position(|n| n.name == node) else {
+                    let names: Vec<&str> =
+                        self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+                    let _ = reply.send((
+                        false,
+                        format!("no node {node:?} in this job (nodes: {})", names.join(", ")),
+                    ));
+                    return;
+                };
+                let usable = self.state.usable_nodes();
+                let refusal = match self.state.nodes[i].health {
+                    Health::Dead => Some(format!("node {node} is dead already")),
+                    Health::Drained => Some(format!("node {node} is drained already")),
+                    Health::Alive if usable < 2 => {
+                        Some(format!("node {node} is the last usable node"))
+                    }
+                    Health::Alive if self.drain.is_some() || self.recovering.is_some() => {
+                        Some("another drain or recovery is in progress; try again".into())
+                    }
+                    Health::Alive if self.mpirun_pid.is_none() => {
+                        Some("the job is not running right now".into())
+                    }
+                    Health::Alive => starting,
+                };
+                if let Some(why) = refusal {
+                    let _ = reply.send((false, why));
+                    return;
+                }
+                self.say(&format!(
+                    "draining node {node}: checkpointing, then moving its {} rank(s)",
+                    self.state.ranks_on(i).len()
+                ));
+                self.drain = Some(Drain {
+                    nodes: vec![i],
+                    started: Instant::now(),
+                    reply,
+                });
+                self.signal_job(libc::SIGUSR1);
+            }
+        }
+    }
+
+    /// Sends `sig` to mpirun, which forwards SIGUSR1/SIGUSR2/SIGTERM to the ranks.
+    pub(super) fn signal_job(&self, sig: i32) {
+        if let Some(pid) = self.mpirun_pid {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// SIGKILLs the processes of `ranks` that agents reported.
+    pub(super) fn kill_ranks(&self, ranks: &[u32]) {
+        for pid in ranks.iter().filter_map(|r| self.pids.get(r)) {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+}
