@@ -77,7 +77,8 @@ struct Cli {
     /// Job id: reuse one to resume a job whose pmrun was stopped [default: a new id].
     #[arg(long, value_name = "ID")]
     job: Option<String>,
-    /// Relaunches after failures before giving up.
+    /// Relaunches after a rank fails on a live node before giving up (lost
+    /// nodes do not count).
     #[arg(long, default_value_t = 3, value_name = "N")]
     max_restarts: u32,
     /// The mpirun to use.
