@@ -218,6 +218,20 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
 }
 
+/// Serves every incoming connection on a thread of its own.
+fn serve_each<S: Send + 'static>(
+    incoming: impl Iterator<Item = std::io::Result<S>>,
+    thread: &str,
+    serve: impl Fn(S) + Clone + Send + 'static,
+) {
+    for stream in incoming.flatten() {
+        let serve = serve.clone();
+        let _ = std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || serve(stream));
+    }
+}
+
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name(name.into())

@@ -7,17 +7,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
 pub(super) fn serve(shared: Arc<Shared>, listener: UnixListener) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let shared = shared.clone();
-        let _ = std::thread::Builder::new()
-            .name("pmd-rank".into())
-            .spawn(move || {
-                if let Err(e) = serve_rank(&shared, stream) {
-                    tracing::warn!(error = %e, "rank connection rejected or broken");
-                }
-            });
-    }
+    super::serve_each(listener.incoming(), "pmd-rank", move |stream| {
+        if let Err(e) = serve_rank(&shared, stream) {
+            tracing::warn!(error = %e, "rank connection rejected or broken");
+        }
+    });
 }
 
 fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()> {

@@ -227,20 +227,18 @@ fn send_to(
 }
 
 pub(super) fn serve_partners(shared: Arc<Shared>, listener: TcpListener) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let shared = shared.clone();
-        let _ = std::thread::Builder::new()
-            .name("pmd-partner".into())
-            .spawn(move || {
-                let peer = stream
-                    .peer_addr()
-                    .map_or("unknown".into(), |a| a.to_string());
-                if let Err(e) = serve_partner(&shared, stream, &peer) {
-                    tracing::warn!(peer = %peer, error = %e, "partner connection rejected or broken");
-                }
-            });
-    }
+    super::serve_each(
+        listener.incoming(),
+        "pmd-partner",
+        move |stream: TcpStream| {
+            let peer = stream
+                .peer_addr()
+                .map_or("unknown".into(), |a| a.to_string());
+            if let Err(e) = serve_partner(&shared, stream, &peer) {
+                tracing::warn!(peer = %peer, error = %e, "partner connection rejected or broken");
+            }
+        },
+    );
 }
 
 fn serve_partner(shared: &Shared, mut stream: TcpStream, peer: &str) -> anyhow::Result<()> {
