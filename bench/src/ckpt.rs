@@ -75,11 +75,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             ..StoreOptions::default()
         },
     )?;
-    let progress = |what: &str| {
-        if !args.json {
-            eprintln!("pmbench ckpt: {what}");
-        }
-    };
+    let progress = crate::util::progress("ckpt", args.json);
 
     progress("filling the state with pseudo-random bytes");
     let mut state = RegionBuf::new(size)?;

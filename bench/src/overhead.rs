@@ -167,11 +167,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let store = args.store.clone().unwrap_or_else(default_root);
     let job = format!("pmbench-overhead-{}", std::process::id());
-    let progress = |what: String| {
-        if !args.json {
-            eprintln!("pmbench overhead: {what}");
-        }
-    };
+    let progress = crate::util::progress("overhead", args.json);
 
     let (mut plain, mut with_pm) = (Vec::new(), Vec::new());
     let mut last_pm = None;
@@ -190,7 +186,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             } else {
                 "without pm".into()
             };
-            progress(format!("run {}/{} {what}", i + 1, args.repeat));
+            progress(&format!("run {}/{} {what}", i + 1, args.repeat));
             pair[usize::from(with)] = Some(heat_run(args, &heat, &store, &job, with)?);
         }
         let [Some(p), Some(m)] = pair else {
@@ -220,7 +216,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let blocked_total = m.ranks.iter().map(|r| r.1).fold(0.0, f64::max);
     let pm_loop_s = m.loop_s;
 
-    progress(format!("memcpy of {per_rank_bytes} bytes"));
+    progress(&format!("memcpy of {per_rank_bytes} bytes"));
     let size = usize::try_from(per_rank_bytes)?;
     let src = RegionBuf::new(size)?;
     let mut dst = RegionBuf::new(size)?;

@@ -322,7 +322,7 @@ fn killed_run(
     job: &str,
     reference: &str,
     plain_start_s: f64,
-    progress: &dyn Fn(String),
+    progress: &dyn Fn(&str),
 ) -> anyhow::Result<Run> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
     let started = Instant::now();
@@ -391,7 +391,7 @@ fn killed_run(
         std::thread::sleep(Duration::from_millis(50));
     };
 
-    progress(format!(
+    progress(&format!(
         "  committed {committed}; killing {} (agent and ranks: pids {pids:?})",
         args.victim
     ));
@@ -433,7 +433,7 @@ fn killed_run(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    progress(format!(
+    progress(&format!(
         "  recovered: detect {:.3} s, stop {:.3} s, place {:.3} s, resume {:.3} s, total {:.3} s; waiting for the job to finish",
         f(&recovery, "detect_s")?,
         f(&recovery, "stop_s")?,
@@ -456,7 +456,7 @@ fn killed_run(
              run with {reference}\n{text}"
         );
     }
-    progress(format!("  checksum {sum} matches the undisturbed run"));
+    progress(&format!("  checksum {sum} matches the undisturbed run"));
     let resume_s = f(&recovery, "resume_s")?;
     Ok(Run {
         job: job.into(),
@@ -512,22 +512,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let store = args.store.clone().unwrap_or_else(|| {
         PathBuf::from(format!("/dev/shm/pmbench-recovery-{}", std::process::id()))
     });
-    let progress = |what: String| eprintln!("pmbench recovery: {what}");
+    // Shown even with --json: the scenario runs for about a minute.
+    let progress = crate::util::progress("recovery", false);
 
-    progress(format!(
+    progress(&format!(
         "undisturbed reference: mpirun -n {} heat {} --no-pm",
         args.ranks,
         heat_args(args, args.steps).join(" ")
     ));
     let reference = checksum(&plain_heat(args, &bins.heat, args.steps)?)
         .context("the reference run printed no checksum")?;
-    progress(format!("  checksum {reference}"));
+    progress(&format!("  checksum {reference}"));
 
     let mut starts = Vec::new();
     let mut runs = Vec::new();
     let result = (|| {
         for i in 0..args.repeats {
-            progress(format!(
+            progress(&format!(
                 "relaunch floor: {} plain starts of mpirun -n {} heat --steps 0 --no-pm",
                 args.starts, args.ranks
             ));
@@ -537,9 +538,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
             starts.extend(&these);
             let plain = median(these);
-            progress(format!("  median {plain:.3} s"));
+            progress(&format!("  median {plain:.3} s"));
             let job = format!("pmbench-recovery-{}-{}", std::process::id(), i + 1);
-            progress(format!(
+            progress(&format!(
                 "run {}/{}: pmrun -n {} --local-nodes {} --every {} --heartbeat {} --fail-after {} heat ..., then kill {}",
                 i + 1,
                 args.repeats,

@@ -134,11 +134,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         )
     };
     let (a, b) = (endpoint(2, "a")?, endpoint(3, "b")?);
-    let progress = |what: &str| {
-        if !args.json {
-            eprintln!("pmbench replicate: {what}");
-        }
-    };
+    let progress = crate::util::progress("replicate", args.json);
 
     progress("filling the state with pseudo-random bytes");
     let mut state = RegionBuf::new(size)?;

@@ -62,3 +62,12 @@ pub fn output_text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Progress lines on stderr (`pmbench <scenario>: ...`), unless `quiet`.
+pub fn progress(scenario: &'static str, quiet: bool) -> impl Fn(&str) {
+    move |what| {
+        if !quiet {
+            eprintln!("pmbench {scenario}: {what}");
+        }
+    }
+}

@@ -319,9 +319,7 @@ impl Store {
     /// `ranks` ranks, then prunes: from now on the newest `keep` epochs up to
     /// it are what pruning preserves.
     pub fn commit(&mut self, epoch: u64, ranks: u32) -> Result<Vec<u64>, StoreError> {
-        let step = self.manifest(epoch)?.step;
-        let record = CommitRecord { epoch, step, ranks };
-        commit::write_record(&self.commit_path(), record, self.sync)?;
+        self.mark_committed(epoch, ranks)?;
         self.prune()
     }
 

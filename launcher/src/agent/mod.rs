@@ -74,8 +74,6 @@ struct State {
     committed: Option<u64>,
     /// Newest epoch each local rank published.
     published: HashMap<u32, u64>,
-    /// Processes of the connected ranks.
-    pids: HashMap<u32, u32>,
     /// Replication workers, by rank.
     workers: HashMap<u32, std::sync::mpsc::Sender<replicate::Work>>,
 }
@@ -263,7 +261,9 @@ fn commit(shared: &Shared, epoch: u64, step: u64, ranks: u32) {
     let job_dir = shared.job_dir();
     if std::fs::create_dir_all(&job_dir).is_ok() {
         let record = CommitRecord { epoch, step, ranks };
-        if let Err(e) = write_record(&job_dir.join("committed"), record, false) {
+        // Durable: on a disk store, `pmrun --job` resumes from this record
+        // after a reboot (on tmpfs the sync costs nothing).
+        if let Err(e) = write_record(&job_dir.join("committed"), record, true) {
             tracing::error!(error = %e, "cannot write the job's commit record");
         }
     }

@@ -33,9 +33,6 @@ fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()
         let msg: Message = match receiver.recv(&mut stream) {
             Ok(m) => m,
             Err(e) => {
-                if let Some(rank) = me {
-                    lock(&shared.state).pids.remove(&rank);
-                }
                 return match e.kind {
                     pm_core::wire::WireErrorKind::Closed => Ok(()),
                     _ => Err(e.into()),
@@ -45,7 +42,6 @@ fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()
         match msg {
             Message::RankHello { rank, pid } => {
                 me = Some(rank);
-                lock(&shared.state).pids.insert(rank, pid);
                 if let Some(cgroup) = &shared.opts.cgroup {
                     let procs = cgroup.join("cgroup.procs");
                     if let Err(e) = std::fs::write(&procs, pid.to_string()) {

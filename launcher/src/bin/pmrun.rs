@@ -408,7 +408,6 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         ranks: cli.ranks,
         app,
         env,
-        local: true,
         nodes,
         replicas: cli.replicas,
         heartbeat: seconds("--heartbeat", cli.heartbeat)?,

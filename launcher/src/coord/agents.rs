@@ -35,12 +35,23 @@ pub struct NodeSpec {
 pub struct Agent {
     pub sender: SessionSender,
     pub stream: TcpStream,
+    /// Where partner agents reach it.
     pub control: String,
-    pub transport: String,
     pub pid: u32,
-    pub child: Option<Child>,
+    pub child: Child,
+    /// The Unix socket its ranks connect to.
     pub socket: PathBuf,
     pub log: PathBuf,
+}
+
+/// What an agent said when it connected.
+struct Greeting {
+    node: usize,
+    sender: SessionSender,
+    receiver: SessionReceiver,
+    stream: TcpStream,
+    control: String,
+    pid: u32,
 }
 
 impl Agent {
@@ -145,18 +156,24 @@ pub fn start(
             Err(e) => return Err(e.into()),
         };
         match handshake(stream, peer, launch.secret, nodes) {
-            Ok((i, mut agent, receiver)) if agents[i].is_none() => {
-                if let Some((child, socket, log)) = children[i].take() {
-                    agent.child = Some(child);
-                    agent.socket = socket;
-                    agent.log = log;
+            Ok(g) => match children[g.node].take() {
+                Some((child, socket, log)) => {
+                    let agent = Agent {
+                        sender: g.sender,
+                        stream: g.stream,
+                        control: g.control,
+                        pid: g.pid,
+                        child,
+                        socket,
+                        log,
+                    };
+                    spawn_reader(g.node, &agent, g.receiver, events)?;
+                    agents[g.node] = Some(agent);
                 }
-                spawn_reader(i, &agent, receiver, events)?;
-                agents[i] = Some(agent);
-            }
-            Ok((i, ..)) => {
-                tracing::warn!(node = %nodes[i].name, "a second agent for the node; refused")
-            }
+                None => {
+                    tracing::warn!(node = %nodes[g.node].name, "a second agent for the node; refused")
+                }
+            },
             Err(e) => {
                 tracing::warn!(peer = %peer, error = %format!("{e:#}"), "connection to pmrun rejected")
             }
@@ -174,7 +191,7 @@ fn handshake(
     peer: SocketAddr,
     secret: &JobSecret,
     nodes: &[NodeSpec],
-) -> anyhow::Result<(usize, Agent, SessionReceiver)> {
+) -> anyhow::Result<Greeting> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_nodelay(true)?;
@@ -192,27 +209,19 @@ fn handshake(
     let Some(i) = nodes.iter().position(|n| n.name == name) else {
         bail!("an agent for unknown node {name:?} connected");
     };
-    let Message::AgentReady {
-        control,
-        transport,
-        pid,
-    } = session.recv(&mut stream)?
-    else {
+    let Message::AgentReady { control, pid, .. } = session.recv(&mut stream)? else {
         bail!("agent {name} did not start with AgentReady");
     };
     stream.set_read_timeout(None)?;
     let (sender, receiver) = session.split();
-    let agent = Agent {
+    Ok(Greeting {
+        node: i,
         sender,
+        receiver,
         stream,
         control,
-        transport,
         pid,
-        child: None,
-        socket: PathBuf::new(),
-        log: PathBuf::new(),
-    };
-    Ok((i, agent, receiver))
+    })
 }
 
 fn spawn_reader(

@@ -53,9 +53,6 @@ pub struct JobSpec {
     /// Variables every rank gets besides the placement (`PM_EVERY`, `-x`, …).
     pub env: Vec<(String, String)>,
     pub nodes: Vec<NodeSpec>,
-    /// Whether the node stores are on this machine (virtual nodes, or this
-    /// machine as the only node): then pmrun can also clean up after dead nodes.
-    pub local: bool,
     pub replicas: usize,
     pub heartbeat: Duration,
     pub fail_after: Duration,
@@ -216,12 +213,9 @@ pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32
     }
 
     let (tx, rx) = mpsc::channel();
-    let bind = if spec.local {
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    } else {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    };
-    let listener = TcpListener::bind(bind).context("cannot listen for agents")?;
+    // Agents run on this machine only (for now): loopback is enough.
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .context("cannot listen for agents")?;
     let started = Instant::now();
     let agents = agents::start(
         &AgentLaunch {
@@ -625,7 +619,7 @@ impl Coordinator {
             }
             if last_status.elapsed() >= Duration::from_secs(1) {
                 last_status = Instant::now();
-                let line = self.status_line();
+                let line = status::line(self);
                 self.console.status(&line);
             }
             let Some((status, at)) = exited else { continue };
@@ -668,18 +662,19 @@ impl Coordinator {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for agent in &mut self.agents {
-            if let Some(child) = &mut agent.child {
-                while child.try_wait().ok().flatten().is_none() {
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
+            let child = &mut agent.child;
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
-        if delete && self.spec.local {
+        // Every node's store is on this machine, so pmrun also cleans up
+        // after nodes that died.
+        if delete {
             for node in &self.spec.nodes {
                 let dir = node.store.join(&self.spec.job);
                 if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -696,9 +691,5 @@ impl Coordinator {
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_dir(self.run_dir.parent().unwrap_or(Path::new("/nonexistent")));
         cgroup::remove(&self.spec.job);
-    }
-
-    fn status_line(&self) -> String {
-        status::line(self)
     }
 }
