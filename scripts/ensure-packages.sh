@@ -25,10 +25,11 @@ set -euo pipefail
 #   hwloc libhwloc-dev          topology discovery (lstopo, libhwloc)
 #   libclang-dev clang          bindgen, used by the `mpi` (rsmpi) crate's build script
 #   libudev-dev pkg-config      needed to build/link `hwlocality`; library discovery
+#   gfortran                    the compiler behind Open MPI's mpif90 (`use pm`, heat_f, make install)
 BASE_PACKAGES="openmpi-bin libopenmpi-dev hwloc libhwloc-dev libclang-dev libudev-dev pkg-config clang"
-BUILD_PACKAGES="$BASE_PACKAGES"
-TEST_PACKAGES="$BASE_PACKAGES"
-DEMO_PACKAGES="$BASE_PACKAGES"
+BUILD_PACKAGES="$BASE_PACKAGES gfortran"
+TEST_PACKAGES="$BASE_PACKAGES gfortran"
+DEMO_PACKAGES="$BASE_PACKAGES gfortran"
 BENCH_PACKAGES="$BASE_PACKAGES"
 
 prog=${0##*/}

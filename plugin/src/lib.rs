@@ -25,10 +25,11 @@
 //! Under `pmrun`, each rank also reports its snapshots to its node's agent,
 //! which replicates them to partner nodes; `pmrun` then commits ([`agent`]).
 //!
-//! Blocking MPI calls are timed through the PMPI interface ([`pmpi`]) so that
-//! a step's compute time excludes time spent waiting on other ranks. The C
-//! ABI (`include/pm.h`, `libpm.so`) is in [`capi`]. Configuration comes from
-//! the environment ([`config`]).
+//! Blocking MPI calls are timed through the PMPI interface ([`pmpi`]; for
+//! Fortran programs [`pmpi_fortran`]) so that a step's compute time excludes
+//! time spent waiting on other ranks. The C ABI (`include/pm.h`,
+//! `libpm.so`) is in [`capi`]. Configuration comes from the environment
+//! ([`config`]).
 
 pub mod agent;
 mod capi;
@@ -36,6 +37,7 @@ mod comm;
 pub mod config;
 mod error;
 pub mod pmpi;
+pub mod pmpi_fortran;
 mod region;
 mod runtime;
 mod timing;

@@ -8,6 +8,11 @@
 //! programs `libpm.so` interposes when it is linked before `-lmpi` (as
 //! `pkg-config --libs pm` on an `mpicc` line does).
 //!
+//! Fortran programs do not come through here: Open MPI's Fortran bindings
+//! call `PMPI_` directly. [`crate::pmpi_fortran`] interposes their entry
+//! points (`mpi_barrier_`, `mpi_barrier_f08_`, ...) for the same calls and
+//! adds to the same counter, through [`timed`].
+//!
 //! A step's compute time is then its wall time minus the MPI time, so a rank
 //! that waits for a slow neighbour is not counted as loaded.
 
@@ -36,6 +41,16 @@ pub fn mpi_calls() -> u64 {
     MPI_CALLS.load(Relaxed)
 }
 
+/// Runs one blocking MPI call and counts it and its duration as MPI time.
+#[inline]
+pub(crate) fn timed<R>(call: impl FnOnce() -> R) -> R {
+    let t0 = now_ns();
+    let r = call();
+    MPI_NS.fetch_add(now_ns() - t0, Relaxed);
+    MPI_CALLS.fetch_add(1, Relaxed);
+    r
+}
+
 macro_rules! interpose {
     ($( $name:ident => $pname:ident ( $($a:ident : $t:ty),* ); )*) => {
         /// Names of the interposed functions.
@@ -48,12 +63,8 @@ macro_rules! interpose {
             pub unsafe extern "C" fn $name($($a: $t),*) -> c_int {
                 // The signature must match the MPI library's prototype.
                 let _check: unsafe extern "C" fn($($t),*) -> c_int = ffi::$name;
-                let t0 = now_ns();
                 // SAFETY: forwarded unchanged to the real implementation.
-                let rc = unsafe { ffi::$pname($($a),*) };
-                MPI_NS.fetch_add(now_ns() - t0, Relaxed);
-                MPI_CALLS.fetch_add(1, Relaxed);
-                rc
+                timed(|| unsafe { ffi::$pname($($a),*) })
             }
         )*
     };
