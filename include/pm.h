@@ -10,14 +10,21 @@
  *     if (pm_init(MPI_COMM_WORLD) != PM_OK) abort_with(pm_last_error());
  *     pm_region("grid", grid, bytes);          // restored here on a restart
  *     long long start = pm_restored_step();    // -1 on a fresh start
- *     for (long long s = start < 0 ? 0 : start; s < steps; s++) {
+ *     int stopped = 0;
+ *     for (long long s = start < 0 ? 0 : start; s < steps && !stopped; s++) {
  *         compute(grid);
  *         int rc = pm_step();
- *         if (rc == PM_EXIT) break;            // checkpointed; resume later
- *         if (rc < 0) abort_with(pm_last_error());
+ *         if (rc == PM_EXIT) stopped = 1;      // checkpointed and asked to stop
+ *         else if (rc < 0) abort_with(pm_last_error());
  *     }
- *     pm_finalize();                           // job done: checkpoints removed
+ *     if (!stopped) print_result(grid);        // a stopped run's result is partial
+ *     pm_finalize();     // done: checkpoints removed; stopped: kept for the resume
  *     MPI_Finalize();
+ *     return 0;
+ *
+ * On PM_EXIT a program stops stepping, skips its final output, calls
+ * pm_finalize() and MPI_Finalize() and exits with status 0: the checkpoint
+ * is kept, and pmrun (or the same command run again) resumes the job there.
  *
  * Build:  mpicc app.c $(pkg-config --cflags --libs pm) -o app
  * (pm must come before the MPI library on the link line, as mpicc arranges,
@@ -36,14 +43,16 @@
  * collective and fail on all ranks together; pm_region fails on one rank
  * only, so a rank that gets an error from it should call MPI_Abort.
  *
- * Fortran: declare the functions in an interface block with bind(C), e.g.
- *     integer(c_int) function pm_init_f(comm) bind(C, name="pm_init_f")
- *         integer(c_int), intent(in) :: comm        ! MPI_COMM_WORLD
- *     integer(c_int) function pm_region(name, ptr, bytes) bind(C, name="pm_region")
- *         character(kind=c_char), intent(in) :: name(*)  ! end it with c_null_char
- *         type(c_ptr), value :: ptr                 ! c_loc(array)
- *         integer(c_size_t), value :: bytes
- *     integer(c_int) function pm_step() bind(C, name="pm_step")
+ * Fortran: `use pm` (include/pm.f90; `make install` also installs its
+ * compiled pm.mod and libpm_fortran.a) declares every function here with
+ * ISO_C_BINDING, takes and returns Fortran strings and has the PM_*
+ * constants, so no interface blocks need to be written by hand:
+ *     rc = pm_init(MPI_COMM_WORLD)     ! pm_init_f; mpi_f08: MPI_COMM_WORLD%MPI_VAL
+ *     rc = pm_region("grid", c_loc(grid), size(grid, kind=int64) * 8)  ! grid: target
+ *     if (rc /= PM_OK) error stop pm_last_error()
+ * Build:  mpif90 app.f90 $(pkg-config --cflags --libs pm) -o app
+ * (in the build tree, compile include/pm.f90 first on the same line). The
+ * MPI calls of Fortran programs are timed too (use mpi, mpif.h, mpi_f08).
  */
 #ifndef PM_H
 #define PM_H
@@ -58,7 +67,7 @@ extern "C" {
 
 #define PM_OK 0            /* success; also pm_step's "continue" */
 #define PM_CONTINUE 0      /* pm_step: go on with the next step */
-#define PM_EXIT 1          /* pm_step: a checkpoint was committed and the job is asked to stop */
+#define PM_EXIT 1          /* pm_step: a checkpoint was taken and the job is asked to stop */
 #define PM_ERR_STATE (-1)     /* called in the wrong order (e.g. pm_step before pm_init) */
 #define PM_ERR_ARGUMENT (-2)  /* invalid argument (NULL, bad or duplicate region name) */
 #define PM_ERR_CONFIG (-3)    /* invalid PM_* environment variable */
@@ -100,14 +109,18 @@ int64_t pm_restored_step(void);
 
 /* End a time step: call on every rank, once per step, where the registered
  * state is consistent. May take a coordinated checkpoint. Returns
- * PM_CONTINUE, PM_EXIT, or a negative error. Collective. */
+ * PM_CONTINUE, PM_EXIT (a checkpoint was taken and the job is asked to stop:
+ * see the example above; every later call returns PM_EXIT again), or a
+ * negative error. Collective. */
 int pm_step(void);
 
 /* Fill *out with this rank's step timing. */
 int pm_stats(pm_stats_t *out);
 
-/* End the job successfully: remove its checkpoints (there is nothing left to
- * resume) and release pm. Collective; call before MPI_Finalize. */
+/* Release pm; collective, call before MPI_Finalize. After PM_EXIT the job
+ * stopped at a checkpoint, which is kept for the resume (pmrun learns that
+ * the rank stopped, not finished). Otherwise the job is done: its
+ * checkpoints are removed, since there is nothing left to resume. */
 int pm_finalize(void);
 
 /* A static description of an error code. */

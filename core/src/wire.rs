@@ -192,6 +192,10 @@ pub enum Message {
         partner: String,
         reason: String,
     },
+    /// Rank to agent, then agent to launcher: the rank was asked to stop
+    /// (`PM_EXIT`) after its snapshot of `epoch`, taken at `step`; it keeps
+    /// its checkpoints and ends without finishing the job.
+    Stopped { rank: u32, epoch: u64, step: u64 },
 }
 
 /// What `pmrun ctl` asks of a running job.

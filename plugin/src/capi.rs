@@ -169,7 +169,7 @@ pub extern "C" fn pm_finalize() -> c_int {
 pub extern "C" fn pm_strerror(code: c_int) -> *const c_char {
     let s: &'static CStr = match code {
         0 => c"success",
-        1 => c"the job is asked to exit after a committed checkpoint",
+        1 => c"a checkpoint was taken and the job is asked to stop",
         code::STATE => c"pm functions called in the wrong order",
         code::ARGUMENT => c"invalid argument",
         code::CONFIG => c"invalid PM_* environment variable",

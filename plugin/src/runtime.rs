@@ -28,8 +28,11 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Continue,
-    /// A checkpoint was just committed and the job is asked to stop (to be
-    /// moved, or by SIGUSR1): return cleanly; the next run resumes here.
+    /// A checkpoint was just taken and the job is asked to stop (to be
+    /// moved, or by SIGUSR1): leave the time loop, skip the final output,
+    /// call [`Runtime::finalize`] (which keeps the checkpoint) and end the
+    /// process successfully; `pmrun`, or the same command run again,
+    /// resumes here. Every later [`Runtime::step`] returns `Exit` again.
     Exit,
 }
 
@@ -77,6 +80,8 @@ pub struct Runtime {
     timer: StepTimer,
     exit_requested: Arc<AtomicBool>,
     checkpoint_requested: Arc<AtomicBool>,
+    /// The epoch and step this rank stopped at after [`Action::Exit`].
+    stopped: Option<(u64, u64)>,
 }
 
 impl Runtime {
@@ -169,9 +174,13 @@ impl Runtime {
             timer: StepTimer::new(),
             exit_requested,
             checkpoint_requested,
+            stopped: None,
         };
         if found == 1 {
             if ranks != u64::from(rt.comm.size) {
+                // A rank the checkpoint does not know leaves no empty
+                // directory behind (it would look like part of the job).
+                let _ = std::fs::remove_dir(rt.store.dir());
                 return Err(PmError::RankCount {
                     job: rt.cfg.job.clone(),
                     written: ranks as u32,
@@ -350,6 +359,9 @@ impl Runtime {
     /// Ends a time step. Call it on every rank once per step, at a point
     /// where the registered state is consistent. Collective.
     pub fn step(&mut self) -> Result<Action, PmError> {
+        if self.stopped.is_some() {
+            return Ok(Action::Exit);
+        }
         self.timer.end_step();
         if let Some(snapshot) = self.restore.take() {
             let unregistered = snapshot
@@ -372,6 +384,7 @@ impl Runtime {
                 self.checkpoint()?;
             }
             if decision & EXIT != 0 {
+                self.stop()?;
                 action = Action::Exit;
             }
         }
@@ -379,11 +392,30 @@ impl Runtime {
         Ok(action)
     }
 
-    /// Ends the job successfully: every rank deletes its checkpoints, since a
-    /// finished job has nothing to resume (under `pmrun`, the agents delete
-    /// them and their replicas on every node once all ranks are done).
-    /// Collective.
+    /// Whether this rank stopped at a checkpoint ([`Action::Exit`]) rather
+    /// than running to the end.
+    pub fn stopped(&self) -> bool {
+        self.stopped.is_some()
+    }
+
+    /// Releases pm at the end of the program. Collective.
+    ///
+    /// After [`Action::Exit`] the job stopped at a checkpoint: everything is
+    /// kept for the resume. Otherwise the job is done: every rank deletes its
+    /// checkpoints, since a finished job has nothing to resume (under
+    /// `pmrun`, the agents delete them and their replicas on every node once
+    /// all ranks are done).
     pub fn finalize(self) -> Result<(), PmError> {
+        if let Some((epoch, step)) = self.stopped {
+            if self.comm.rank == 0 {
+                tracing::info!(
+                    epoch,
+                    step,
+                    "stopped at a checkpoint; its snapshots are kept for the resume"
+                );
+            }
+            return Ok(());
+        }
         let Runtime {
             comm, store, agent, ..
         } = self;
@@ -409,6 +441,23 @@ impl Runtime {
         comm.agree("remove its checkpoints", removed)?;
         // Every rank's directory is gone now; ranks racing on it above may all have lost.
         let _ = std::fs::remove_dir(job_dir);
+        Ok(())
+    }
+
+    /// The job was asked to stop and this step's checkpoint is taken: from
+    /// now on the rank keeps its checkpoints, and under `pmrun` its agent
+    /// knows it stopped rather than finished, so the job is resumed and
+    /// never reported done.
+    fn stop(&mut self) -> Result<(), PmError> {
+        self.stopped = Some((self.epoch, self.step));
+        if let Some(agent) = &mut self.agent {
+            let told = agent.send(&pm_core::wire::Message::Stopped {
+                rank: self.comm.rank,
+                epoch: self.epoch,
+                step: self.step,
+            });
+            self.comm.agree("tell its node agent it stopped", told)?;
+        }
         Ok(())
     }
 

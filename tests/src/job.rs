@@ -60,6 +60,17 @@ impl Job {
     /// Starts `pmrun <args> heat <heat_args>` with fast heartbeats, in a
     /// fresh store under /dev/shm.
     pub fn start(id: &str, args: &[&str], heat_args: &[String], env: &[(&str, &str)]) -> Job {
+        Self::start_app(id, args, &workspace_bin("heat"), heat_args, env)
+    }
+
+    /// Starts `pmrun <args> <app> <app_args>` like [`Job::start`].
+    pub fn start_app(
+        id: &str,
+        args: &[&str],
+        app: &Path,
+        app_args: &[String],
+        env: &[(&str, &str)],
+    ) -> Job {
         let store = tempfile::tempdir_in("/dev/shm").unwrap();
         let mut cmd = pmrun();
         cmd.arg("--store")
@@ -74,8 +85,8 @@ impl Job {
                 "-v",
             ])
             .args(args)
-            .arg(workspace_bin("heat"))
-            .args(heat_args)
+            .arg(app)
+            .args(app_args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

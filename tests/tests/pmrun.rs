@@ -1,9 +1,14 @@
 //! `pmrun` with the real `mpirun`: it relaunches a job that lost a rank from
-//! the committed checkpoint, returns the application's exit status, and
+//! the committed checkpoint (or afresh, before the first one, and for
+//! programs that do not use pm), returns the application's exit status,
+//! says what a user needs (the job id, what protects the checkpoints), and
 //! turns bad input into clear errors.
 
-use pm_tests::mpi::{checksum, find_processes, mpirun, resumed_step, sigkill, text, workspace_bin};
-use std::path::Path;
+use pm_tests::job::Job;
+use pm_tests::mpi::{
+    checksum, find_processes, mpirun, repo_root, resumed_step, sigkill, text, workspace_bin,
+};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -65,10 +70,21 @@ fn kill_one_rank(store: &Path, job: &str, extra: &[&str]) -> Output {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pids = find_processes(&heat, "PM_JOB", job);
-    assert_eq!(pids.len(), 4, "{pids:?}");
-    sigkill(pids[1]);
+    sigkill(wait_for_ranks(&heat, job, 4)[1]);
     child.wait_with_output().unwrap()
+}
+
+/// The `ranks` processes of `exe` that pmrun started for `job`.
+fn wait_for_ranks(exe: &Path, job: &str, ranks: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pids = find_processes(exe, "PM_JOB", job);
+        if pids.len() == ranks {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "rank processes: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -110,6 +126,20 @@ fn gives_up_after_max_restarts_and_can_be_resumed_by_job_id() {
         t.contains("run pmrun again with --job given-up to resume"),
         "{t}"
     );
+
+    // Another rank count is refused, and leaves nothing behind.
+    let before = pm_tests::job::files_under(store.path());
+    let out = pmrun(store.path())
+        .args(["-n", "6", "--job", "given-up"])
+        .arg(workspace_bin("heat"))
+        .args(HEAT)
+        .arg("0")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("was checkpointed with 4 ranks"), "{t}");
+    assert_eq!(pm_tests::job::files_under(store.path()), before, "{t}");
 
     let out = pmrun(store.path())
         .args(["-n", "4", "--every", "10", "--job", "given-up"])
@@ -205,4 +235,185 @@ fn bad_input_is_a_clear_error() {
         );
         assert!(!t.contains("panicked"), "{t}");
     }
+}
+
+#[test]
+fn a_rank_killed_before_the_first_commit_restarts_the_job_afresh() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let reference = pm_tests::job::reference(4);
+    // No checkpoint is due before the job ends.
+    let job = Job::start(
+        "no-commit",
+        &["-n", "4", "--every", "1000"],
+        &pm_tests::job::heat_args(15),
+        &[],
+    );
+    let status = job.wait_for_ranks(4);
+    sigkill(status["nodes"][0]["rank_pids"][2].as_u64().unwrap() as u32);
+    let (ended, _store) = job.finish();
+    let t = &ended.output;
+    assert!(ended.status.success(), "{t}");
+    assert!(!t.contains(NO_PM), "{t}");
+    assert!(
+        t.contains("before committing any checkpoint; starting it afresh, restart 1 of 3"),
+        "{t}"
+    );
+    assert_eq!(t.matches("heat: starting").count(), 2, "{t}");
+    assert_eq!(checksum(t).as_deref(), Some(reference.as_str()), "{t}");
+}
+
+/// `tests/c/no_pm.c`, built with plain `mpicc` (no pm).
+fn no_pm_program(dir: &Path) -> PathBuf {
+    let exe = dir.join("no_pm");
+    let out = Command::new("mpicc")
+        .args(["-O2", "-Wall", "-Werror"])
+        .arg(repo_root().join("tests/c/no_pm.c"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    exe
+}
+
+/// What pmrun says once when no rank reached its agent.
+const NO_PM: &str = "no rank reached its agent";
+
+#[test]
+fn a_program_without_pm_runs_as_under_mpirun_and_restarts_from_the_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = no_pm_program(dir.path());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+
+    // Undisturbed: the same output as plain mpirun.
+    let plain = mpirun(4).arg(&exe).args(["20", "0"]).output().unwrap();
+    assert!(plain.status.success(), "{}", text(&plain));
+    let under = pmrun(store.path())
+        .args(["-n", "4"])
+        .arg(&exe)
+        .args(["20", "0"])
+        .output()
+        .unwrap();
+    assert!(under.status.success(), "{}", text(&under));
+    assert_eq!(
+        String::from_utf8_lossy(&under.stdout),
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    let reference = mpirun(4).arg(&exe).args(["60", "0"]).output().unwrap();
+    let expected = String::from_utf8_lossy(&reference.stdout).into_owned();
+    assert!(
+        expected.starts_with("no_pm: 4 ranks, 60 steps"),
+        "{expected}"
+    );
+
+    // A killed rank: restarted from the beginning, counted as a restart.
+    let child = pmrun(store.path())
+        .args(["-n", "4", "--job", "no-pm-rank"])
+        .arg(&exe)
+        .args(["60", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sigkill(wait_for_ranks(&exe, "no-pm-rank", 4)[1]);
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("starting it afresh, restart 1 of 3"), "{t}");
+    assert_eq!(t.matches(NO_PM).count(), 1, "{t}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{t}");
+
+    // A lost node (its agent and its ranks killed): restarted from the
+    // beginning too.
+    let job = Job::start_app(
+        "no-pm-node",
+        &["-n", "4", "--local-nodes", "2"],
+        &exe,
+        &["60".into(), "50".into()],
+        &[],
+    );
+    let status = job.wait_for("the agents", |s| s["nodes"][1]["agent_pid"].is_u64());
+    let (ok, refused) = job.ctl(&["drain", "node2"]);
+    // Its ranks never reach their agents: nothing to checkpoint or drain.
+    assert!(!ok && refused.contains("0 of 4 ready"), "{refused}");
+    let ranks = wait_for_ranks(&exe, "no-pm-node", 4);
+    sigkill(status["nodes"][1]["agent_pid"].as_u64().unwrap() as u32);
+    for rank in ["2", "3"] {
+        let pid = find_processes(&exe, "OMPI_COMM_WORLD_RANK", rank)
+            .into_iter()
+            .find(|p| ranks.contains(p))
+            .unwrap();
+        sigkill(pid);
+    }
+    let (ended, _store) = job.finish();
+    let t = &ended.output;
+    assert!(ended.status.success(), "{t}");
+    assert!(t.contains("node node2 missed its heartbeats"), "{t}");
+    assert!(t.contains("relaunching afresh"), "{t}");
+    assert_eq!(t.matches(NO_PM).count(), 1, "{t}");
+    assert!(t.contains(&expected), "{t}");
+}
+
+#[test]
+fn pmrun_tells_the_job_id_and_what_protects_the_checkpoints() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = pmrun(store.path())
+        .args(["-n", "2", "--job", "told", "--replicas", "1"])
+        .arg(workspace_bin("heat"))
+        .args(["--rows", "16", "--cols", "16", "--steps", "5"])
+        .env("PM_LOG", "info")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    // Without -v: the id that `pmrun ctl --job` needs, and one sentence
+    // about replicas on a single node.
+    assert!(t.contains("pmrun: job told: 2 rank(s) on localhost"), "{t}");
+    assert!(t.contains("no replicas on a single node"), "{t}");
+    assert_eq!(t.matches("replica").count(), 1, "{t}");
+    assert!(
+        !t.contains('\x1b'),
+        "colour codes in a log that is no terminal:\n{t}"
+    );
+
+    let help = pmrun(store.path())
+        .args(["ctl", "--help"])
+        .output()
+        .unwrap();
+    let help = text(&help);
+    assert!(help.contains("Usage: pmrun ctl"), "{help}");
+    let help = pmrun(store.path())
+        .args(["ctl", "status", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&help).contains("Usage: pmrun ctl status"),
+        "{}",
+        text(&help)
+    );
+}
+
+#[test]
+fn ctl_takes_its_options_after_the_subcommand_too() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let job = Job::start(
+        "ctl-options",
+        &["-n", "2", "--local-nodes", "2"],
+        &pm_tests::job::heat_args(20),
+        &[],
+    );
+    job.wait_for_ranks(2);
+    let out = pm_tests::job::pmrun()
+        .args(["ctl", "status", "--json", "--job", "ctl-options", "--store"])
+        .arg(job.store_path())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let status: serde_json::Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(status["job"], "ctl-options");
+    let (ended, _) = job.finish();
+    assert!(ended.status.success(), "{}", ended.output);
 }

@@ -286,6 +286,18 @@ fn restarting_with_another_shape_is_a_clear_error() {
             t.contains("checkpointed by a run of 4 ranks but this run has 2"),
             "{t}"
         );
+        let mut more = Job::new(&exe, store.path(), "shape");
+        more.ranks = 6;
+        let t = failed(&more.run());
+        assert!(
+            t.contains("checkpointed by a run of 4 ranks but this run has 6"),
+            "{t}"
+        );
+        // The refused ranks left no empty directory behind.
+        for r in 4..6 {
+            let dir = job.job_dir().join(format!("rank-{r}"));
+            assert!(!dir.exists(), "{} was left behind", dir.display());
+        }
 
         let mut wider = Job::new(&exe, store.path(), "shape");
         wider.args[3] = "80".into();

@@ -126,6 +126,7 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
     let mut next = vec![0.0f64; cells];
     let (mut blocked, mut seen_epoch) = (Vec::<f64>::new(), 0);
     let started = Instant::now();
+    let mut stopped = false;
     for step in start..args.steps {
         exchange_halos(world, u, local, cols);
         for i in 1..=local {
@@ -154,8 +155,14 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
                     step + 1
                 );
             }
-            return Ok(());
+            stopped = true;
+            break;
         }
+    }
+    if stopped {
+        // Stopped at a checkpoint: the checksum would be partial; finalize
+        // keeps the checkpoint for the resume.
+        return rt.map_or(Ok(()), Runtime::finalize);
     }
     if args.report {
         world.barrier();

@@ -56,7 +56,9 @@ fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()
                 shared.tell_launcher(&msg);
                 replicate::enqueue(shared, rank, replicate::Work::Replicate { epoch });
             }
-            Message::Finished { rank } if Some(rank) == me => shared.tell_launcher(&msg),
+            Message::Finished { rank } | Message::Stopped { rank, .. } if Some(rank) == me => {
+                shared.tell_launcher(&msg)
+            }
             other => anyhow::bail!("unexpected message from a rank: {other:?}"),
         }
     }

@@ -310,15 +310,20 @@ fn environment(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
     Ok(env)
 }
 
-/// `pmrun ctl`: talk to a running job.
+/// Talk to a running pmrun job: its status, a checkpoint now, or a drain.
 #[derive(Parser, Debug)]
-#[command(name = "pmrun ctl", version)]
+#[command(
+    name = "pmrun ctl",
+    bin_name = "pmrun ctl",
+    version,
+    after_help = "Examples:\n  pmrun ctl status\n  pmrun ctl status --json --job heat-1700000000-4242\n  pmrun ctl checkpoint\n  pmrun ctl drain node2"
+)]
 struct CtlCli {
     /// The job's store directory [default: /dev/shm/pmrun-<uid>].
-    #[arg(long, value_name = "DIR", env = "PM_STORE")]
+    #[arg(long, value_name = "DIR", env = "PM_STORE", global = true)]
     store: Option<PathBuf>,
-    /// The job [default: the only running one].
-    #[arg(long, value_name = "ID")]
+    /// The job, as pmrun printed it at its start [default: the only running one].
+    #[arg(long, value_name = "ID", global = true)]
     job: Option<String>,
     #[command(subcommand)]
     command: CtlCommand,
@@ -370,13 +375,15 @@ fn main() {
     }
 }
 
-/// Structured logs on stderr, filtered by `PM_LOG` (warnings, or info with -v).
+/// Structured logs on stderr, filtered by `PM_LOG` (errors, or warnings
+/// with -v); coloured only on a terminal.
 fn init_logging(verbose: bool) {
     let default = if verbose { "warn" } else { "error" };
     let filter = std::env::var("PM_LOG").unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -390,19 +397,6 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(pm_core::store::default_root);
     let nodes = nodes(cli, &store, &job)?;
-    if cli.verbose {
-        let names: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("{}@{}", n.name, n.addr))
-            .collect();
-        eprintln!(
-            "pmrun: job {job}: {} ranks on {}; checkpoints in {}, {} replica(s) each",
-            cli.ranks,
-            names.join(" "),
-            store.display(),
-            cli.replicas
-        );
-    }
     let spec = JobSpec {
         job,
         ranks: cli.ranks,

@@ -87,6 +87,10 @@ impl Coordinator {
             Message::Finished { rank } => {
                 self.finished.insert(rank);
             }
+            Message::Stopped { rank, epoch, step } => {
+                tracing::debug!(rank, epoch, step, "rank stopped at a checkpoint");
+                self.stopped.insert(rank);
+            }
             Message::PlacementApplied { generation } if generation == self.generation => {
                 self.applied.insert(node);
             }

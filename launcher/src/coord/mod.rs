@@ -92,6 +92,13 @@ const REPLICA_FAILURES: u32 = 3;
 /// Grace period between asking mpirun to stop and killing it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// The exit code of a job that stopped at a checkpoint before it finished,
+/// without pmrun asking (SIGUSR1 to mpirun): `EX_TEMPFAIL`, try again later.
+pub const STOPPED_EXIT: i32 = 75;
+/// How long pmrun waits for a rank of a run to reach its agent before it
+/// says that the application seems not to use pm.
+const NO_PM_NOTICE: Duration = Duration::from_secs(15);
+
 /// How one run of the MPI job ended.
 enum Outcome {
     Finished,
@@ -99,6 +106,8 @@ enum Outcome {
     Failed(i32),
     /// The job stopped at a checkpoint for a drain.
     Drained,
+    /// The ranks stopped at a checkpoint that no drain asked for.
+    Stopped,
     /// pmrun was interrupted (SIGINT/SIGTERM).
     Interrupted(i32),
 }
@@ -142,6 +151,12 @@ struct Coordinator {
     /// Rank processes as agents reported them.
     pids: HashMap<u32, u32>,
     finished: BTreeSet<u32>,
+    /// Ranks that stopped at a checkpoint (`PM_EXIT`) instead of finishing.
+    stopped: BTreeSet<u32>,
+    /// When the current run was launched.
+    launched: Instant,
+    /// Whether pmrun said that the ranks never reached their agents.
+    said_no_pm: bool,
     /// The current mpirun: run number and pid, and how and when it ended.
     run: u64,
     mpirun_pid: Option<u32>,
@@ -282,6 +297,9 @@ pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32
         applied: BTreeSet::new(),
         pids: HashMap::new(),
         finished: BTreeSet::new(),
+        stopped: BTreeSet::new(),
+        launched: Instant::now(),
+        said_no_pm: false,
         run: 0,
         mpirun_pid: None,
         exited: None,
@@ -307,19 +325,14 @@ pub fn run(spec: JobSpec, backend: Box<dyn LaunchBackend>) -> anyhow::Result<i32
 impl Coordinator {
     fn say(&mut self, msg: &str) {
         self.console.say(msg);
-        tracing::info!("{msg}");
+        // Already on stderr: a log line at info would repeat it there.
+        tracing::debug!("{msg}");
     }
 
     fn run_job(&mut self, tx: mpsc::Sender<Event>) -> anyhow::Result<i32> {
         let resumed = self.resume_from_disk()?;
-        if self.state.effective_replicas() < self.spec.replicas {
-            self.say(&format!(
-                "only {} usable node(s): each checkpoint gets {} replica(s) instead of {}",
-                self.state.nodes.len(),
-                self.state.effective_replicas(),
-                self.spec.replicas
-            ));
-        }
+        let start = self.start_line();
+        self.say(&start);
         self.apply_placement()?;
         if let Some(c) = resumed {
             self.say(&format!(
@@ -333,6 +346,7 @@ impl Coordinator {
             match outcome {
                 Outcome::Finished => {
                     self.console.clear();
+                    self.answer_pending("the job finished first");
                     self.shut_down(!self.spec.keep);
                     if self.spec.keep {
                         self.say(&format!(
@@ -351,6 +365,7 @@ impl Coordinator {
                     return Ok(code);
                 }
                 Outcome::Drained => self.finish_drain()?,
+                Outcome::Stopped => return self.stopped_unasked(),
                 Outcome::Failed(code) => {
                     if let Some(Drain { reply, .. }) = self.drain.take() {
                         let _ = reply.send((false, "the job failed during the drain".into()));
@@ -412,6 +427,39 @@ impl Coordinator {
             ranks: self.spec.ranks,
         });
         Ok(Some(commit))
+    }
+
+    /// What pmrun says as the job starts: its id (`pmrun ctl --job` needs
+    /// it), where it runs, and what protects its checkpoints.
+    fn start_line(&self) -> String {
+        let s = &self.spec;
+        let names: Vec<String> = s
+            .nodes
+            .iter()
+            .map(|n| match s.verbose {
+                true => format!("{}@{}", n.name, n.addr),
+                false => n.name.clone(),
+            })
+            .collect();
+        let effective = self.state.effective_replicas();
+        let protection = match (s.nodes.len(), effective) {
+            (1, _) => "no replicas on a single node: a node loss cannot be recovered from".into(),
+            (n, r) if r < s.replicas => {
+                format!(
+                    "{r} replica(s) each (--replicas {} needs more than {n} nodes)",
+                    s.replicas
+                )
+            }
+            (_, r) => format!("{r} replica(s) each"),
+        };
+        format!(
+            "job {}: {} rank(s) on {}; checkpoints in {}, {protection} (pmrun ctl --job {} status)",
+            s.job,
+            s.ranks,
+            names.join(" "),
+            s.store.display(),
+            s.job
+        )
     }
 
     fn broadcast(&mut self, msg: &Message) {
@@ -477,7 +525,9 @@ impl Coordinator {
         self.run += 1;
         self.exited = None;
         self.finished.clear();
+        self.stopped.clear();
         self.pids.clear();
+        self.launched = Instant::now();
         // Steps per second are measured within one run.
         self.commits.clear();
         let join = |f: &dyn Fn(&NodeSpec) -> String| {
@@ -617,6 +667,22 @@ impl Coordinator {
                     sent_term = true;
                 }
             }
+            if !self.said_no_pm
+                && self.pids.is_empty()
+                && (exited.is_some_and(|(st, _)| !st.success())
+                    || self.launched.elapsed() > NO_PM_NOTICE)
+            {
+                self.said_no_pm = true;
+                self.say(&format!(
+                    "no rank reached its agent {}: if the application does not use pm \
+                     (pm_init), it runs without checkpoints, and a failure restarts it from the beginning",
+                    if exited.is_some() {
+                        "before the run ended".to_owned()
+                    } else {
+                        format!("within {} s", NO_PM_NOTICE.as_secs())
+                    }
+                ));
+            }
             if last_status.elapsed() >= Duration::from_secs(1) {
                 last_status = Instant::now();
                 let line = status::line(self);
@@ -627,11 +693,13 @@ impl Coordinator {
                 return Ok(Outcome::Interrupted(130));
             }
             if status.success() {
+                // A run that stopped at a checkpoint is never the job's end.
                 let all_finished = self.finished.len() == self.spec.ranks as usize;
-                if self.drain.is_some() && !all_finished {
-                    return Ok(Outcome::Drained);
-                }
-                return Ok(Outcome::Finished);
+                return Ok(match &self.drain {
+                    Some(_) if !all_finished => Outcome::Drained,
+                    None if !self.stopped.is_empty() => Outcome::Stopped,
+                    _ => Outcome::Finished,
+                });
             }
             // A failure: wait until every node with ranks has either been
             // heard from since the exit or been declared dead.

@@ -59,16 +59,7 @@ impl Coordinator {
             return Ok(());
         };
         let stopped = started.elapsed();
-        let target = self.state.newest_published().unwrap_or(0);
-        let deadline = Instant::now() + DRAIN_COMMIT_WAIT;
-        while self.state.committed.is_none_or(|c| c.epoch < target) && Instant::now() < deadline {
-            match self.events.recv_timeout(Duration::from_millis(50)) {
-                Ok(ev) => self.handle(ev),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("lost every agent"),
-            }
-            self.check_heartbeats();
-        }
+        self.wait_for_stop_commit()?;
         let commit_wait = started.elapsed() - stopped;
         for &n in &nodes {
             if self.state.nodes[n].health == Health::Alive {
@@ -126,6 +117,52 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Waits (up to [`DRAIN_COMMIT_WAIT`]) until the epoch the ranks
+    /// stopped at is committed: it is replicated once its partners pull it.
+    fn wait_for_stop_commit(&mut self) -> anyhow::Result<()> {
+        let target = self.state.newest_published().unwrap_or(0);
+        let deadline = Instant::now() + DRAIN_COMMIT_WAIT;
+        while self.state.committed.is_none_or(|c| c.epoch < target) && Instant::now() < deadline {
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(ev) => self.handle(ev),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("lost every agent"),
+            }
+            self.check_heartbeats();
+        }
+        Ok(())
+    }
+
+    /// The ranks stopped at a checkpoint that pmrun did not ask for (a
+    /// SIGUSR1 reached mpirun): the job is not done, so its checkpoints are
+    /// kept for `--job` and pmrun ends with [`STOPPED_EXIT`].
+    pub(super) fn stopped_unasked(&mut self) -> anyhow::Result<i32> {
+        self.wait_for_stop_commit()?;
+        self.answer_pending("the job stopped first");
+        let resume = match self.state.committed {
+            Some(c) => format!("its checkpoint of step {} (epoch {})", c.step, c.epoch),
+            None => "no committed checkpoint: it would start afresh".into(),
+        };
+        self.say(&format!(
+            "the ranks stopped at a checkpoint before the job finished (SIGUSR1 reached them); \
+             the job's checkpoints are kept: run pmrun again with --job {} to resume from {resume}",
+            self.spec.job
+        ));
+        self.shut_down(false);
+        Ok(STOPPED_EXIT)
+    }
+
+    /// Answers the drain and the checkpoint requests still waiting when the
+    /// job ends: `why` they cannot be done.
+    pub(super) fn answer_pending(&mut self, why: &str) {
+        if let Some(Drain { reply, .. }) = self.drain.take() {
+            let _ = reply.send((false, format!("{why}: there is nothing left to drain")));
+        }
+        for (_, reply) in self.pending_checkpoints.drain(..) {
+            let _ = reply.send((false, format!("{why}: no checkpoint was taken")));
+        }
+    }
+
     pub(super) fn describe_moves(
         &self,
         moves: &[(u32, usize, usize)],
@@ -148,11 +185,25 @@ impl Coordinator {
         let lost_node = self.recovering.is_some();
         let Some(commit) = self.state.committed else {
             if !lost_node {
+                if self.restarts >= self.spec.max_restarts {
+                    self.say(&format!(
+                        "the job failed (exit code {code}) {} times, before committing any checkpoint",
+                        self.restarts + 1
+                    ));
+                    self.shut_down(true);
+                    return Ok(Some(code));
+                }
+                self.restarts += 1;
                 self.say(&format!(
-                    "the job failed (exit code {code}) before committing any checkpoint"
+                    "the job failed after {:.1} s (exit code {code}) before committing any \
+                     checkpoint; starting it afresh, restart {} of {}",
+                    self.job_started.elapsed().as_secs_f64(),
+                    self.restarts,
+                    self.spec.max_restarts
                 ));
-                self.shut_down(true);
-                return Ok(Some(code));
+                self.state.forget_uncommitted();
+                self.apply_placement()?;
+                return Ok(None);
             }
             self.say("a node was lost before the first checkpoint was committed; starting the job afresh");
             self.relaunch_after_loss(None)?;

@@ -8,11 +8,17 @@ impl Coordinator {
         // Signals reach ranks through mpirun; a rank that has not reached
         // its agent yet may not handle them.
         let starting = (self.pids.len() < self.spec.ranks as usize).then(|| {
-            format!(
-                "the job's ranks are still starting ({} of {} ready); try again in a moment",
-                self.pids.len(),
-                self.spec.ranks
-            )
+            if self.said_no_pm && self.pids.is_empty() {
+                "no rank of the job reached its agent (does the application call pm_init?): \
+                 it runs without checkpoints, so it cannot be checkpointed or drained"
+                    .to_owned()
+            } else {
+                format!(
+                    "the job's ranks are still starting ({} of {} ready); try again in a moment",
+                    self.pids.len(),
+                    self.spec.ranks
+                )
+            }
         });
         match req {
             ControlRequest::Status { json } => {

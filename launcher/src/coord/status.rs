@@ -85,6 +85,7 @@ pub fn json(c: &Coordinator) -> String {
         "ranks": c.spec.ranks,
         "replicas": c.spec.replicas,
         "running": c.mpirun_pid.is_some(),
+        "launcher_pid": c.mpirun_pid,
         "restarts": c.restarts,
         "nodes": nodes,
         "placement": c.state.placement.iter().map(|&n| c.spec.nodes[n].name.as_str()).collect::<Vec<_>>(),
