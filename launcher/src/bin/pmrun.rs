@@ -22,7 +22,9 @@ use std::time::Duration;
 /// once every rank's snapshot is on its node and on --replicas partner
 /// nodes. When a node stops answering, its ranks restart on nodes that hold
 /// their replicas; `pmrun ctl drain NODE` moves every rank off a node. The
-/// exit status is the application's.
+/// exit status is the application's, or 75 when the ranks stopped at a
+/// checkpoint that pmrun did not ask for (SIGUSR1 to mpirun): run pmrun
+/// again with --job ID to resume.
 #[derive(Parser, Debug)]
 #[command(
     version,
