@@ -7,6 +7,11 @@
 CARGO ?= cargo
 # Extra arguments for `make bench`, e.g. make bench BENCH_ARGS='ckpt --size 256MiB --json'
 BENCH_ARGS ?= ckpt --json
+# Where `make install` puts bin/, lib/ and include/ (DESTDIR=... stages them),
+# and the cargo profile it builds (PROFILE=dev installs the target/debug build).
+PREFIX ?= /usr/local
+PROFILE ?= release
+PROFILE_DIR = $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
 
 ENSURE_SCRIPT := $(dir $(lastword $(MAKEFILE_LIST)))scripts/ensure-packages.sh
 ENSURE_PACKAGES = CARGO='$(CARGO)' bash $(ENSURE_SCRIPT)
@@ -16,13 +21,15 @@ export CARGO_TERM_COLOR := always
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help build lib test demo bench clean
+.PHONY: help build lib install test demo bench clean
 
 help:
 	@echo 'pmrun targets:'
 	@echo '  make help    show this list (default)'
 	@echo '  make build   release build of the whole workspace'
 	@echo '  make lib     release libpm.so and target/release/pkgconfig/pm.pc for C/C++/Fortran'
+	@echo '  make install release build, then pmrun, pmd, libpm.so, pm.h, the Fortran module pm'
+	@echo '               and pm.pc into PREFIX=$(PREFIX) (DESTDIR stages, PROFILE=dev: the debug build)'
 	@echo '  make test    cargo fmt --check, clippy -D warnings, cargo test --workspace (what CI runs)'
 	@echo '  make demo    an MPI job killed and resumed bit-exactly, then the store surviving damage'
 	@echo '  make bench   run pmbench $(BENCH_ARGS) (1 GiB in /dev/shm by default; override BENCH_ARGS)'
@@ -43,6 +50,12 @@ lib:
 	     -e "s|@VERSION@|$$(sed -n 's/^version = \"\(.*\)\"/\1/p' Cargo.toml | head -1)|" \
 	     plugin/pm.pc.in > target/release/pkgconfig/pm.pc
 	@echo "wrote target/release/pkgconfig/pm.pc"
+
+# scripts/install.sh lists what goes where.
+install:
+	@$(ENSURE_PACKAGES) build
+	$(CARGO) build --profile $(PROFILE) -p pm -p pm-launcher
+	DESTDIR='$(DESTDIR)' bash scripts/install.sh target/$(PROFILE_DIR) '$(PREFIX)'
 
 test:
 	@$(ENSURE_PACKAGES) test

@@ -16,13 +16,18 @@
 !     rc = pm_region("grid", c_loc(grid), size(grid, kind=int64) * storage_size(grid) / 8)
 !                                        ! grid is restored here on a restart
 !     start = max(pm_restored_step(), 0_int64)             ! -1 on a fresh start
+!     stopped = .false.
 !     do step = start, steps - 1
 !         call compute(grid)
 !         rc = pm_step()
-!         if (rc == PM_EXIT) exit        ! checkpointed: skip the result, resume later
+!         if (rc == PM_EXIT) then        ! checkpointed and asked to stop
+!             stopped = .true.
+!             exit
+!         end if
 !         if (rc < 0) error stop pm_last_error()
 !     end do
-!     rc = pm_finalize()                 ! done: checkpoints removed (kept after PM_EXIT)
+!     if (.not. stopped) call print_result(grid)   ! a stopped run's result is partial
+!     rc = pm_finalize()     ! done: checkpoints removed; stopped: kept for the resume
 !     call MPI_Finalize(ierr)
 !
 ! Build with libpm installed (`make install`: pm.mod next to pm.h, the
@@ -47,7 +52,7 @@ module pm
     ! Return codes (pm.h).
     integer(c_int), parameter, public :: PM_OK = 0           ! success; also pm_step's "continue"
     integer(c_int), parameter, public :: PM_CONTINUE = 0     ! pm_step: go on with the next step
-    integer(c_int), parameter, public :: PM_EXIT = 1         ! pm_step: checkpoint committed, stop
+    integer(c_int), parameter, public :: PM_EXIT = 1         ! pm_step: checkpoint taken, stop
     integer(c_int), parameter, public :: PM_ERR_STATE = -1   ! called in the wrong order
     integer(c_int), parameter, public :: PM_ERR_ARGUMENT = -2 ! invalid argument
     integer(c_int), parameter, public :: PM_ERR_CONFIG = -3  ! invalid PM_* environment variable

@@ -1,6 +1,7 @@
 //! Running the real example programs under the real `mpirun`, finding their
-//! rank processes, and building the C example against `libpm.so` the way a
-//! user does (one `mpicc` line with `pkg-config`).
+//! rank processes, and building the C and Fortran examples against
+//! `libpm.so` the way a user does (one `mpicc` or `mpif90` line with
+//! `pkg-config`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -145,4 +146,61 @@ pub fn resumed_step(output: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("heat: resumed from step "))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|s| s.parse().ok())
+}
+
+/// Runs a shell command line (a compiler line with `$(pkg-config ...)`) in
+/// `dir` with `PKG_CONFIG_PATH=pkg_config_path`; panics with its output if
+/// it fails.
+pub fn sh(dir: &Path, pkg_config_path: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("PKG_CONFIG_PATH", pkg_config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script} failed:\n{}", text(&out));
+}
+
+/// Compiles a Fortran program against pm with one `mpif90` line that
+/// compiles the `use pm` module (`include/pm.f90`) with it, the build-tree
+/// form the README shows; `flags` go to the compiler too. Returns the
+/// executable `out_dir/name`.
+pub fn build_fortran(source: &Path, flags: &str, out_dir: &Path, name: &str) -> PathBuf {
+    workspace_bin("libpm.so");
+    write_pkg_config(out_dir);
+    let exe = out_dir.join(name);
+    sh(
+        out_dir,
+        out_dir,
+        &format!(
+            "mpif90 -O2 -Wall -Wextra -Werror {flags} $(pkg-config --variable=includedir pm)/pm.f90 \
+             {} $(pkg-config --cflags --libs pm) -o {}",
+            source.display(),
+            exe.display()
+        ),
+    );
+    exe
+}
+
+/// The record of the newest epoch committed in the job directory `job_dir`.
+pub fn committed(job_dir: &Path) -> Option<pm_core::store::CommitRecord> {
+    pm_core::store::commit::read_record(&job_dir.join("committed")).unwrap()
+}
+
+/// Waits (up to a minute) until the job in `job_dir` has committed `epoch`
+/// or a later one; `child` is its `mpirun`, which must still be running.
+pub fn wait_for_commit(job_dir: &Path, epoch: u64, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while committed(job_dir).is_none_or(|r| r.epoch < epoch) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no commit of epoch {epoch} within a minute"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it committed epoch {epoch}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
