@@ -204,3 +204,32 @@ pub fn wait_for_commit(job_dir: &Path, epoch: u64, child: &mut std::process::Chi
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The step a heat run said it stopped at after a checkpoint (`PM_EXIT`).
+pub fn stopped_step(output: &str) -> Option<u64> {
+    let rest = output.split("heat: stopping at step ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Stops a heat job at a checkpoint: once it has started (pm's signal
+/// handlers exist from then on), SIGUSR1 to its `mpirun`, spawned with
+/// piped stdout and stderr. Returns its output; `mpirun` must succeed.
+pub fn stop_with_sigusr1(mut child: std::process::Child) -> String {
+    use std::io::{BufRead, Read};
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    while !out.contains("heat: starting") {
+        assert!(
+            stdout.read_line(&mut out).unwrap() > 0,
+            "the job ended early:\n{out}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    stdout.read_to_string(&mut out).unwrap();
+    let rest = child.wait_with_output().unwrap();
+    out.push_str(&text(&rest));
+    assert!(rest.status.success(), "{out}");
+    out
+}

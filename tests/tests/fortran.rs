@@ -7,13 +7,11 @@
 
 use pm_tests::mpi::{
     build_c, build_fortran, checksum, committed, find_processes, mpirun, repo_root, resumed_step,
-    sigkill, text, wait_for_commit,
+    sigkill, stop_with_sigusr1, stopped_step, text, wait_for_commit,
 };
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// One MPI job at a time: they oversubscribe the machine already.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -43,6 +41,20 @@ fn ok(out: Output) -> String {
     let t = text(&out);
     assert!(out.status.success(), "the run failed:\n{t}");
     t
+}
+
+/// `mpirun -n <ranks> <exe>` as job `job` in a store of its own, with no
+/// other MPI job of these tests running; its output, once it succeeded.
+fn run_alone(exe: &Path, ranks: u32, job: &str) -> String {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = mpirun(ranks)
+        .arg(exe)
+        .env("PM_STORE", store.path())
+        .env("PM_JOB", job)
+        .output()
+        .unwrap();
+    ok(out)
 }
 
 fn reference_checksum(exe: &Path, store: &Path) -> String {
@@ -117,37 +129,14 @@ fn fortran_heat_stops_at_a_checkpoint_and_resumes() {
 
     let mut job = heat(&exe, 4, store.path(), "stopped");
     job.args(["--pause-ms", "15"]);
-    let mut child = job
+    let child = job
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The handlers exist once pm is initialised, which heat reports by starting.
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut out = String::new();
-    while !out.contains("heat: starting") {
-        assert!(
-            stdout.read_line(&mut out).unwrap() > 0,
-            "the job ended early:\n{out}"
-        );
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
-    stdout.read_to_string(&mut out).unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "{out}{err}");
-    let stopped: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("heat: stopping at step "))
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("the job did not stop at a checkpoint:\n{out}{err}"));
+    let out = stop_with_sigusr1(child);
+    let stopped = stopped_step(&out)
+        .unwrap_or_else(|| panic!("the job did not stop at a checkpoint:\n{out}"));
     assert!(
         checksum(&out).is_none(),
         "a stopped run prints no checksum:\n{out}"
@@ -155,11 +144,7 @@ fn fortran_heat_stops_at_a_checkpoint_and_resumes() {
     let job_dir = store.path().join("stopped");
     assert_eq!(committed(&job_dir).map(|r| r.step), Some(stopped));
 
-    let out = ok(job
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap());
+    let out = ok(job.output().unwrap());
     assert_eq!(resumed_step(&out), Some(stopped), "{out}");
     assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
 }
@@ -192,15 +177,7 @@ fn mpi_waits_of_fortran_programs_count_as_mpi_time() {
     ];
     for (binding, flags) in bindings {
         let exe = build_fortran(&source, flags, dir.path(), binding);
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let store = tempfile::tempdir_in("/dev/shm").unwrap();
-        let out = mpirun(2)
-            .arg(&exe)
-            .env("PM_STORE", store.path())
-            .env("PM_JOB", binding)
-            .output()
-            .unwrap();
-        let t = ok(out);
+        let t = run_alone(&exe, 2, binding);
         // Rank 0 waited 2 s in MPI_Barrier for rank 1, which slept.
         let (mpi, compute) = barrier_stats(&t, 0);
         assert!(
@@ -236,15 +213,7 @@ fn pm_errors_reach_fortran_as_fortran_strings() {
         dir.path(),
         "errors",
     );
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let store = tempfile::tempdir_in("/dev/shm").unwrap();
-    let out = mpirun(1)
-        .arg(&exe)
-        .env("PM_STORE", store.path())
-        .env("PM_JOB", "errors")
-        .output()
-        .unwrap();
-    let t = ok(out);
+    let t = run_alone(&exe, 1, "errors");
     let line = |call: &str| {
         t.lines()
             .find(|l| l.starts_with(call))
