@@ -127,29 +127,25 @@ fn gives_up_after_max_restarts_and_can_be_resumed_by_job_id() {
         "{t}"
     );
 
+    let resume = |ranks: &str| {
+        let out = pmrun(store.path())
+            .args(["-n", ranks, "--every", "10", "--job", "given-up"])
+            .arg(workspace_bin("heat"))
+            .args(HEAT)
+            .arg("0")
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    };
     // Another rank count is refused, and leaves nothing behind.
     let before = pm_tests::job::files_under(store.path());
-    let out = pmrun(store.path())
-        .args(["-n", "6", "--job", "given-up"])
-        .arg(workspace_bin("heat"))
-        .args(HEAT)
-        .arg("0")
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert!(!out.status.success(), "{t}");
+    let (ok, t) = resume("6");
+    assert!(!ok, "{t}");
     assert!(t.contains("was checkpointed with 4 ranks"), "{t}");
     assert_eq!(pm_tests::job::files_under(store.path()), before, "{t}");
 
-    let out = pmrun(store.path())
-        .args(["-n", "4", "--every", "10", "--job", "given-up"])
-        .arg(workspace_bin("heat"))
-        .args(HEAT)
-        .arg("0")
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert!(out.status.success() && resumed_step(&t).is_some(), "{t}");
+    let (ok, t) = resume("4");
+    assert!(ok && resumed_step(&t).is_some(), "{t}");
     assert_eq!(checksum(&t).as_deref(), Some(reference.as_str()), "{t}");
 }
 
