@@ -9,7 +9,8 @@
 //! * [`gossip`]: dissemination of node load with a fan-out that grows with the cluster.
 //! * [`history`]: per-application weights of earlier runs, in a crash-safe file.
 //! * [`topology`]: a node's cores from hwloc and its capacity for the balancer.
-//! * [`wire`]: framed, authenticated messages between agents and the launcher.
+//! * [`wire`]: framed, authenticated sessions between agents, ranks and the launcher.
+//! * [`proto`]: what those frames carry, one message type per direction of each link.
 //! * [`transport`]: one-sided (RDMA-shaped) transfers and their TCP backend.
 //! * [`replicate`]: copying a rank's snapshot to a partner's store over a transport.
 //!
@@ -24,6 +25,7 @@ pub mod format;
 pub mod gossip;
 pub mod history;
 pub mod names;
+pub mod proto;
 pub mod region;
 pub mod replicate;
 pub mod store;

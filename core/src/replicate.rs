@@ -3,7 +3,7 @@
 //!
 //! The source *exposes* a snapshot: it registers, read-only, each data file
 //! the manifest references and sends the manifest and the keys to the
-//! partner (`wire::Message::SnapshotReady`). The partner *pulls*: it compares
+//! partner (`proto::ToPartner::SnapshotReady`). The partner *pulls*: it compares
 //! the manifest with its own newest snapshot of the rank, and reads exactly
 //! the chunks it lacks, one-sidedly, straight into its own data file
 //! ([`Store::import_snapshot`]), which verifies them and publishes the
@@ -13,11 +13,11 @@
 
 use crate::StoreError;
 use crate::format::Manifest;
+use crate::proto::ToPartner;
 use crate::store::{ChunkFetch, ImportReport, ImportTarget, Snapshot, Store};
 use crate::transport::{
     Access, Completion, LocalSlice, Region, RegionKey, RemoteSlice, Transport, TransportError,
 };
-use crate::wire::Message;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -60,8 +60,8 @@ pub struct ExposedSnapshot {
 
 impl ExposedSnapshot {
     /// The message that tells partners to pull this snapshot.
-    pub fn announcement(&self) -> Message {
-        Message::SnapshotReady {
+    pub fn announcement(&self) -> ToPartner {
+        ToPartner::SnapshotReady {
             job: self.manifest.job.clone(),
             rank: self.manifest.rank,
             epoch: self.manifest.epoch,
@@ -74,8 +74,8 @@ impl ExposedSnapshot {
     /// The snapshot a `SnapshotReady` announces: its manifest (decoded and
     /// checked like a manifest file) must agree with the message's job, rank
     /// and epoch, and every data file it references must have a key.
-    pub fn from_announcement(msg: &Message) -> Result<Self, ReplicateError> {
-        let Message::SnapshotReady {
+    pub fn from_announcement(msg: &ToPartner) -> Result<Self, ReplicateError> {
+        let ToPartner::SnapshotReady {
             job,
             rank,
             epoch,

@@ -1,4 +1,6 @@
 //! Framed, authenticated messages between node agents, ranks and the launcher.
+//! This module is the frame and session layer; what the frames carry on
+//! each link is [`crate::proto`].
 //!
 //! Every connection of a job is authenticated with the job's 32-byte secret.
 //! A frame is a fixed 20-byte header (magic, version, body length, sequence
@@ -17,7 +19,6 @@
 //! to any `Write`, so a caller can split a socket (`try_clone`) and move bulk
 //! bytes on it between frames (the TCP transport does).
 
-use crate::transport::RegionKey;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
@@ -25,7 +26,7 @@ use std::io::{self, Read, Write};
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"PMWR";
 /// The frame format this build speaks.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 /// Header: magic, version (u32 LE), body length (u32 LE), sequence (u64 LE).
 pub const HEADER_LEN: usize = 20;
 /// Keyed BLAKE3 of header and body.
@@ -79,22 +80,10 @@ pub enum Role {
     Transport,
 }
 
-/// A node's load as its agent reports it in heartbeats.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Load {
-    /// Ranks running on the node.
-    pub ranks: u32,
-    /// Sum of the ranks' expected seconds per step (weighted load).
-    pub step_seconds: f64,
-    /// CPUs the node may use (its cgroup quota or its core count).
-    pub cpus: f64,
-}
-
-/// The messages of the pmrun protocol. Postcard encodes the variant by its
-/// index: append new variants at the end and never reorder, so that older
-/// peers still decode the ones they know.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Message {
+/// The three frames of the handshake, the only messages this module
+/// knows: every link's own vocabulary is in [`crate::proto`].
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Handshake {
     /// First frame of a connection (client to server): who is calling, and
     /// a fresh nonce that makes this connection's keys unique.
     Hello {
@@ -108,105 +97,6 @@ pub enum Message {
     /// nonce: the first frame under the session keys. A replayed `Hello`
     /// never gets this far.
     Confirm,
-    /// Agent to launcher, periodically: the agent is alive, and its load.
-    /// `seq` counts heartbeats so the launcher can see gaps.
-    Heartbeat { node: String, seq: u64, load: Load },
-    /// Agent to partner agent: rank `rank`'s snapshot of `epoch` is
-    /// published locally. `manifest_bytes` is the encoded manifest file
-    /// (format.md); `data_keys` gives, for each data file the manifest
-    /// references (by its epoch), the transport key under which the sender
-    /// registered it for one-sided reads (one key per file, because
-    /// unchanged chunks stay in older files and a partner that missed an
-    /// epoch needs them); `changed` lists the (offset, length) ranges of the
-    /// epoch's own data file that were written, so a partner that holds the
-    /// previous epoch knows what will move.
-    SnapshotReady {
-        job: String,
-        rank: u32,
-        epoch: u64,
-        manifest_bytes: Vec<u8>,
-        data_keys: Vec<(u64, RegionKey)>,
-        changed: Vec<(u64, u64)>,
-    },
-    /// Partner agent to launcher (and to the sender): the replica of
-    /// `rank`'s snapshot of `epoch` is published in `node`'s store.
-    ReplicaStored {
-        job: String,
-        rank: u32,
-        epoch: u64,
-        node: String,
-    },
-    /// Launcher to agents: `epoch`, taken at `step` by a job of `ranks`
-    /// ranks, is committed; older epochs may be pruned.
-    Commit { epoch: u64, step: u64, ranks: u32 },
-    /// Launcher to agents: the job ended; delete every snapshot and replica.
-    DeleteJob { job: String },
-    /// Either direction: a request could not be served; the reason is for
-    /// the log and the user.
-    Error { reason: String },
-    /// Agent to launcher, first message after the handshake: where ranks,
-    /// partner agents and transfers reach it.
-    AgentReady {
-        /// The agent's TCP address for partner agents (replication requests).
-        control: String,
-        /// The agent's transport address for one-sided transfers.
-        transport: String,
-        pid: u32,
-    },
-    /// Rank to its agent, first message: which rank connected, from which
-    /// process (the agent reports ranks' processes and moves them into the
-    /// node's CPU cgroup).
-    RankHello { rank: u32, pid: u32 },
-    /// Rank to agent, then agent to launcher: the rank's snapshot of
-    /// `epoch` is published in the node's store.
-    Published {
-        rank: u32,
-        epoch: u64,
-        step: u64,
-        state_bytes: u64,
-        written_bytes: u64,
-    },
-    /// Rank to agent, then agent to launcher: the rank completed the job
-    /// (`pm::Runtime::finalize`).
-    Finished { rank: u32 },
-    /// Launcher to agent: the ranks this node runs from now on and, for
-    /// each of them, the control addresses of the partner agents that must
-    /// hold its replicas. `generation` numbers placements.
-    Placement {
-        generation: u64,
-        local: Vec<u32>,
-        partners: Vec<(u32, Vec<String>)>,
-    },
-    /// Agent to launcher: the placement of `generation` is in force (no
-    /// replica import into one of the node's own ranks is still running).
-    PlacementApplied { generation: u64 },
-    /// Operator (`pmrun ctl`) to launcher.
-    Control(ControlRequest),
-    /// Launcher to operator: the outcome, as text for a person (or JSON).
-    ControlReply { ok: bool, text: String },
-    /// Agent to launcher: the partner at control address `partner` did not
-    /// store `rank`'s snapshot of `epoch` (unreachable, or it refused).
-    ReplicaFailed {
-        rank: u32,
-        epoch: u64,
-        partner: String,
-        reason: String,
-    },
-    /// Rank to agent, then agent to launcher: the rank was asked to stop
-    /// (`PM_EXIT`) after its snapshot of `epoch`, taken at `step`; it keeps
-    /// its checkpoints and ends without finishing the job.
-    Stopped { rank: u32, epoch: u64, step: u64 },
-}
-
-/// What `pmrun ctl` asks of a running job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ControlRequest {
-    /// Nodes, ranks, epochs and replicas; as JSON if `json`.
-    Status { json: bool },
-    /// Take a checkpoint now.
-    Checkpoint,
-    /// Checkpoint, move every rank off `node`, continue without it.
-    Drain { node: String },
 }
 
 /// Why a frame or handshake was rejected, and from whom.
@@ -278,8 +168,9 @@ impl Default for Limits {
     }
 }
 
-/// One authenticated connection: its keys and sequence numbers.
-#[derive(Clone)]
+/// One authenticated connection: its keys and sequence numbers. Not
+/// `Clone`: two copies would reuse sequence numbers; [`Session::split`]
+/// gives each direction to one owner.
 pub struct Session {
     peer: String,
     send_key: [u8; 32],
@@ -354,13 +245,13 @@ impl Session {
         };
         s.send(
             stream,
-            &Message::Hello {
+            &Handshake::Hello {
                 node: node.to_owned(),
                 role,
                 nonce,
             },
         )?;
-        let Message::Welcome {
+        let Handshake::Welcome {
             node: server_node,
             nonce: server_nonce,
         } = s.recv(stream)?
@@ -372,7 +263,7 @@ impl Session {
         s.send_key = derive(CLIENT_CONTEXT, secret, &[&nonce, &server_nonce]);
         s.recv_key = derive(SERVER_CONTEXT, secret, &[&nonce, &server_nonce]);
         s.remote_node = server_node;
-        s.send(stream, &Message::Confirm)?;
+        s.send(stream, &Handshake::Confirm)?;
         Ok(s)
     }
 
@@ -400,7 +291,7 @@ impl Session {
             remote_node: String::new(),
             remote_role: Role::Agent,
         };
-        let Message::Hello {
+        let Handshake::Hello {
             node: client_node,
             role,
             nonce,
@@ -414,7 +305,7 @@ impl Session {
         s.send_key = derive(WELCOME_CONTEXT, secret, &[&nonce]);
         s.send(
             stream,
-            &Message::Welcome {
+            &Handshake::Welcome {
                 node: node.to_owned(),
                 nonce: server_nonce,
             },
@@ -422,7 +313,7 @@ impl Session {
         s.send_key = derive(SERVER_CONTEXT, secret, &[&nonce, &server_nonce]);
         s.recv_key = derive(CLIENT_CONTEXT, secret, &[&nonce, &server_nonce]);
         match s.recv(stream)? {
-            Message::Confirm => {}
+            Handshake::Confirm => {}
             _ => {
                 return Err(err(WireErrorKind::Handshake(
                     "the client did not confirm the session".into(),
@@ -438,7 +329,23 @@ impl Session {
     /// receives on the same connection (each direction has its own key and
     /// sequence numbers).
     pub fn split(self) -> (SessionSender, SessionReceiver) {
-        (SessionSender(self.clone()), SessionReceiver(self))
+        // Each half keeps only its direction's key and sequence number.
+        let sender = Session {
+            peer: self.peer.clone(),
+            send_key: self.send_key,
+            recv_key: [0; 32],
+            send_seq: self.send_seq,
+            recv_seq: 0,
+            limits: self.limits,
+            remote_node: self.remote_node.clone(),
+            remote_role: self.remote_role,
+        };
+        let receiver = Session {
+            send_key: [0; 32],
+            send_seq: 0,
+            ..self
+        };
+        (SessionSender(sender), SessionReceiver(receiver))
     }
 
     /// The peer's address or label, as given to `connect`/`accept`.
@@ -624,8 +531,39 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Load;
+    use crate::transport::RegionKey;
     use proptest::prelude::*;
     use std::io::Cursor;
+
+    /// A link's vocabulary, as the frame layer sees one: any serde type.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    enum Message {
+        Heartbeat {
+            node: String,
+            seq: u64,
+            load: Load,
+        },
+        SnapshotReady {
+            job: String,
+            rank: u32,
+            epoch: u64,
+            manifest_bytes: Vec<u8>,
+            data_keys: Vec<(u64, RegionKey)>,
+            changed: Vec<(u64, u64)>,
+        },
+        Commit {
+            epoch: u64,
+            step: u64,
+            ranks: u32,
+        },
+        DeleteJob {
+            job: String,
+        },
+        Error {
+            reason: String,
+        },
+    }
 
     fn secret(b: u8) -> JobSecret {
         JobSecret::from_bytes([b; 32])

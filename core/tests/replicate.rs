@@ -2,10 +2,11 @@
 //! directories, endpoints on two loopback addresses) over the TCP transport.
 
 use pm_core::StoreError;
+use pm_core::proto::ToPartner as Message;
 use pm_core::replicate::{self, ReplicateError};
 use pm_core::store::{ChunkFetch, ImportTarget};
 use pm_core::transport::{TcpOptions, TcpTransport, Transport};
-use pm_core::wire::{JobSecret, Message};
+use pm_core::wire::JobSecret;
 use pm_core::{RegionRef, Store, StoreOptions};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

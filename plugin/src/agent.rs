@@ -18,7 +18,8 @@
 //! | `PM_FIRST_EPOCH` | lowest epoch number the run may write (default 1) |
 
 use crate::PmError;
-use pm_core::wire::{JobSecret, Limits, Message, Role, Session};
+use pm_core::proto::FromRank;
+use pm_core::wire::{JobSecret, Limits, Role, Session};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -124,14 +125,14 @@ impl AgentLink {
         )
         .map_err(|e| unreachable(e.to_string()))?;
         let mut link = Self { stream, session };
-        link.send(&Message::RankHello {
+        link.send(&FromRank::Hello {
             rank,
             pid: std::process::id(),
         })?;
         Ok(link)
     }
 
-    pub fn send(&mut self, msg: &Message) -> Result<(), PmError> {
+    pub fn send(&mut self, msg: &FromRank) -> Result<(), PmError> {
         self.session
             .send(&mut self.stream, msg)
             .map_err(|e| PmError::Agent(e.to_string()))

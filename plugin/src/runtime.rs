@@ -421,7 +421,7 @@ impl Runtime {
         } = self;
         if let Some(mut agent) = agent {
             let rank = comm.rank;
-            let told = agent.send(&pm_core::wire::Message::Finished { rank });
+            let told = agent.send(&pm_core::proto::FromRank::Finished { rank });
             comm.agree("tell its node agent it finished", told)?;
             return Ok(());
         }
@@ -451,7 +451,7 @@ impl Runtime {
     fn stop(&mut self) -> Result<(), PmError> {
         self.stopped = Some((self.epoch, self.step));
         if let Some(agent) = &mut self.agent {
-            let told = agent.send(&pm_core::wire::Message::Stopped {
+            let told = agent.send(&pm_core::proto::FromRank::Stopped {
                 rank: self.comm.rank,
                 epoch: self.epoch,
                 step: self.step,
@@ -527,7 +527,7 @@ impl Runtime {
         let written = self.write_snapshot(epoch);
         let report = self.comm.agree("write its snapshot", written)?;
         if let Some(agent) = &mut self.agent {
-            let published = pm_core::wire::Message::Published {
+            let published = pm_core::proto::FromRank::Published {
                 rank: self.comm.rank,
                 epoch,
                 step: self.step,

@@ -3,7 +3,8 @@
 //! with the checksum of an undisturbed run, restore from a committed epoch,
 //! place nothing on a lost node, and leave no file behind.
 
-use pm_core::wire::{JobSecret, Limits, Message, Role, Session};
+use pm_core::proto::FromRank;
+use pm_core::wire::{JobSecret, Limits, Role, Session, WIRE_VERSION};
 use pm_tests::job::{
     Job, committed_epoch, files_under, heat_args, node, placement, reference, relaunch_epochs,
 };
@@ -273,12 +274,12 @@ fn an_agent_rejects_and_logs_messages_without_the_secret_and_the_job_goes_on() {
     drop(s);
     let mut s = TcpStream::connect(control).unwrap();
     let mut header = b"PMWR".to_vec();
-    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&WIRE_VERSION.to_le_bytes());
     header.extend_from_slice(&(1u32 << 30).to_le_bytes());
     header.extend_from_slice(&0u64.to_le_bytes());
     s.write_all(&header).unwrap();
     drop(s);
-    // A forged commit on the rank socket, with the wrong secret.
+    // A forged publish on the rank socket, with the wrong secret.
     let sock = std::path::Path::new(target["log"].as_str().unwrap()).with_extension("sock");
     let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     if let Ok(mut session) = Session::connect(
@@ -291,10 +292,12 @@ fn an_agent_rejects_and_logs_messages_without_the_secret_and_the_job_goes_on() {
     ) {
         let _ = session.send(
             &mut u,
-            &Message::Commit {
+            &FromRank::Published {
+                rank: 0,
                 epoch: 999,
                 step: 0,
-                ranks: 8,
+                state_bytes: 0,
+                written_bytes: 0,
             },
         );
     }

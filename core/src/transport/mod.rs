@@ -2,7 +2,7 @@
 //!
 //! A node *registers* a [`Region`] (a mapped file range or a buffer) and gets
 //! an unguessable [`RegionKey`]; it hands the key to a peer in a message
-//! (`wire::Message::SnapshotReady`); the peer then *reads* or *writes*
+//! (`proto::ToPartner::SnapshotReady`); the peer then *reads* or *writes*
 //! ranges of that region one-sidedly, without the owner's code taking part
 //! per request, and *waits* for the [`Completion`]s of as many transfers as
 //! it keeps in flight.

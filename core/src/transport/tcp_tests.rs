@@ -1,7 +1,7 @@
 //! The TCP backend over real loopback sockets and real files.
 
 use super::*;
-use crate::wire::Message;
+use crate::proto::ToAgent as Message;
 use std::io::Write;
 use std::net::Ipv4Addr;
 

@@ -12,9 +12,10 @@ mod ranks;
 mod replicate;
 
 use anyhow::{Context, bail};
+use pm_core::proto::{FromAgent, Inventory, Load, NodeId, ToAgent};
 use pm_core::store::commit::{CommitRecord, write_record};
 use pm_core::transport::{TcpOptions, TcpTransport};
-use pm_core::wire::{JobSecret, Limits, Load, Message, Role, Session, SessionSender};
+use pm_core::wire::{JobSecret, Limits, Role, Session, SessionSender};
 use pm_core::{Store, StoreOptions};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -26,6 +27,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub node: String,
+    /// The node's id in the job (its index in pmrun's node list).
+    pub node_id: NodeId,
     /// Address the agent listens on (partners, transfers).
     pub addr: IpAddr,
     /// The node's store root.
@@ -56,8 +59,6 @@ const PARTNER_TIMEOUT: Duration = Duration::from_secs(120);
 struct Shared {
     opts: AgentOptions,
     transport: TcpTransport,
-    /// The address partners send replication requests to.
-    control: SocketAddr,
     launcher: Mutex<(TcpStream, SessionSender)>,
     state: Mutex<State>,
     /// Per rank: the lock an import holds, and the store it imports into.
@@ -68,8 +69,12 @@ struct Shared {
 struct State {
     /// Ranks that run on this node.
     local: BTreeSet<u32>,
-    /// Partner agents (control addresses) of each local rank.
-    partners: HashMap<u32, Vec<String>>,
+    /// Partner nodes of each local rank.
+    partners: HashMap<u32, Vec<NodeId>>,
+    /// Where each node's agent takes replication requests.
+    peers: HashMap<NodeId, String>,
+    /// Processes of the ranks connected to this agent.
+    rank_pids: HashMap<u32, u32>,
     /// Newest epoch `pmrun` committed.
     committed: Option<u64>,
     /// Newest epoch each local rank published.
@@ -83,7 +88,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn tell_launcher(&self, msg: &Message) {
+    fn tell_launcher(&self, msg: &FromAgent) {
         let mut guard = lock(&self.launcher);
         let (stream, session) = &mut *guard;
         if let Err(e) = session.send(stream, msg) {
@@ -149,7 +154,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let (mut sender, mut receiver) = session.split();
     sender.send(
         &mut stream,
-        &Message::AgentReady {
+        &FromAgent::Ready {
             control: control.to_string(),
             transport: transport.local_addr().to_string(),
             pid: std::process::id(),
@@ -159,7 +164,6 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         opts,
         transport,
-        control,
         launcher: Mutex::new((stream, sender)),
         state: Mutex::new(State::default()),
         imports: Mutex::new(HashMap::new()),
@@ -180,7 +184,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
     })?;
 
     loop {
-        let msg: Message = match receiver.recv(&mut reader) {
+        let msg: ToAgent = match receiver.recv(&mut reader) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "lost pmrun; stopping and keeping the job's checkpoints");
@@ -189,16 +193,24 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
         };
         match msg {
-            Message::Commit { epoch, step, ranks } => commit(&shared, epoch, step, ranks),
-            Message::Placement {
+            ToAgent::Commit { epoch, step, ranks } => commit(&shared, epoch, step, ranks),
+            ToAgent::Placement {
                 generation,
                 local,
                 partners,
+                peers,
             } => {
+                lock(&shared.state).peers =
+                    peers.into_iter().map(|p| (p.node, p.control)).collect();
                 place(&shared, local, partners);
-                shared.tell_launcher(&Message::PlacementApplied { generation });
+                shared.tell_launcher(&FromAgent::PlacementApplied { generation });
             }
-            Message::DeleteJob { job } if job == shared.opts.job => {
+            ToAgent::KillRanks => {
+                let ranks = kill_ranks(&shared);
+                shared.tell_launcher(&FromAgent::RanksKilled { ranks });
+            }
+            ToAgent::Inventory => shared.tell_launcher(&FromAgent::Inventory(inventory(&shared))),
+            ToAgent::DeleteJob => {
                 let dir = shared.job_dir();
                 if let Err(e) = std::fs::remove_dir_all(&dir)
                     && e.kind() != std::io::ErrorKind::NotFound
@@ -209,8 +221,10 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 tracing::info!("job ended; its checkpoints on this node are deleted");
                 return Ok(());
             }
-            other => {
-                tracing::warn!(message = ?other, "pmrun sent a message agents do not handle; ignored");
+            ToAgent::Exit => {
+                let _ = std::fs::remove_file(&shared.opts.socket);
+                tracing::info!("job stopped; its checkpoints on this node are kept");
+                return Ok(());
             }
         }
     }
@@ -241,14 +255,14 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
 fn heartbeat(shared: &Shared) {
     for seq in 0.. {
         let ranks = lock(&shared.state).local.len() as u32;
-        shared.tell_launcher(&Message::Heartbeat {
-            node: shared.opts.node.clone(),
+        shared.tell_launcher(&FromAgent::Heartbeat {
             seq,
             load: Load {
                 ranks,
                 step_seconds: 0.0,
                 cpus: shared.opts.cpus,
             },
+            waiting: None,
         });
         std::thread::sleep(shared.opts.heartbeat);
     }
@@ -291,8 +305,8 @@ fn commit(shared: &Shared, epoch: u64, step: u64, ranks: u32) {
 /// Applies a new placement: waits for imports into ranks that now run here
 /// (their directories become the ranks' own), and fills partners that are
 /// new for a local rank with its committed snapshot.
-fn place(shared: &Arc<Shared>, local: Vec<u32>, partners: Vec<(u32, Vec<String>)>) {
-    let partners: HashMap<u32, Vec<String>> = partners.into_iter().collect();
+fn place(shared: &Arc<Shared>, local: Vec<u32>, partners: Vec<(u32, Vec<NodeId>)>) {
+    let partners: HashMap<u32, Vec<NodeId>> = partners.into_iter().collect();
     let local: BTreeSet<u32> = local.into_iter().collect();
     for rank in &local {
         let slot = lock(&shared.imports).get(rank).cloned();
@@ -304,17 +318,17 @@ fn place(shared: &Arc<Shared>, local: Vec<u32>, partners: Vec<(u32, Vec<String>)
     let mut state = lock(&shared.state);
     let mut fills = Vec::new();
     for rank in &local {
-        let before: &[String] = if state.local.contains(rank) {
+        let before: &[NodeId] = if state.local.contains(rank) {
             state.partners.get(rank).map_or(&[], |v| v.as_slice())
         } else {
             &[]
         };
-        let added: Vec<String> = partners
+        let added: Vec<NodeId> = partners
             .get(rank)
             .into_iter()
             .flatten()
             .filter(|p| !before.contains(p))
-            .cloned()
+            .copied()
             .collect();
         if added.is_empty() {
             continue;
@@ -337,6 +351,51 @@ fn place(shared: &Arc<Shared>, local: Vec<u32>, partners: Vec<(u32, Vec<String>)
     drop(state);
     for (rank, epoch, to) in fills {
         replicate::enqueue(shared, rank, replicate::Work::Fill { epoch, to });
+    }
+}
+
+/// SIGKILLs the processes of the node's connected ranks; the ranks killed.
+fn kill_ranks(shared: &Shared) -> Vec<u32> {
+    let pids: Vec<(u32, u32)> = lock(&shared.state)
+        .rank_pids
+        .iter()
+        .map(|(&r, &p)| (r, p))
+        .collect();
+    let mut killed = Vec::new();
+    for (rank, pid) in pids {
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+            killed.push(rank);
+        }
+    }
+    killed.sort_unstable();
+    tracing::info!(?killed, "ranks killed");
+    killed
+}
+
+/// What this node's store holds of the job.
+fn inventory(shared: &Shared) -> Inventory {
+    let record = pm_core::store::commit::read_record(&shared.job_dir().join("committed"))
+        .ok()
+        .flatten();
+    let mut ranks: Vec<(u32, Vec<u64>)> = shared
+        .ranks_on_disk()
+        .into_iter()
+        .filter_map(|rank| {
+            let store = Store::open(
+                &shared.opts.store,
+                &shared.opts.job,
+                rank,
+                Shared::store_options(),
+            )
+            .ok()?;
+            Some((rank, store.epochs().ok()?))
+        })
+        .collect();
+    ranks.sort_unstable();
+    Inventory {
+        committed: record.map(|r| (r.epoch, r.step, r.ranks)),
+        ranks,
     }
 }
 

@@ -2,7 +2,8 @@
 //! node introduces itself and reports its published snapshots.
 
 use super::{Shared, lock, replicate};
-use pm_core::wire::{Limits, Message, Role, Session};
+use pm_core::proto::{FromAgent, FromRank};
+use pm_core::wire::{Limits, Role, Session};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
@@ -29,8 +30,22 @@ fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()
     stream.set_read_timeout(None)?;
     let (_, mut receiver) = session.split();
     let mut me = None;
+    let served = serve_messages(shared, &mut stream, &mut receiver, &mut me);
+    // A rank whose connection is gone is no process of this node's any more.
+    if let Some(rank) = me {
+        lock(&shared.state).rank_pids.remove(&rank);
+    }
+    served
+}
+
+fn serve_messages(
+    shared: &Arc<Shared>,
+    stream: &mut UnixStream,
+    receiver: &mut pm_core::wire::SessionReceiver,
+    me: &mut Option<u32>,
+) -> anyhow::Result<()> {
     loop {
-        let msg: Message = match receiver.recv(&mut stream) {
+        let msg: FromRank = match receiver.recv(stream) {
             Ok(m) => m,
             Err(e) => {
                 return match e.kind {
@@ -40,26 +55,42 @@ fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()
             }
         };
         match msg {
-            Message::RankHello { rank, pid } => {
-                me = Some(rank);
+            FromRank::Hello { rank, pid } => {
+                *me = Some(rank);
+                lock(&shared.state).rank_pids.insert(rank, pid);
                 if let Some(cgroup) = &shared.opts.cgroup {
                     let procs = cgroup.join("cgroup.procs");
                     if let Err(e) = std::fs::write(&procs, pid.to_string()) {
                         tracing::warn!(rank, pid, cgroup = %cgroup.display(), error = %e, "cannot move the rank into the node's CPU cgroup");
                     }
                 }
-                shared.tell_launcher(&msg);
+                shared.tell_launcher(&FromAgent::RankHello { rank, pid });
                 tracing::debug!(rank, pid, "rank connected");
             }
-            Message::Published { rank, epoch, .. } if Some(rank) == me => {
+            FromRank::Published {
+                rank,
+                epoch,
+                step,
+                state_bytes,
+                written_bytes,
+            } if Some(rank) == *me => {
                 lock(&shared.state).published.insert(rank, epoch);
-                shared.tell_launcher(&msg);
+                shared.tell_launcher(&FromAgent::Published {
+                    rank,
+                    epoch,
+                    step,
+                    state_bytes,
+                    written_bytes,
+                });
                 replicate::enqueue(shared, rank, replicate::Work::Replicate { epoch });
             }
-            Message::Finished { rank } | Message::Stopped { rank, .. } if Some(rank) == me => {
-                shared.tell_launcher(&msg)
+            FromRank::Stopped { rank, epoch, step } if Some(rank) == *me => {
+                shared.tell_launcher(&FromAgent::Stopped { rank, epoch, step })
             }
-            other => anyhow::bail!("unexpected message from a rank: {other:?}"),
+            FromRank::Finished { rank } if Some(rank) == *me => {
+                shared.tell_launcher(&FromAgent::Finished { rank })
+            }
+            other => anyhow::bail!("a message for another rank, or before Hello: {other:?}"),
         }
     }
 }

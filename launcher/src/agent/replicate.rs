@@ -14,8 +14,9 @@
 
 use super::{HANDSHAKE_TIMEOUT, PARTNER_TIMEOUT, Shared, lock};
 use pm_core::Store;
+use pm_core::proto::{FromAgent, FromPartner, NodeId, ToPartner};
 use pm_core::replicate::{ExposedSnapshot, Puller, expose};
-use pm_core::wire::{Limits, Message, Role, Session, WireErrorKind};
+use pm_core::wire::{Limits, Role, Session, WireErrorKind};
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -26,7 +27,7 @@ pub(super) enum Work {
     /// Send the newly published `epoch` to every partner.
     Replicate { epoch: u64 },
     /// Send `epoch` (the committed one) to partners that are new.
-    Fill { epoch: u64, to: Vec<String> },
+    Fill { epoch: u64, to: Vec<NodeId> },
 }
 
 /// Exposed snapshots kept registered per rank, for partners still pulling.
@@ -58,7 +59,7 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
             return;
         }
     };
-    let mut partners: HashMap<String, Partner> = HashMap::new();
+    let mut partners: HashMap<NodeId, Partner> = HashMap::new();
     let mut exposed: VecDeque<ExposedSnapshot> = VecDeque::new();
     // Partners that failed the newest epoch are asked again, with backoff,
     // until they store it, stop being partners, or a newer epoch comes.
@@ -94,7 +95,7 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
         if let Some(r) = retry.take()
             && newest.is_none_or(|n| n <= r.epoch)
         {
-            let to: Vec<String> = r.to.into_iter().filter(|p| current.contains(p)).collect();
+            let to: Vec<NodeId> = r.to.into_iter().filter(|p| current.contains(p)).collect();
             if !to.is_empty() && r.attempt < MAX_RETRIES {
                 attempt = r.attempt + 1;
                 jobs.push((r.epoch, to));
@@ -126,26 +127,25 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
             };
             let announcement = snapshot.announcement();
             exposed.push_back(snapshot);
-            for addr in to {
+            for node in to {
                 let started = std::time::Instant::now();
-                match send_to(shared, &mut partners, &addr, &announcement) {
-                    Ok(node) => {
+                match send_to(shared, &mut partners, node, &announcement) {
+                    Ok(()) => {
                         tracing::debug!(rank, epoch, partner = %node, ms = started.elapsed().as_millis() as u64, "replica stored");
-                        shared.tell_launcher(&Message::ReplicaStored {
-                            job: shared.opts.job.clone(),
+                        shared.tell_launcher(&FromAgent::ReplicaStored {
                             rank,
                             epoch,
-                            node,
+                            holder: node,
                         });
                     }
                     Err(e) => {
-                        partners.remove(&addr);
-                        failed.push(addr.clone());
-                        tracing::warn!(rank, epoch, partner = %addr, error = %format!("{e:#}"), "replication failed");
-                        shared.tell_launcher(&Message::ReplicaFailed {
+                        partners.remove(&node);
+                        failed.push(node);
+                        tracing::warn!(rank, epoch, partner = %node, error = %format!("{e:#}"), "replication failed");
+                        shared.tell_launcher(&FromAgent::ReplicaFailed {
                             rank,
                             epoch,
-                            partner: addr,
+                            partner: node,
                             reason: format!("{e:#}"),
                         });
                     }
@@ -171,7 +171,7 @@ fn worker(shared: &Shared, rank: u32, rx: &mpsc::Receiver<Work>) {
 /// Partners to ask again for an epoch they failed to store.
 struct Retry {
     epoch: u64,
-    to: Vec<String>,
+    to: Vec<NodeId>,
     attempt: u32,
     delay: std::time::Duration,
 }
@@ -185,15 +185,19 @@ struct Partner {
     session: Session,
 }
 
-/// Asks the partner at `addr` to pull the announced snapshot and waits for
-/// its answer; the partner's node name on success.
+/// Asks the partner `node` to pull the announced snapshot and waits for
+/// its answer.
 fn send_to(
     shared: &Shared,
-    partners: &mut HashMap<String, Partner>,
-    addr: &str,
-    announcement: &Message,
-) -> anyhow::Result<String> {
-    if !partners.contains_key(addr) {
+    partners: &mut HashMap<NodeId, Partner>,
+    node: NodeId,
+    announcement: &ToPartner,
+) -> anyhow::Result<()> {
+    if !partners.contains_key(&node) {
+        let Some(addr) = lock(&shared.state).peers.get(&node).cloned() else {
+            anyhow::bail!("pmrun named no address for partner node {node}");
+        };
+        let addr = addr.as_str();
         let sock: SocketAddr = addr.parse()?;
         let mut stream = TcpStream::connect_timeout(&sock, PARTNER_TIMEOUT)?;
         stream.set_read_timeout(Some(PARTNER_TIMEOUT))?;
@@ -209,20 +213,18 @@ fn send_to(
         )?;
         session.send(
             &mut stream,
-            &Message::AgentReady {
-                control: shared.control.to_string(),
+            &ToPartner::Hello {
+                node: shared.opts.node_id,
                 transport: shared.transport.local_addr().to_string(),
-                pid: std::process::id(),
             },
         )?;
-        partners.insert(addr.to_owned(), Partner { stream, session });
+        partners.insert(node, Partner { stream, session });
     }
-    let p = partners.get_mut(addr).expect("inserted above");
+    let p = partners.get_mut(&node).expect("inserted above");
     p.session.send(&mut p.stream, announcement)?;
     match p.session.recv(&mut p.stream)? {
-        Message::ReplicaStored { node, .. } => Ok(node),
-        Message::Error { reason } => anyhow::bail!("the partner refused: {reason}"),
-        other => anyhow::bail!("the partner answered {other:?}"),
+        FromPartner::Stored { .. } => Ok(()),
+        FromPartner::Refused { reason } => anyhow::bail!("the partner refused: {reason}"),
     }
 }
 
@@ -258,28 +260,23 @@ fn serve_partner(shared: &Shared, mut stream: TcpStream, peer: &str) -> anyhow::
             session.remote_role()
         );
     }
-    let Message::AgentReady { transport, .. } = session.recv(&mut stream)? else {
+    let ToPartner::Hello { transport, .. } = session.recv(&mut stream)? else {
         anyhow::bail!("the partner did not say where its transport listens");
     };
     let source: SocketAddr = transport.parse()?;
     stream.set_read_timeout(None)?;
     let mut puller = Puller::new(&shared.transport);
     loop {
-        let msg: Message = match session.recv(&mut stream) {
+        let msg: ToPartner = match session.recv(&mut stream) {
             Ok(m) => m,
             Err(e) if matches!(e.kind, WireErrorKind::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let reply = match import(shared, &mut puller, &source, &msg) {
-            Ok((rank, epoch)) => Message::ReplicaStored {
-                job: shared.opts.job.clone(),
-                rank,
-                epoch,
-                node: shared.opts.node.clone(),
-            },
+            Ok((rank, epoch)) => FromPartner::Stored { rank, epoch },
             Err(e) => {
                 tracing::warn!(peer = %peer, error = %format!("{e:#}"), "replica not stored");
-                Message::Error {
+                FromPartner::Refused {
                     reason: format!("{e:#}"),
                 }
             }
@@ -293,7 +290,7 @@ fn import(
     shared: &Shared,
     puller: &mut Puller<'_, pm_core::transport::TcpTransport>,
     source: &SocketAddr,
-    msg: &Message,
+    msg: &ToPartner,
 ) -> anyhow::Result<(u32, u64)> {
     let snapshot = ExposedSnapshot::from_announcement(msg)?;
     let manifest = &snapshot.manifest;

@@ -17,6 +17,9 @@ struct Cli {
     /// This node's name in the job.
     #[arg(long)]
     node: String,
+    /// This node's id in the job (its index in pmrun's node list).
+    #[arg(long)]
+    node_id: u32,
     /// Address to listen on for partner agents and transfers.
     #[arg(long)]
     addr: IpAddr,
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let refuse_imports = std::env::var("PMD_FAULT_REFUSE_IMPORTS").is_ok_and(|n| n == cli.node);
     agent::run(AgentOptions {
         node: cli.node,
+        node_id: pm_core::proto::NodeId(cli.node_id),
         addr: cli.addr,
         store: cli.store,
         job: cli.job,

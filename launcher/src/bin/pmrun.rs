@@ -5,7 +5,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use pm_core::wire::ControlRequest;
+use pm_core::proto::{CtlReply, CtlRequest};
 use pm_launcher::backend::Mpirun;
 use pm_launcher::coord::agents::NodeSpec;
 use pm_launcher::coord::{self, JobSpec, cgroup, control};
@@ -348,12 +348,21 @@ enum CtlCommand {
 fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
     let cli = CtlCli::parse_from(args);
     let store = cli.store.unwrap_or_else(pm_core::store::default_root);
-    let req = match cli.command {
-        CtlCommand::Status { json } => ControlRequest::Status { json },
-        CtlCommand::Checkpoint => ControlRequest::Checkpoint,
-        CtlCommand::Drain { node } => ControlRequest::Drain { node },
+    let (req, json) = match cli.command {
+        CtlCommand::Status { json } => (CtlRequest::Status, json),
+        CtlCommand::Checkpoint => (CtlRequest::Checkpoint, false),
+        CtlCommand::Drain { node } => (CtlRequest::Drain { node }, false),
     };
-    let (ok, text) = control::request(&store, cli.job.as_deref(), req)?;
+    // The reply is typed; it becomes text (or JSON) only here.
+    let (ok, text) = match control::request(&store, cli.job.as_deref(), req)? {
+        CtlReply::Status(s) if json => (true, serde_json::to_string(&s)?),
+        CtlReply::Status(s) => (true, coord::status::text(&s)),
+        CtlReply::Committed { epoch, step } => {
+            (true, format!("epoch {epoch} committed at step {step}"))
+        }
+        CtlReply::Drained(r) => (true, coord::status::drained(&r)),
+        CtlReply::Refused { reason } => (false, reason),
+    };
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
     Ok(if ok { 0 } else { 1 })

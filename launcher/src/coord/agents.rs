@@ -8,8 +8,9 @@
 
 use super::Event;
 use anyhow::{Context, bail};
+use pm_core::proto::{FromAgent, ToAgent};
 use pm_core::wire::{
-    JobSecret, Limits, Message, Role, Session, SessionReceiver, SessionSender, WireErrorKind,
+    JobSecret, Limits, Role, Session, SessionReceiver, SessionSender, WireErrorKind,
 };
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,7 +56,7 @@ struct Greeting {
 }
 
 impl Agent {
-    pub fn send(&mut self, msg: &Message) -> bool {
+    pub fn send(&mut self, msg: &ToAgent) -> bool {
         self.sender.send(&mut self.stream, msg).is_ok()
     }
 }
@@ -89,13 +90,14 @@ pub fn start(
 ) -> anyhow::Result<Vec<Agent>> {
     let launcher = launch.listener.local_addr()?;
     let mut children = Vec::with_capacity(nodes.len());
-    for node in nodes {
+    for (id, node) in nodes.iter().enumerate() {
         let socket = launch.run_dir.join(format!("{}.sock", node.name));
         let log = launch.run_dir.join(format!("{}.log", node.name));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create the agent log {}", log.display()))?;
         let mut cmd = Command::new(pmd_program());
         cmd.args(["--node", &node.name])
+            .args(["--node-id", &id.to_string()])
             .args(["--addr", &node.addr.to_string()])
             .arg("--store")
             .arg(&node.store)
@@ -209,8 +211,8 @@ fn handshake(
     let Some(i) = nodes.iter().position(|n| n.name == name) else {
         bail!("an agent for unknown node {name:?} connected");
     };
-    let Message::AgentReady { control, pid, .. } = session.recv(&mut stream)? else {
-        bail!("agent {name} did not start with AgentReady");
+    let FromAgent::Ready { control, pid, .. } = session.recv(&mut stream)? else {
+        bail!("agent {name} did not start with Ready");
     };
     stream.set_read_timeout(None)?;
     let (sender, receiver) = session.split();
@@ -236,7 +238,7 @@ fn spawn_reader(
         .name(format!("pmrun-agent-{node}"))
         .spawn(move || {
             loop {
-                match receiver.recv::<Message, _>(&mut stream) {
+                match receiver.recv::<FromAgent, _>(&mut stream) {
                     Ok(msg) => {
                         if events.send(Event::Agent { node, msg }).is_err() {
                             return;

@@ -4,7 +4,8 @@
 
 use super::Event;
 use anyhow::{Context, bail};
-use pm_core::wire::{ControlRequest, JobSecret, Limits, Message, Role, Session};
+use pm_core::proto::{CtlReply, CtlRequest};
+use pm_core::wire::{JobSecret, Limits, Role, Session};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -31,15 +32,13 @@ pub fn serve(listener: UnixListener, secret: JobSecret, events: mpsc::Sender<Eve
                         "pmrun",
                         Limits::default(),
                     )?;
-                    let Message::Control(req) = session.recv(&mut stream)? else {
-                        bail!("expected a control request");
-                    };
+                    let req: CtlRequest = session.recv(&mut stream)?;
                     let (tx, rx) = mpsc::channel();
                     events.send(Event::Control { req, reply: tx })?;
-                    let (ok, text) = rx
-                        .recv()
-                        .unwrap_or((false, "the job ended before answering".into()));
-                    session.send(&mut stream, &Message::ControlReply { ok, text })?;
+                    let reply = rx.recv().unwrap_or(CtlReply::Refused {
+                        reason: "the job ended before answering".into(),
+                    });
+                    session.send(&mut stream, &reply)?;
                     Ok(())
                 })();
                 if let Err(e) = served {
@@ -50,11 +49,7 @@ pub fn serve(listener: UnixListener, secret: JobSecret, events: mpsc::Sender<Eve
 }
 
 /// Sends `req` to the job `job` (or the only job) under `store`; the reply.
-pub fn request(
-    store: &Path,
-    job: Option<&str>,
-    req: ControlRequest,
-) -> anyhow::Result<(bool, String)> {
+pub fn request(store: &Path, job: Option<&str>, req: CtlRequest) -> anyhow::Result<CtlReply> {
     let base = store.join(".pmrun");
     let job = match job {
         Some(j) => j.to_owned(),
@@ -98,9 +93,6 @@ pub fn request(
         Role::Launcher,
         Limits::default(),
     )?;
-    session.send(&mut stream, &Message::Control(req))?;
-    match session.recv(&mut stream)? {
-        Message::ControlReply { ok, text } => Ok((ok, text)),
-        other => bail!("the job answered {other:?}"),
-    }
+    session.send(&mut stream, &req)?;
+    Ok(session.recv(&mut stream)?)
 }

@@ -24,14 +24,15 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn handle_agent(&mut self, node: usize, msg: Message) {
+    pub(super) fn handle_agent(&mut self, node: usize, msg: FromAgent) {
         if self.state.nodes[node].health == Health::Dead {
             return;
         }
         self.last_seen[node] = Instant::now();
         match msg {
-            Message::Heartbeat { .. } => {}
-            Message::RankHello { rank, pid } => {
+            FromAgent::Heartbeat { .. } | FromAgent::Ready { .. } => {}
+            FromAgent::Inventory(_) | FromAgent::RanksKilled { .. } => {}
+            FromAgent::RankHello { rank, pid } => {
                 self.pids.insert(rank, pid);
                 if self.pids.len() == self.spec.ranks as usize
                     && let Some((mut r, started)) = self.recovering.take()
@@ -53,7 +54,7 @@ impl Coordinator {
                     self.recoveries.push(r);
                 }
             }
-            Message::Published {
+            FromAgent::Published {
                 rank,
                 epoch,
                 step,
@@ -66,48 +67,46 @@ impl Coordinator {
                     .published(rank, epoch, step, state_bytes, written_bytes);
                 self.try_commit();
             }
-            Message::ReplicaStored {
+            FromAgent::ReplicaStored {
                 rank,
                 epoch,
-                node: holder,
-                ..
+                holder,
             } => {
-                if let Some(h) = self.spec.nodes.iter().position(|n| n.name == holder) {
+                let h = holder.index();
+                if h < self.spec.nodes.len() {
                     self.replica_failures[h] = 0;
                     self.state.replica_stored(rank, epoch, h);
                     self.try_commit();
                 }
             }
-            Message::ReplicaFailed {
+            FromAgent::ReplicaFailed {
                 rank,
                 epoch,
                 partner,
                 reason,
-            } => self.replica_failed(rank, epoch, &partner, &reason),
-            Message::Finished { rank } => {
+            } => self.replica_failed(rank, epoch, partner, &reason),
+            FromAgent::Finished { rank } => {
                 self.finished.insert(rank);
             }
-            Message::Stopped { rank, epoch, step } => {
+            FromAgent::Stopped { rank, epoch, step } => {
                 tracing::debug!(rank, epoch, step, "rank stopped at a checkpoint");
                 self.stopped.insert(rank);
             }
-            Message::PlacementApplied { generation } if generation == self.generation => {
+            FromAgent::PlacementApplied { generation } if generation == self.generation => {
                 self.applied.insert(node);
             }
-            Message::PlacementApplied { .. } => {}
-            other => {
-                tracing::warn!(node = %self.spec.nodes[node].name, message = ?other, "unexpected message from an agent")
-            }
+            FromAgent::PlacementApplied { .. } => {}
         }
     }
 
     /// A partner failed to store a replica. After
     /// [`REPLICA_FAILURES`] failures in a row it is no partner any more:
     /// its ranks stay, but replicas go elsewhere (and are filled there).
-    pub(super) fn replica_failed(&mut self, rank: u32, epoch: u64, partner: &str, reason: &str) {
-        let Some(p) = self.agents.iter().position(|a| a.control == partner) else {
+    pub(super) fn replica_failed(&mut self, rank: u32, epoch: u64, partner: NodeId, reason: &str) {
+        let p = partner.index();
+        if p >= self.agents.len() {
             return;
-        };
+        }
         tracing::warn!(rank, epoch, partner = %self.spec.nodes[p].name, %reason, "replica not stored");
         self.replica_failures[p] += 1;
         let node = &mut self.state.nodes[p];
@@ -131,7 +130,7 @@ impl Coordinator {
         let Some(commit) = self.state.try_commit() else {
             return;
         };
-        self.broadcast(&Message::Commit {
+        self.broadcast(&ToAgent::Commit {
             epoch: commit.epoch,
             step: commit.step,
             ranks: self.spec.ranks,
@@ -163,10 +162,10 @@ impl Coordinator {
             .partition(|(after, _)| commit.epoch > *after);
         self.pending_checkpoints = waiting;
         for (_, reply) in done {
-            let _ = reply.send((
-                true,
-                format!("epoch {} committed at step {}", commit.epoch, commit.step),
-            ));
+            let _ = reply.send(CtlReply::Committed {
+                epoch: commit.epoch,
+                step: commit.step,
+            });
         }
     }
 }

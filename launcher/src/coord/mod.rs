@@ -18,14 +18,17 @@ mod events;
 mod recover;
 mod requests;
 pub mod state;
-mod status;
+pub mod status;
 
 use crate::backend::{LaunchBackend, LaunchPlan};
 use agents::{Agent, AgentLaunch, NodeSpec};
 use anyhow::{Context, bail};
 use console::Console;
+use pm_core::proto::{
+    CtlReply, CtlRequest, FromAgent, NodeId, Peer, Recovery, RecoveryKind, ToAgent,
+};
 use pm_core::store::commit::read_record;
-use pm_core::wire::{ControlRequest, JobSecret, Message};
+use pm_core::wire::JobSecret;
 use state::{Commit, Health, JobState, Node};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener};
@@ -65,14 +68,14 @@ pub struct JobSpec {
 
 /// Events the coordinator's loop reacts to.
 pub enum Event {
-    Agent { node: usize, msg: Message },
+    Agent { node: usize, msg: FromAgent },
     AgentLost { node: usize, reason: String },
     Exited { run: u64, status: ExitStatus },
-    Control { req: ControlRequest, reply: Reply },
+    Control { req: CtlRequest, reply: Reply },
 }
 
-/// Where the answer to a control request goes: success, and text.
-pub type Reply = mpsc::Sender<(bool, String)>;
+/// Where the answer to a control request goes.
+pub type Reply = mpsc::Sender<CtlReply>;
 
 /// A drain in progress: the nodes, since when, and who asked.
 struct Drain {
@@ -110,25 +113,6 @@ enum Outcome {
     Stopped,
     /// pmrun was interrupted (SIGINT/SIGTERM).
     Interrupted(i32),
-}
-
-/// One recovery or drain, with its timings, for logs and `ctl status`.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Recovery {
-    pub kind: &'static str,
-    pub nodes: Vec<String>,
-    /// From the node's last heartbeat to its declaration as dead.
-    pub detect_s: f64,
-    /// From the declaration (or the drain request) until the job stopped.
-    pub stop_s: f64,
-    /// Placing ranks and waiting for agents to apply it.
-    pub place_s: f64,
-    /// From relaunch until every rank had restored and connected.
-    pub resume_s: f64,
-    pub total_s: f64,
-    pub epoch: u64,
-    pub step: u64,
-    pub moved: Vec<(u32, String, String)>,
 }
 
 struct Coordinator {
@@ -368,7 +352,7 @@ impl Coordinator {
                 Outcome::Stopped => return self.stopped_unasked(),
                 Outcome::Failed(code) => {
                     if let Some(Drain { reply, .. }) = self.drain.take() {
-                        let _ = reply.send((false, "the job failed during the drain".into()));
+                        let _ = reply.send(requests::refused("the job failed during the drain"));
                     }
                     if let Some(code) = self.after_failure(code)? {
                         return Ok(code);
@@ -421,7 +405,7 @@ impl Coordinator {
             step: newest.step,
         };
         self.state.resume(commit, holders)?;
-        self.broadcast(&Message::Commit {
+        self.broadcast(&ToAgent::Commit {
             epoch: commit.epoch,
             step: commit.step,
             ranks: self.spec.ranks,
@@ -462,7 +446,7 @@ impl Coordinator {
         )
     }
 
-    fn broadcast(&mut self, msg: &Message) {
+    fn broadcast(&mut self, msg: &ToAgent) {
         for (i, agent) in self.agents.iter_mut().enumerate() {
             if self.state.nodes[i].health != Health::Dead {
                 agent.send(msg);
@@ -475,7 +459,13 @@ impl Coordinator {
     fn apply_placement(&mut self) -> anyhow::Result<()> {
         self.generation += 1;
         self.applied.clear();
-        let control: Vec<String> = self.agents.iter().map(|a| a.control.clone()).collect();
+        let peers: Vec<Peer> = (0..self.agents.len())
+            .filter(|&i| self.state.nodes[i].health != Health::Dead)
+            .map(|i| Peer {
+                node: NodeId::from_index(i),
+                control: self.agents[i].control.clone(),
+            })
+            .collect();
         let mut waiting = BTreeSet::new();
         for i in 0..self.agents.len() {
             if self.state.nodes[i].health == Health::Dead {
@@ -487,15 +477,16 @@ impl Coordinator {
                 .map(|&r| {
                     let p = self.state.partners[r as usize]
                         .iter()
-                        .map(|&n| control[n].clone())
+                        .map(|&n| NodeId::from_index(n))
                         .collect();
                     (r, p)
                 })
                 .collect();
-            let msg = Message::Placement {
+            let msg = ToAgent::Placement {
                 generation: self.generation,
                 local,
                 partners,
+                peers: peers.clone(),
             };
             if self.agents[i].send(&msg) {
                 waiting.insert(i);
@@ -720,10 +711,9 @@ impl Coordinator {
     fn shut_down(&mut self, delete: bool) {
         self.console.clear();
         if delete {
-            let msg = Message::DeleteJob {
-                job: self.spec.job.clone(),
-            };
-            self.broadcast(&msg);
+            self.broadcast(&ToAgent::DeleteJob);
+        } else {
+            self.broadcast(&ToAgent::Exit);
         }
         for agent in &mut self.agents {
             let _ = agent.stream.shutdown(std::net::Shutdown::Both);

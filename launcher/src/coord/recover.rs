@@ -27,7 +27,7 @@ impl Coordinator {
                     None => {
                         self.recovering = Some((
                             Recovery {
-                                kind: "node failure",
+                                kind: RecoveryKind::NodeFailure,
                                 nodes: vec![name],
                                 detect_s: detect,
                                 stop_s: 0.0,
@@ -74,7 +74,7 @@ impl Coordinator {
         let moves = match self.state.replace_lost_ranks() {
             Ok(m) => m,
             Err(e) => {
-                let _ = reply.send((false, e.to_string()));
+                let _ = reply.send(super::requests::refused(e.to_string()));
                 return Err(e.into());
             }
         };
@@ -98,22 +98,20 @@ impl Coordinator {
             commit.step
         );
         self.say(&text);
-        self.recovering = Some((
-            Recovery {
-                kind: "drain",
-                nodes: names,
-                detect_s: 0.0,
-                stop_s: started.elapsed().as_secs_f64() - place_started.elapsed().as_secs_f64(),
-                place_s: place_started.elapsed().as_secs_f64(),
-                resume_s: 0.0,
-                total_s: 0.0,
-                epoch: commit.epoch,
-                step: commit.step,
-                moved,
-            },
-            started,
-        ));
-        let _ = reply.send((true, text));
+        let record = Recovery {
+            kind: RecoveryKind::Drain,
+            nodes: names,
+            detect_s: 0.0,
+            stop_s: started.elapsed().as_secs_f64() - place_started.elapsed().as_secs_f64(),
+            place_s: place_started.elapsed().as_secs_f64(),
+            resume_s: 0.0,
+            total_s: 0.0,
+            epoch: commit.epoch,
+            step: commit.step,
+            moved,
+        };
+        self.recovering = Some((record.clone(), started));
+        let _ = reply.send(CtlReply::Drained(record));
         Ok(())
     }
 
@@ -156,10 +154,14 @@ impl Coordinator {
     /// job ends: `why` they cannot be done.
     pub(super) fn answer_pending(&mut self, why: &str) {
         if let Some(Drain { reply, .. }) = self.drain.take() {
-            let _ = reply.send((false, format!("{why}: there is nothing left to drain")));
+            let _ = reply.send(super::requests::refused(format!(
+                "{why}: there is nothing left to drain"
+            )));
         }
         for (_, reply) in self.pending_checkpoints.drain(..) {
-            let _ = reply.send((false, format!("{why}: no checkpoint was taken")));
+            let _ = reply.send(super::requests::refused(format!(
+                "{why}: no checkpoint was taken"
+            )));
         }
     }
 

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Coordinator {
-    pub(super) fn handle_control(&mut self, req: ControlRequest, reply: Reply) {
+    pub(super) fn handle_control(&mut self, req: CtlRequest, reply: Reply) {
         // Signals reach ranks through mpirun; a rank that has not reached
         // its agent yet may not handle them.
         let starting = (self.pids.len() < self.spec.ranks as usize).then(|| {
@@ -21,35 +21,30 @@ impl Coordinator {
             }
         });
         match req {
-            ControlRequest::Status { json } => {
-                let text = if json {
-                    status::json(self)
-                } else {
-                    status::text(self)
-                };
-                let _ = reply.send((true, text));
+            CtlRequest::Status => {
+                let _ = reply.send(CtlReply::Status(Box::new(status::report(self))));
             }
-            ControlRequest::Checkpoint => {
+            CtlRequest::Checkpoint => {
                 if self.mpirun_pid.is_none() {
-                    let _ = reply.send((false, "the job is not running right now".into()));
+                    let _ = reply.send(refused("the job is not running right now"));
                     return;
                 }
                 if let Some(why) = starting {
-                    let _ = reply.send((false, why));
+                    let _ = reply.send(refused(why));
                     return;
                 }
                 let after = self.state.newest_published().unwrap_or(0);
                 self.signal_job(libc::SIGUSR2);
                 self.pending_checkpoints.push((after, reply));
             }
-            ControlRequest::Drain { node } => {
+            CtlRequest::Drain { node } => {
                 let Some(i) = self.spec.nodes.iter().position(|n| n.name == node) else {
                     let names: Vec<&str> =
                         self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
-                    let _ = reply.send((
-                        false,
-                        format!("no node {node:?} in this job (nodes: {})", names.join(", ")),
-                    ));
+                    let _ = reply.send(refused(format!(
+                        "no node {node:?} in this job (nodes: {})",
+                        names.join(", ")
+                    )));
                     return;
                 };
                 let usable = self.state.usable_nodes();
@@ -68,7 +63,7 @@ impl Coordinator {
                     Health::Alive => starting,
                 };
                 if let Some(why) = refusal {
-                    let _ = reply.send((false, why));
+                    let _ = reply.send(refused(why));
                     return;
                 }
                 self.say(&format!(
@@ -99,5 +94,12 @@ impl Coordinator {
             // SAFETY: as above.
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
         }
+    }
+}
+
+/// A refusal with its reason.
+pub(super) fn refused(reason: impl Into<String>) -> CtlReply {
+    CtlReply::Refused {
+        reason: reason.into(),
     }
 }

@@ -5,16 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A node's condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Alive,
-    /// Taken out of service by `pmrun ctl drain`: runs no ranks, holds no replicas.
-    Drained,
-    /// Missed heartbeats for longer than `--fail-after`.
-    Dead,
-}
+pub use pm_core::proto::Health;
 
 #[derive(Clone, Debug)]
 pub struct Node {

@@ -1,8 +1,7 @@
 //! `pmrun ctl status` and the live status line.
 
 use super::Coordinator;
-use super::state::Health;
-use serde_json::json;
+use pm_core::proto::{Committed, EpochBytes, Health, JobStatus, NodeStatus, Recovery};
 
 /// Steps per second between the last two commits.
 fn steps_per_second(c: &Coordinator) -> Option<f64> {
@@ -21,7 +20,7 @@ fn replication_lag(c: &Coordinator) -> f64 {
         .fold(0.0, f64::max)
 }
 
-pub fn line(c: &Coordinator) -> String {
+pub(super) fn line(c: &Coordinator) -> String {
     let alive = c.state.usable_nodes();
     let committed = c
         .state
@@ -35,83 +34,96 @@ pub fn line(c: &Coordinator) -> String {
     )
 }
 
-pub fn json(c: &Coordinator) -> String {
-    let nodes: Vec<_> = c
+pub(super) fn report(c: &Coordinator) -> JobStatus {
+    let name = |n: usize| c.spec.nodes[n].name.clone();
+    let nodes = c
         .spec
         .nodes
         .iter()
         .enumerate()
         .map(|(i, n)| {
             let ranks = c.state.ranks_on(i);
-            let pids: Vec<u32> = ranks
+            let rank_pids = ranks
                 .iter()
                 .filter_map(|r| c.pids.get(r).copied())
                 .collect();
-            json!({
-                "name": n.name,
-                "addr": n.addr.to_string(),
-                "health": c.state.nodes[i].health,
-                "spare": n.spare,
-                "holds_replicas": c.state.nodes[i].holds_replicas,
-                "ranks": ranks,
-                "rank_pids": pids,
-                "agent_pid": c.agents[i].pid,
-                "control": c.agents[i].control,
-                "store": n.store,
-                "log": c.agents[i].log,
-                "last_heard_s": c.last_seen[i].elapsed().as_secs_f64(),
-            })
+            NodeStatus {
+                name: n.name.clone(),
+                addr: n.addr.to_string(),
+                health: c.state.nodes[i].health,
+                spare: n.spare,
+                holds_replicas: c.state.nodes[i].holds_replicas,
+                ranks,
+                rank_pids,
+                agent_pid: Some(c.agents[i].pid),
+                control: Some(c.agents[i].control.clone()),
+                store: n.store.display().to_string(),
+                log: Some(c.agents[i].log.display().to_string()),
+                last_heard_s: c.last_seen[i].elapsed().as_secs_f64(),
+            }
         })
         .collect();
     let newest = c.state.newest_published();
-    let replicas: Vec<Vec<&str>> = (0..c.spec.ranks)
-        .map(|r| {
-            c.state
-                .holders_of_committed(r)
-                .into_iter()
-                .map(|n| c.spec.nodes[n].name.as_str())
-                .collect()
-        })
-        .collect();
-    let partners: Vec<Vec<&str>> = c
-        .state
-        .partners
-        .iter()
-        .map(|p| p.iter().map(|&n| c.spec.nodes[n].name.as_str()).collect())
-        .collect();
-    let last = c.commits.last();
-    json!({
-        "job": c.spec.job,
-        "ranks": c.spec.ranks,
-        "replicas": c.spec.replicas,
-        "running": c.mpirun_pid.is_some(),
-        "launcher_pid": c.mpirun_pid,
-        "restarts": c.restarts,
-        "nodes": nodes,
-        "placement": c.state.placement.iter().map(|&n| c.spec.nodes[n].name.as_str()).collect::<Vec<_>>(),
-        "partners": partners,
-        "committed": c.state.committed.map(|k| json!({"epoch": k.epoch, "step": k.step})),
-        "committed_bytes": c.state.committed_bytes.map(|(s, w)| json!({"state": s, "written": w})),
-        "committed_holders": replicas,
-        "newest_published": newest,
-        "newest_bytes": newest.and_then(|e| c.state.epoch_bytes(e)).map(|(s, w)| json!({"state": s, "written": w})),
-        "last_commit_age_s": last.map(|(t, _)| t.elapsed().as_secs_f64()),
-        "steps_per_s": steps_per_second(c),
-        "replication_lag_s": replication_lag(c),
-        "recoveries": c.recoveries,
-    })
-    .to_string()
+    let bytes = |b: Option<(u64, u64)>| b.map(|(state, written)| EpochBytes { state, written });
+    JobStatus {
+        job: c.spec.job.clone(),
+        ranks: c.spec.ranks,
+        replicas: c.spec.replicas,
+        effective_replicas: c.state.effective_replicas(),
+        running: c.mpirun_pid.is_some(),
+        phase: if c.mpirun_pid.is_some() {
+            "running"
+        } else {
+            "stopped"
+        }
+        .into(),
+        launcher_pid: c.mpirun_pid,
+        restarts: c.restarts,
+        nodes,
+        placement: c.state.placement.iter().map(|&n| name(n)).collect(),
+        partners: c
+            .state
+            .partners
+            .iter()
+            .map(|p| p.iter().map(|&n| name(n)).collect())
+            .collect(),
+        committed: c.state.committed.map(|k| Committed {
+            epoch: k.epoch,
+            step: k.step,
+        }),
+        committed_bytes: bytes(c.state.committed_bytes),
+        committed_holders: (0..c.spec.ranks)
+            .map(|r| {
+                c.state
+                    .holders_of_committed(r)
+                    .into_iter()
+                    .map(name)
+                    .collect()
+            })
+            .collect(),
+        newest_published: newest,
+        newest_bytes: bytes(newest.and_then(|e| c.state.epoch_bytes(e))),
+        last_commit_age_s: c.commits.last().map(|(t, _)| t.elapsed().as_secs_f64()),
+        steps_per_s: steps_per_second(c),
+        replication_lag_s: replication_lag(c),
+        recoveries: c.recoveries.clone(),
+    }
 }
 
-pub fn text(c: &Coordinator) -> String {
+/// `pmrun ctl status` for people.
+pub fn text(s: &JobStatus) -> String {
+    let usable = s.nodes.iter().filter(|n| n.health == Health::Alive).count();
+    let committed = s
+        .committed
+        .map_or("none".into(), |k| format!("{} (step {})", k.epoch, k.step));
+    let rate = s.steps_per_s.map_or("-".into(), |r| format!("{r:.1}"));
     let mut out = format!(
-        "job {}: {}\n",
-        c.spec.job,
-        line(c).trim_start_matches("pmrun: ")
+        "job {}: {} ranks on {usable} nodes | {rate} steps/s | committed epoch {committed} | replication lag {:.1} s\n",
+        s.job, s.ranks, s.replication_lag_s
     );
-    for (i, n) in c.spec.nodes.iter().enumerate() {
-        let ranks: Vec<String> = c.state.ranks_on(i).iter().map(u32::to_string).collect();
-        let health = match c.state.nodes[i].health {
+    for n in &s.nodes {
+        let ranks: Vec<String> = n.ranks.iter().map(u32::to_string).collect();
+        let health = match n.health {
             Health::Alive => "alive",
             Health::Drained => "drained",
             Health::Dead => "dead",
@@ -125,24 +137,22 @@ pub fn text(c: &Coordinator) -> String {
             if n.spare { " (spare)" } else { "" }
         ));
     }
-    match c.state.committed {
+    match s.committed {
         Some(k) => {
-            let size = c.state.committed_bytes.map_or(String::new(), |(s, w)| {
-                format!(", {s} bytes of state ({w} written)")
+            let size = s.committed_bytes.map_or(String::new(), |b| {
+                format!(", {} bytes of state ({} written)", b.state, b.written)
             });
-            let age = c.commits.last().map_or(String::new(), |(t, _)| {
-                format!(", {:.1} s ago", t.elapsed().as_secs_f64())
-            });
+            let age = s
+                .last_commit_age_s
+                .map_or(String::new(), |a| format!(", {a:.1} s ago"));
             out.push_str(&format!(
                 "  committed epoch {} at step {}{age}{size}; replicas per rank: {}\n",
-                k.epoch,
-                k.step,
-                c.state.effective_replicas()
+                k.epoch, k.step, s.effective_replicas
             ));
         }
         None => out.push_str("  no checkpoint committed yet\n"),
     }
-    for r in &c.recoveries {
+    for r in &s.recoveries {
         out.push_str(&format!(
             "  {} of {}: {:.2} s in all\n",
             r.kind,
@@ -151,4 +161,24 @@ pub fn text(c: &Coordinator) -> String {
         ));
     }
     out
+}
+
+/// What a drain did, for the operator who asked for it.
+pub fn drained(r: &Recovery) -> String {
+    let moved: Vec<String> = r
+        .moved
+        .iter()
+        .map(|(rank, _, to)| format!("{rank}→{to}"))
+        .collect();
+    format!(
+        "node {} drained: stopped at a checkpoint and replicated in {:.2} s, placed in {:.2} s, \
+         {} rank(s) moved ({}); resuming from epoch {} (step {})",
+        r.nodes.join(", "),
+        r.stop_s,
+        r.place_s,
+        r.moved.len(),
+        moved.join(" "),
+        r.epoch,
+        r.step
+    )
 }

@@ -1,0 +1,379 @@
+//! The vocabulary of a job's links: one message type per direction of each
+//! link, carried in [`wire`](crate::wire) frames.
+//!
+//! | link | one way | the other |
+//! |---|---|---|
+//! | launcher ↔ agent (TCP) | [`ToAgent`] | [`FromAgent`] |
+//! | rank → agent (Unix socket) | [`FromRank`] | — |
+//! | agent → partner agent (TCP) | [`ToPartner`] | [`FromPartner`] |
+//! | operator (`pmrun ctl`) ↔ launcher (Unix socket) | [`CtlRequest`] | [`CtlReply`] |
+//!
+//! A receiver decodes only its link's type, so a message of another link
+//! fails to decode instead of reaching an "unexpected message" arm. Nodes
+//! are [`NodeId`]s (their index in the job's node list) everywhere; names
+//! are for people. Postcard numbers variants by position: append new
+//! variants, never reorder (the wire version changes otherwise).
+
+use crate::transport::RegionKey;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A node of the job: its index in the list pmrun was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    pub fn from_index(i: usize) -> Self {
+        Self(u32::try_from(i).expect("fewer than 2^32 nodes"))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A node's load as its agent reports it in heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Ranks running on the node.
+    pub ranks: u32,
+    /// Sum of the ranks' expected seconds per step (weighted load).
+    pub step_seconds: f64,
+    /// CPUs the node may use (its cgroup quota or its core count).
+    pub cpus: f64,
+}
+
+/// What an agent is still doing before it can apply a placement: imports
+/// into ranks that now run on its node. Reported in heartbeats, so that
+/// the launcher's patience follows the work left, not a fixed timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub generation: u64,
+    pub imports: u32,
+    /// Bytes those imports still have to move.
+    pub bytes_left: u64,
+}
+
+/// Where a node's agent takes replication requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub node: NodeId,
+    /// TCP address of the agent's partner port.
+    pub control: String,
+}
+
+/// What a node's store holds of the job (the answer to
+/// [`ToAgent::Inventory`]), so that `pmrun --job` resumes without reading
+/// any node's files itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The job's commit record on this node: epoch, step, rank count.
+    pub committed: Option<(u64, u64, u32)>,
+    /// Per rank directory: the epochs whose manifest is published.
+    pub ranks: Vec<(u32, Vec<u64>)>,
+}
+
+/// Launcher → agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// The ranks the node runs from now on and, for each, the partner
+    /// nodes that must hold its replicas; `peers` says where every live
+    /// node's agent listens. Answered by [`FromAgent::PlacementApplied`].
+    Placement {
+        generation: u64,
+        local: Vec<u32>,
+        partners: Vec<(u32, Vec<NodeId>)>,
+        peers: Vec<Peer>,
+    },
+    /// `epoch`, taken at `step` by a job of `ranks` ranks, is committed.
+    Commit { epoch: u64, step: u64, ranks: u32 },
+    /// Kill the node's ranks: the run is being stopped.
+    KillRanks,
+    /// Say what the store holds of the job ([`FromAgent::Inventory`]).
+    Inventory,
+    /// The job ended: delete its snapshots and replicas on the node, exit.
+    DeleteJob,
+    /// The job stops with its checkpoints kept: exit.
+    Exit,
+}
+
+/// Agent → launcher.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromAgent {
+    /// First message: where partner agents and transfers reach the agent.
+    Ready {
+        control: String,
+        transport: String,
+        pid: u32,
+    },
+    /// Periodically, from the agent's event loop: it is alive and making
+    /// progress; its load, and what a placement still waits for.
+    Heartbeat {
+        seq: u64,
+        load: Load,
+        waiting: Option<Waiting>,
+    },
+    /// A rank reached the agent (it initialised pm), from process `pid`.
+    RankHello { rank: u32, pid: u32 },
+    /// A rank's snapshot of `epoch` is published in the node's store.
+    Published {
+        rank: u32,
+        epoch: u64,
+        step: u64,
+        state_bytes: u64,
+        written_bytes: u64,
+    },
+    /// A rank stopped at its snapshot of `epoch` (`PM_EXIT`) instead of
+    /// finishing the job.
+    Stopped { rank: u32, epoch: u64, step: u64 },
+    /// A rank completed the job.
+    Finished { rank: u32 },
+    /// `holder` published its replica of `rank`'s snapshot of `epoch`.
+    ReplicaStored {
+        rank: u32,
+        epoch: u64,
+        holder: NodeId,
+    },
+    /// `partner` did not store `rank`'s snapshot of `epoch`.
+    ReplicaFailed {
+        rank: u32,
+        epoch: u64,
+        partner: NodeId,
+        reason: String,
+    },
+    /// The placement of `generation` is in force.
+    PlacementApplied { generation: u64 },
+    /// The answer to [`ToAgent::Inventory`].
+    Inventory(Inventory),
+    /// The answer to [`ToAgent::KillRanks`]: the ranks it killed.
+    RanksKilled { ranks: Vec<u32> },
+}
+
+/// Rank → its node's agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromRank {
+    /// First message: which rank connected, from which process.
+    Hello { rank: u32, pid: u32 },
+    /// The rank's snapshot of `epoch` is published in the node's store.
+    Published {
+        rank: u32,
+        epoch: u64,
+        step: u64,
+        state_bytes: u64,
+        written_bytes: u64,
+    },
+    /// The rank stopped at its snapshot of `epoch` (`PM_EXIT`).
+    Stopped { rank: u32, epoch: u64, step: u64 },
+    /// The rank completed the job (`pm_finalize`).
+    Finished { rank: u32 },
+}
+
+/// A source agent → the partner agent that is to hold a replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToPartner {
+    /// First message: who is calling, and where its transport listens.
+    Hello { node: NodeId, transport: String },
+    /// Rank `rank`'s snapshot of `epoch` is published at the source: pull
+    /// it. `manifest_bytes` is the encoded manifest (format.md);
+    /// `data_keys` gives, for each data file the manifest references (by
+    /// its epoch), the transport key it is registered under (unchanged
+    /// chunks stay in older files, which a partner that missed an epoch
+    /// needs); `changed` lists the (offset, length) ranges of the epoch's
+    /// own data file that were written.
+    SnapshotReady {
+        job: String,
+        rank: u32,
+        epoch: u64,
+        manifest_bytes: Vec<u8>,
+        data_keys: Vec<(u64, RegionKey)>,
+        changed: Vec<(u64, u64)>,
+    },
+}
+
+/// Partner → source, one answer per [`ToPartner::SnapshotReady`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromPartner {
+    /// The replica is published in the partner's store.
+    Stored { rank: u32, epoch: u64 },
+    /// It was not stored; why, for the log and the user.
+    Refused { reason: String },
+}
+
+/// Operator (`pmrun ctl`) → launcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CtlRequest {
+    /// Nodes, ranks, epochs, replicas, recoveries.
+    Status,
+    /// Take a checkpoint now; answered once it is committed.
+    Checkpoint,
+    /// Checkpoint, move every rank off `node`, continue without it.
+    Drain { node: String },
+}
+
+/// Launcher → operator; rendered for people (or as JSON) by `pmrun ctl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CtlReply {
+    Status(Box<JobStatus>),
+    /// The checkpoint asked for is committed.
+    Committed {
+        epoch: u64,
+        step: u64,
+    },
+    /// The drain is done and the job runs again without the node.
+    Drained(Recovery),
+    /// The request cannot be carried out; why.
+    Refused {
+        reason: String,
+    },
+}
+
+/// A node's condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Alive,
+    /// Taken out of service by `pmrun ctl drain`: runs no ranks, holds no replicas.
+    Drained,
+    /// Missed heartbeats for longer than `--fail-after`, lost its link, or
+    /// stopped making progress.
+    Dead,
+}
+
+/// One node as `pmrun ctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub addr: String,
+    pub health: Health,
+    pub spare: bool,
+    pub holds_replicas: bool,
+    pub ranks: Vec<u32>,
+    /// Processes of the node's ranks, as its agent reported them.
+    pub rank_pids: Vec<u32>,
+    pub agent_pid: Option<u32>,
+    pub control: Option<String>,
+    pub store: String,
+    pub log: Option<String>,
+    pub last_heard_s: f64,
+}
+
+/// Bytes of an epoch over all ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochBytes {
+    pub state: u64,
+    pub written: u64,
+}
+
+/// A committed epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub epoch: u64,
+    pub step: u64,
+}
+
+/// One recovery or drain, with its timings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    pub kind: RecoveryKind,
+    pub nodes: Vec<String>,
+    /// From the node's last heartbeat to its declaration as dead.
+    pub detect_s: f64,
+    /// From the declaration (or the drain request) until the job stopped.
+    pub stop_s: f64,
+    /// Placing ranks and waiting for agents to apply it.
+    pub place_s: f64,
+    /// From relaunch until every rank had restored and reached its agent.
+    pub resume_s: f64,
+    pub total_s: f64,
+    /// The epoch the job resumed from (0: afresh), and its step.
+    pub epoch: u64,
+    pub step: u64,
+    /// Ranks moved: (rank, from node, to node).
+    pub moved: Vec<(u32, String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryKind {
+    #[serde(rename = "node failure")]
+    NodeFailure,
+    #[serde(rename = "drain")]
+    Drain,
+}
+
+impl fmt::Display for RecoveryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NodeFailure => "node failure",
+            Self::Drain => "drain",
+        })
+    }
+}
+
+/// Everything `pmrun ctl status` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job: String,
+    pub ranks: u32,
+    pub replicas: usize,
+    /// Replicas every snapshot actually gets with the usable nodes left.
+    pub effective_replicas: usize,
+    /// Whether a run of the job (mpirun) is running.
+    pub running: bool,
+    /// What the job is doing: starting, placing, running, stopping, …
+    pub phase: String,
+    pub launcher_pid: Option<u32>,
+    pub restarts: u32,
+    pub nodes: Vec<NodeStatus>,
+    /// The node of every rank.
+    pub placement: Vec<String>,
+    /// The partner nodes of every rank.
+    pub partners: Vec<Vec<String>>,
+    pub committed: Option<Committed>,
+    pub committed_bytes: Option<EpochBytes>,
+    /// Nodes holding each rank's committed snapshot.
+    pub committed_holders: Vec<Vec<String>>,
+    pub newest_published: Option<u64>,
+    pub newest_bytes: Option<EpochBytes>,
+    pub last_commit_age_s: Option<f64>,
+    pub steps_per_s: Option<f64>,
+    pub replication_lag_s: f64,
+    pub recoveries: Vec<Recovery>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let msg = ToAgent::Placement {
+            generation: 3,
+            local: vec![0, 1],
+            partners: vec![(0, vec![NodeId(2)]), (1, vec![NodeId(2), NodeId(3)])],
+            peers: vec![Peer {
+                node: NodeId(2),
+                control: "127.0.0.4:4000".into(),
+            }],
+        };
+        let bytes = postcard::to_stdvec(&msg).unwrap();
+        assert_eq!(postcard::from_bytes::<ToAgent>(&bytes).unwrap(), msg);
+        let hello = postcard::to_stdvec(&FromRank::Hello { rank: 1, pid: 42 }).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<FromRank>(&hello).unwrap(),
+            FromRank::Hello { rank: 1, pid: 42 }
+        );
+    }
+
+    #[test]
+    fn recovery_kinds_keep_their_names_in_json() {
+        let s = serde_json::to_string(&RecoveryKind::NodeFailure).unwrap();
+        assert_eq!(s, "\"node failure\"");
+        assert_eq!(RecoveryKind::Drain.to_string(), "drain");
+    }
+}
