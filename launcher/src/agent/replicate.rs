@@ -185,6 +185,34 @@ struct Partner {
     session: Session,
 }
 
+/// An authenticated connection to the agent of partner `node`.
+fn connect(shared: &Shared, node: NodeId) -> anyhow::Result<Partner> {
+    let Some(addr) = lock(&shared.state).peers.get(&node).cloned() else {
+        anyhow::bail!("pmrun named no address for partner node {node}");
+    };
+    let sock: SocketAddr = addr.parse()?;
+    let mut stream = TcpStream::connect_timeout(&sock, PARTNER_TIMEOUT)?;
+    stream.set_read_timeout(Some(PARTNER_TIMEOUT))?;
+    stream.set_write_timeout(Some(PARTNER_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut session = Session::connect(
+        &mut stream,
+        &shared.opts.secret,
+        &addr,
+        &shared.opts.node,
+        Role::Agent,
+        Limits::default(),
+    )?;
+    session.send(
+        &mut stream,
+        &ToPartner::Hello {
+            node: shared.opts.node_id,
+            transport: shared.transport.local_addr().to_string(),
+        },
+    )?;
+    Ok(Partner { stream, session })
+}
+
 /// Asks the partner `node` to pull the announced snapshot and waits for
 /// its answer.
 fn send_to(
@@ -193,34 +221,10 @@ fn send_to(
     node: NodeId,
     announcement: &ToPartner,
 ) -> anyhow::Result<()> {
-    if !partners.contains_key(&node) {
-        let Some(addr) = lock(&shared.state).peers.get(&node).cloned() else {
-            anyhow::bail!("pmrun named no address for partner node {node}");
-        };
-        let addr = addr.as_str();
-        let sock: SocketAddr = addr.parse()?;
-        let mut stream = TcpStream::connect_timeout(&sock, PARTNER_TIMEOUT)?;
-        stream.set_read_timeout(Some(PARTNER_TIMEOUT))?;
-        stream.set_write_timeout(Some(PARTNER_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        let mut session = Session::connect(
-            &mut stream,
-            &shared.opts.secret,
-            addr,
-            &shared.opts.node,
-            Role::Agent,
-            Limits::default(),
-        )?;
-        session.send(
-            &mut stream,
-            &ToPartner::Hello {
-                node: shared.opts.node_id,
-                transport: shared.transport.local_addr().to_string(),
-            },
-        )?;
-        partners.insert(node, Partner { stream, session });
-    }
-    let p = partners.get_mut(&node).expect("inserted above");
+    let p = match partners.entry(node) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(connect(shared, node)?),
+    };
     p.session.send(&mut p.stream, announcement)?;
     match p.session.recv(&mut p.stream)? {
         FromPartner::Stored { .. } => Ok(()),
