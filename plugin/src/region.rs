@@ -92,14 +92,25 @@ impl<T: Pod> Region<T> {
 
     /// Calls `f` with the region's elements to read.
     pub fn with<R>(&self, f: impl FnOnce(&[T]) -> R) -> R {
-        f(bytemuck::cast_slice(&self.slot.borrow()))
+        let bytes = self.slot.borrow();
+        // An empty buffer's dangling pointer need not be aligned for `T`.
+        f(if bytes.is_empty() {
+            &[]
+        } else {
+            bytemuck::cast_slice(&bytes)
+        })
     }
 
     /// Calls `f` with the region's elements to change. While `f` runs,
     /// [`Runtime::step`](crate::Runtime::step) refuses to run (the borrow
     /// ends when `f` returns or panics).
     pub fn with_mut<R>(&mut self, f: impl FnOnce(&mut [T]) -> R) -> R {
-        f(bytemuck::cast_slice_mut(&mut self.slot.borrow_mut()))
+        let mut bytes = self.slot.borrow_mut();
+        f(if bytes.is_empty() {
+            &mut []
+        } else {
+            bytemuck::cast_slice_mut(&mut bytes)
+        })
     }
 
     /// The number of elements.
@@ -237,7 +248,10 @@ mod tests {
         assert_eq!(r.with(|g| g[2]), 2.5);
         r.copy_from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0]);
         assert_eq!(r.to_vec(), [1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert!(region(0).0.is_empty());
+        let mut empty = region(0).0;
+        assert!(empty.is_empty());
+        assert_eq!(empty.with_mut(|g| g.len()), 0);
+        assert_eq!(empty.to_vec(), []);
     }
 
     #[test]

@@ -105,33 +105,25 @@ fn main() {
             // must leave no checkpoint behind and not count.
             let mut u = rt.region::<f64>("u", 16).unwrap();
             let seed = rt.value("seed", 7u64).unwrap();
-            let state = |rt: &Runtime| {
+            let report = |what: &str, result: Result<Action, pm::PmError>, rt: &Runtime| {
                 let taken = rt.last_checkpoint().map_or(0, |c| c.epoch);
-                format!("step {} epoch {taken}", rt.current_step())
+                let result = result.map_err(|e| e.to_string());
+                println!(
+                    "rank {rank} {what}: {result:?}, step {} epoch {taken}",
+                    rt.current_step()
+                );
             };
             let inside = u.with_mut(|g| {
                 g[0] = 1.0;
                 rt.step()
             });
-            println!(
-                "rank {rank} inside with_mut: {:?}, {}",
-                inside.map_err(|e| e.to_string()),
-                state(&rt)
-            );
+            report("inside with_mut", inside, &rt);
             let held = seed.borrow_mut();
             let across = rt.step();
             drop(held);
-            println!(
-                "rank {rank} value held: {:?}, {}",
-                across.map_err(|e| e.to_string()),
-                state(&rt)
-            );
+            report("value held", across, &rt);
             let reading = u.with(|_| rt.step());
-            println!(
-                "rank {rank} inside with: {:?}, {}",
-                reading.map_err(|e| e.to_string()),
-                state(&rt)
-            );
+            report("inside with", reading, &rt);
         }
         other => panic!("unknown probe {other:?}"),
     }
