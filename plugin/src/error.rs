@@ -42,6 +42,12 @@ pub enum PmError {
         reason: String,
     },
 
+    #[error("region {0:?} is borrowed while step() runs: finish with_mut before calling step")]
+    RegionBorrowed(String),
+
+    #[error("value {0:?} is borrowed while step() runs: drop its borrow_mut() before calling step")]
+    ValueBorrowed(String),
+
     #[error("another rank failed to {stage}; its own error message says why")]
     Peer { stage: &'static str },
 
@@ -92,7 +98,7 @@ impl PmError {
             Self::RankCount { .. } | Self::UnregisteredRegion { .. } => code::MISMATCH,
             Self::Peer { .. } => code::PEER,
             Self::Mpi { .. } => code::MPI,
-            Self::State(_) => code::STATE,
+            Self::State(_) | Self::RegionBorrowed(_) | Self::ValueBorrowed(_) => code::STATE,
             Self::Agent(_) => code::PEER,
         }
     }

@@ -13,7 +13,7 @@
 //! let mut grid: pm::Region<f64> = rt.region("grid", 1024)?;
 //! let start = rt.restored_step().unwrap_or(0);
 //! for _step in start..100 {
-//!     grid[0] += 1.0; // compute, exchange halos over MPI, ...
+//!     grid.with_mut(|g| g[0] += 1.0); // compute, exchange halos over MPI, ...
 //!     if rt.step()? == pm::Action::Exit {
 //!         return Ok(());
 //!     }
@@ -21,6 +21,10 @@
 //! rt.finalize()
 //! # }
 //! ```
+//!
+//! A region's memory is reached only inside [`Region::with`] and
+//! [`Region::with_mut`], so no borrow of it is alive while `step()` reads it
+//! for a checkpoint; `step()` called from inside `with_mut` is an error.
 //!
 //! Under `pmrun`, each rank also reports its snapshots to its node's agent,
 //! which replicates them to partner nodes; `pmrun` then commits ([`agent`]).

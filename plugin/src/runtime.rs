@@ -282,7 +282,7 @@ impl Runtime {
         if let Some(snapshot) = &self.restore {
             snapshot.read_region(name, &mut buf)?;
         }
-        let slot = Slot::new(buf);
+        let slot: Slot = Rc::new(RefCell::new(buf));
         self.entries.push(Entry {
             name: name.to_owned(),
             source: Source::Owned(slot.clone()),
@@ -345,20 +345,22 @@ impl Runtime {
             }
         };
         let cell = Rc::new(RefCell::new(value));
-        let encode = {
-            let cell = cell.clone();
-            move || postcard::to_stdvec(&*cell.borrow()).map_err(|e| e.to_string())
-        };
         self.entries.push(Entry {
             name: region,
-            source: Source::Value(Box::new(encode)),
+            source: Source::Value(cell.clone()),
         });
         Ok(Value::new(cell))
     }
 
     /// Ends a time step. Call it on every rank once per step, at a point
     /// where the registered state is consistent. Collective.
+    ///
+    /// Called while a region is inside [`Region::with_mut`] or a value is
+    /// behind a live [`Value::borrow_mut`], it returns an error on this rank
+    /// (a bug in the program, found before anything is read or sent) and
+    /// the step does not count: finish the borrow and call it again.
     pub fn step(&mut self) -> Result<Action, PmError> {
+        self.entries.iter().try_for_each(Entry::check_unborrowed)?;
         if self.stopped.is_some() {
             return Ok(Action::Exit);
         }
@@ -595,25 +597,41 @@ impl Runtime {
     }
 
     fn write_snapshot(&mut self, epoch: u64) -> Result<pm_core::WriteReport, PmError> {
+        // Values first: their encoding runs the application's Serialize
+        // code, which must not run while the regions below are borrowed.
         let mut encoded = Vec::new();
         for e in &self.entries {
-            if let Source::Value(encode) = &e.source {
-                let bytes = encode().map_err(|reason| PmError::Value {
-                    name: e.name.trim_start_matches("value.").to_owned(),
-                    action: "encoded",
-                    reason,
-                })?;
+            if let Source::Value(value) = &e.source {
+                let bytes = value
+                    .encode()
+                    .ok_or_else(|| PmError::ValueBorrowed(e.value_name().to_owned()))?
+                    .map_err(|err| PmError::Value {
+                        name: e.value_name().to_owned(),
+                        action: "encoded",
+                        reason: err.to_string(),
+                    })?;
                 encoded.push(bytes);
             }
         }
-        let mut values = encoded.iter();
+        // `step()` checked these borrows, and only the Serialize code above
+        // has run since (its own borrows end with it); `try_borrow` keeps
+        // even a surprise an error rather than an aliased read.
+        let mut owned = Vec::new();
+        for e in &self.entries {
+            if let Source::Owned(slot) = &e.source {
+                let buf = slot
+                    .try_borrow()
+                    .map_err(|_| PmError::RegionBorrowed(e.name.clone()))?;
+                owned.push(buf);
+            }
+        }
+        let (mut values, mut owned) = (encoded.iter(), owned.iter());
         let regions: Vec<RegionRef> = self
             .entries
             .iter()
             .map(|e| {
                 let bytes: &[u8] = match &e.source {
-                    // SAFETY: the application is blocked in `step`.
-                    Source::Owned(slot) => unsafe { slot.bytes() },
+                    Source::Owned(_) => owned.next().expect("one borrow per region"),
                     // SAFETY: guaranteed by the caller of `register_raw`.
                     Source::Raw { ptr, len } => unsafe { raw_slice(*ptr, *len) },
                     Source::Value(_) => values.next().expect("one encoding per value"),

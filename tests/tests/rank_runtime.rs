@@ -465,6 +465,34 @@ fn serde_values_and_regions_resume_exactly() {
 }
 
 #[test]
+fn step_while_a_region_or_value_is_borrowed_is_an_error_and_takes_no_checkpoint() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = mpirun(2)
+        .arg(workspace_bin("pm_probe"))
+        .arg("borrowed")
+        .env("PM_STORE", store.path())
+        .env("PM_JOB", "borrowed")
+        .env("PM_EVERY", "1")
+        .output()
+        .unwrap();
+    let t = ok(&out);
+    assert!(!t.contains("panicked"), "{t}");
+    for rank in 0..2 {
+        for line in [
+            r#"inside with_mut: Err("region \"u\" is borrowed while step() runs: finish with_mut before calling step"), step 0 epoch 0"#,
+            r#"value held: Err("value \"seed\" is borrowed while step() runs: drop its borrow_mut() before calling step"), step 0 epoch 0"#,
+            "inside with: Ok(Continue), step 1 epoch 1",
+        ] {
+            assert!(
+                t.contains(&format!("rank {rank} {line}")),
+                "rank {rank}: {line}\n{t}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_header_works_from_cxx() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c(&repo_root().join("tests/c/cxx_uses_header.cpp"), dir.path());

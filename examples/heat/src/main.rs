@@ -78,19 +78,13 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
     // Local rows 1..=local are this rank's; rows 0 and local+1 are halos
     // (or, at the plate's edges, the fixed boundary).
     let cells = (local + 2) * cols;
-    let (mut region, mut plain);
-    let u: &mut [f64] = match rt.as_mut() {
-        Some(rt) => {
-            region = rt.region::<f64>("u", cells)?;
-            &mut region
-        }
-        None => {
-            // The same page-aligned, pre-faulted memory pm gives a region, so
-            // that the baseline differs from the pm run only by pm.
-            plain = pm::RegionBuf::new(cells * 8)
-                .map_err(|e| PmError::InvalidArgument(e.to_string()))?;
-            bytemuck::cast_slice_mut(&mut plain)
-        }
+    let mut u = match rt.as_mut() {
+        Some(rt) => Plate::Pm(rt.region::<f64>("u", cells)?),
+        // The same page-aligned, pre-faulted memory pm gives a region, so
+        // that the baseline differs from the pm run only by pm.
+        None => Plate::Plain(
+            pm::RegionBuf::new(cells * 8).map_err(|e| PmError::InvalidArgument(e.to_string()))?,
+        ),
     };
     let start = match rt.as_ref().and_then(Runtime::restored_step) {
         Some(step) => {
@@ -100,19 +94,21 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
             step
         }
         None => {
-            for i in 0..local + 2 {
-                for j in 0..cols {
-                    // Row -1 is the hot edge; row `rows` the cold one.
-                    let g = (row0 + i) as isize - 1;
-                    u[i * cols + j] = if g < 0 {
-                        100.0
-                    } else if g as usize >= args.rows {
-                        0.0
-                    } else {
-                        initial(g as usize, j)
-                    };
+            u.with_mut(|u| {
+                for i in 0..local + 2 {
+                    for j in 0..cols {
+                        // Row -1 is the hot edge; row `rows` the cold one.
+                        let g = (row0 + i) as isize - 1;
+                        u[i * cols + j] = if g < 0 {
+                            100.0
+                        } else if g as usize >= args.rows {
+                            0.0
+                        } else {
+                            initial(g as usize, j)
+                        };
+                    }
                 }
-            }
+            });
             if rank == 0 {
                 println!(
                     "heat: starting a {}x{} plate on {size} ranks",
@@ -128,17 +124,21 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
     let started = Instant::now();
     let mut stopped = false;
     for step in start..args.steps {
-        exchange_halos(world, u, local, cols);
-        for i in 1..=local {
-            for j in 1..cols - 1 {
-                let c = i * cols + j;
-                next[c] = 0.25 * (u[c - cols] + u[c + cols] + u[c - 1] + u[c + 1]);
+        // The step's whole compute in one closure: the hot loop runs on a
+        // plain slice, and the borrow ends before `step()` checkpoints `u`.
+        u.with_mut(|u| {
+            exchange_halos(world, u, local, cols);
+            for i in 1..=local {
+                for j in 1..cols - 1 {
+                    let c = i * cols + j;
+                    next[c] = 0.25 * (u[c - cols] + u[c + cols] + u[c - 1] + u[c + 1]);
+                }
             }
-        }
-        for i in 1..=local {
-            let row = i * cols + 1..(i + 1) * cols - 1;
-            u[row.clone()].copy_from_slice(&next[row]);
-        }
+            for i in 1..=local {
+                let row = i * cols + 1..(i + 1) * cols - 1;
+                u[row.clone()].copy_from_slice(&next[row]);
+            }
+        });
         if args.pause_ms > 0 {
             std::thread::sleep(Duration::from_millis(args.pause_ms));
         }
@@ -181,12 +181,15 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
         );
     }
 
-    let mut sum = 0u64;
-    for i in 1..=local {
-        for j in 0..cols {
-            sum = sum.wrapping_add(cell_hash((row0 + i - 1) * cols + j, u[i * cols + j]));
+    let sum = u.with_mut(|u| {
+        let mut sum = 0u64;
+        for i in 1..=local {
+            for j in 0..cols {
+                sum = sum.wrapping_add(cell_hash((row0 + i - 1) * cols + j, u[i * cols + j]));
+            }
         }
-    }
+        sum
+    });
     let root = world.process_at_rank(0);
     if rank == 0 {
         let mut total = 0u64;
@@ -196,6 +199,22 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
         root.reduce_into(&sum, mpi::collective::SystemOperation::sum());
     }
     rt.map_or(Ok(()), Runtime::finalize)
+}
+
+/// The plate's memory: a pm region, or for the `--no-pm` baseline the same
+/// kind of buffer without pm.
+enum Plate {
+    Pm(pm::Region<f64>),
+    Plain(pm::RegionBuf),
+}
+
+impl Plate {
+    fn with_mut<R>(&mut self, f: impl FnOnce(&mut [f64]) -> R) -> R {
+        match self {
+            Plate::Pm(region) => region.with_mut(f),
+            Plate::Plain(buf) => f(bytemuck::cast_slice_mut(buf)),
+        }
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

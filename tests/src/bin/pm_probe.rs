@@ -8,6 +8,9 @@
 //! * `pm_probe values STEPS PAUSE_MS`: keeps an RNG state and a history in
 //!   serde values and a region, prints `final <digest>` at the end; killed
 //!   and run again it must print the same digest.
+//! * `pm_probe borrowed`: calls `step()` inside `Region::with_mut`, with a
+//!   `Value::borrow_mut` held, and inside `Region::with`; prints what each
+//!   returned and the step and epoch after it.
 
 use mpi::traits::*;
 use pm::{Action, Runtime};
@@ -75,11 +78,13 @@ fn main() {
                 x ^= x >> 7;
                 x ^= x << 17;
                 rng.set(x);
-                acc[(x % 257) as usize] = acc[(x % 257) as usize].wrapping_add(x);
+                let sum = acc.with_mut(|acc| {
+                    acc[(x % 257) as usize] = acc[(x % 257) as usize].wrapping_add(x);
+                    acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                });
                 {
                     let mut h = history.borrow_mut();
-                    h.sums
-                        .push(acc.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
+                    h.sums.push(sum);
                     h.label = format!("rank {rank} step {step}");
                 }
                 std::thread::sleep(Duration::from_millis(pause));
@@ -94,6 +99,31 @@ fn main() {
                 h.sums.len(),
                 h.label
             );
+        }
+        "borrowed" => {
+            // Every step checkpoints (PM_EVERY=1): a step() that is refused
+            // must leave no checkpoint behind and not count.
+            let mut u = rt.region::<f64>("u", 16).unwrap();
+            let seed = rt.value("seed", 7u64).unwrap();
+            let report = |what: &str, result: Result<Action, pm::PmError>, rt: &Runtime| {
+                let taken = rt.last_checkpoint().map_or(0, |c| c.epoch);
+                let result = result.map_err(|e| e.to_string());
+                println!(
+                    "rank {rank} {what}: {result:?}, step {} epoch {taken}",
+                    rt.current_step()
+                );
+            };
+            let inside = u.with_mut(|g| {
+                g[0] = 1.0;
+                rt.step()
+            });
+            report("inside with_mut", inside, &rt);
+            let held = seed.borrow_mut();
+            let across = rt.step();
+            drop(held);
+            report("value held", across, &rt);
+            let reading = u.with(|_| rt.step());
+            report("inside with", reading, &rt);
         }
         other => panic!("unknown probe {other:?}"),
     }
