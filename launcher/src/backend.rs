@@ -5,11 +5,13 @@ use crate::hosts::Host;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Everything a backend needs to start the job once.
+/// Everything a backend needs to start the job once: which ranks run on
+/// which host (any rank→host map the coordinator chose).
 #[derive(Clone, Debug)]
 pub struct LaunchPlan {
     pub ranks: u32,
-    pub hosts: Vec<Host>,
+    /// Each host with its slots and the ranks it runs, in rank order.
+    pub hosts: Vec<(Host, Vec<u32>)>,
     /// The application and its arguments, passed through untouched.
     pub app: Vec<String>,
     /// Variables every rank gets (`PM_*` and `-x`).
@@ -17,15 +19,40 @@ pub struct LaunchPlan {
 }
 
 impl LaunchPlan {
-    pub fn slots(&self) -> u64 {
-        self.hosts.iter().map(|h| u64::from(h.slots)).sum()
+    /// A plan from the host of every rank.
+    pub fn new(rank_hosts: &[&Host], app: Vec<String>, env: Vec<(String, String)>) -> LaunchPlan {
+        let mut hosts: Vec<(Host, Vec<u32>)> = Vec::new();
+        for (r, host) in rank_hosts.iter().enumerate() {
+            match hosts.iter_mut().find(|(h, _)| h.name == host.name) {
+                Some((_, ranks)) => ranks.push(r as u32),
+                None => hosts.push(((*host).clone(), vec![r as u32])),
+            }
+        }
+        LaunchPlan {
+            ranks: rank_hosts.len() as u32,
+            hosts,
+            app,
+            env,
+        }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "{backend} places ranks on hosts in blocks of consecutive ranks; host {host} gets ranks {ranks:?}"
+    )]
+    Unmappable {
+        backend: &'static str,
+        host: String,
+        ranks: Vec<u32>,
+    },
 }
 
 pub trait LaunchBackend {
     fn name(&self) -> &'static str;
-    /// The command that starts every rank of `plan`.
-    fn command(&self, plan: &LaunchPlan) -> Command;
+    /// The command that starts every rank of `plan` where the plan says.
+    fn command(&self, plan: &LaunchPlan) -> Result<Command, LaunchError>;
 }
 
 /// Open MPI's `mpirun`.
@@ -38,22 +65,41 @@ impl LaunchBackend for Mpirun {
         "mpirun"
     }
 
-    fn command(&self, plan: &LaunchPlan) -> Command {
+    fn command(&self, plan: &LaunchPlan) -> Result<Command, LaunchError> {
         let mut cmd = Command::new(&self.program);
-        let hosts: Vec<String> = plan
-            .hosts
-            .iter()
-            .map(|h| format!("{}:{}", h.name, h.slots))
-            .collect();
+        let hosts: Vec<String> = match plan.hosts.as_slice() {
+            // One host: offer its slots, so that mpirun oversubscribes
+            // (and waiting ranks yield) when ranks outnumber them.
+            [(host, _)] => vec![format!("{}:{}", host.name, host.slots)],
+            // Several: mpirun fills hosts in order, so each host's ranks
+            // must be the next block; it gets exactly that many slots.
+            many => {
+                let mut next = 0;
+                for (host, ranks) in many {
+                    if ranks.iter().enumerate().any(|(i, &r)| r != next + i as u32) {
+                        return Err(LaunchError::Unmappable {
+                            backend: "mpirun",
+                            host: host.name.clone(),
+                            ranks: ranks.clone(),
+                        });
+                    }
+                    next += ranks.len() as u32;
+                }
+                many.iter()
+                    .map(|(h, ranks)| format!("{}:{}", h.name, ranks.len()))
+                    .collect()
+            }
+        };
         cmd.args(["-n", &plan.ranks.to_string(), "--host", &hosts.join(",")]);
-        if u64::from(plan.ranks) > plan.slots() {
+        let slots: u64 = plan.hosts.iter().map(|(h, _)| u64::from(h.slots)).sum();
+        if plan.hosts.len() == 1 && u64::from(plan.ranks) > slots {
             cmd.arg("--oversubscribe");
         }
         for (name, value) in &plan.env {
             cmd.env(name, value).args(["-x", name]);
         }
         cmd.args(&plan.app);
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -67,34 +113,32 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn mpirun_command_carries_ranks_hosts_env_and_app_untouched() {
-        let plan = LaunchPlan {
-            ranks: 6,
-            hosts: vec![
-                Host {
-                    name: "a".into(),
-                    slots: 2,
-                },
-                Host {
-                    name: "b".into(),
-                    slots: 2,
-                },
-            ],
-            app: vec!["./heat".into(), "--steps".into(), "-1 weird arg".into()],
-            env: vec![("PM_JOB".into(), "j".into())],
-        };
-        let cmd = Mpirun {
-            program: "mpirun".into(),
+    fn host(name: &str, slots: u32) -> Host {
+        Host {
+            name: name.into(),
+            slots,
         }
-        .command(&plan);
+    }
+
+    #[test]
+    fn one_host_is_offered_its_slots_and_oversubscribed_when_needed() {
+        let here = host("a", 2);
+        let plan = LaunchPlan::new(
+            &[&here; 6],
+            vec!["./heat".into(), "--steps".into(), "-1 weird arg".into()],
+            vec![("PM_JOB".into(), "j".into())],
+        );
+        let mpirun = Mpirun {
+            program: "mpirun".into(),
+        };
+        let cmd = mpirun.command(&plan).unwrap();
         assert_eq!(
             args(&cmd),
             [
                 "-n",
                 "6",
                 "--host",
-                "a:2,b:2",
+                "a:2",
                 "--oversubscribe",
                 "-x",
                 "PM_JOB",
@@ -107,15 +151,23 @@ mod tests {
             cmd.get_envs()
                 .any(|(k, v)| k == "PM_JOB" && v == Some("j".as_ref()))
         );
-        let fits = LaunchPlan { ranks: 4, ..plan };
-        assert!(
-            !args(
-                &Mpirun {
-                    program: "mpirun".into()
-                }
-                .command(&fits)
-            )
-            .contains(&"--oversubscribe".to_string())
+        let fits = LaunchPlan::new(&[&here; 2], vec!["./a".into()], vec![]);
+        assert!(!args(&mpirun.command(&fits).unwrap()).contains(&"--oversubscribe".to_string()));
+    }
+
+    #[test]
+    fn several_hosts_get_their_blocks_of_ranks() {
+        let (a, b) = (host("a", 4), host("b", 4));
+        let mpirun = Mpirun {
+            program: "mpirun".into(),
+        };
+        let plan = LaunchPlan::new(&[&a, &a, &a, &b], vec!["./x".into()], vec![]);
+        assert_eq!(
+            args(&mpirun.command(&plan).unwrap())[..4],
+            ["-n", "4", "--host", "a:3,b:1"]
         );
+        let scattered = LaunchPlan::new(&[&a, &b, &a], vec!["./x".into()], vec![]);
+        let err = mpirun.command(&scattered).unwrap_err().to_string();
+        assert!(err.contains("host a gets ranks [0, 2]"), "{err}");
     }
 }

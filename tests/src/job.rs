@@ -189,12 +189,14 @@ impl Job {
         committed_epoch(&s).unwrap()
     }
 
-    /// SIGKILLs a virtual node: its agent and its ranks.
+    /// SIGKILLs a virtual node: its agent and its ranks (those still
+    /// alive: once another node is lost, pmrun may have ended them).
     pub fn kill_node(&self, status: &Value, name: &str) {
         let node = node(status, name);
         sigkill(node["agent_pid"].as_u64().unwrap() as u32);
         for pid in node["rank_pids"].as_array().unwrap() {
-            sigkill(pid.as_u64().unwrap() as u32);
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid.as_u64().unwrap() as i32, libc::SIGKILL) };
         }
     }
 

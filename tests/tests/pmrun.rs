@@ -345,7 +345,10 @@ fn a_program_without_pm_runs_as_under_mpirun_and_restarts_from_the_beginning() {
     let (ended, _store) = job.finish();
     let t = &ended.output;
     assert!(ended.status.success(), "{t}");
-    assert!(t.contains("node node2 missed its heartbeats"), "{t}");
+    assert!(
+        t.contains("node node2 lost its agent") || t.contains("node node2 missed its heartbeats"),
+        "{t}"
+    );
     assert!(t.contains("relaunching afresh"), "{t}");
     assert_eq!(t.matches(NO_PM).count(), 1, "{t}");
     assert!(t.contains(&expected), "{t}");

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use pm_core::proto::{CtlReply, CtlRequest};
 use pm_launcher::backend::Mpirun;
-use pm_launcher::coord::agents::NodeSpec;
+use pm_launcher::coord::agents::{LocalAgents, NodeSpec};
 use pm_launcher::coord::{self, JobSpec, cgroup, control};
 use pm_launcher::hosts::{self, Host};
 use std::io::Write;
@@ -188,6 +188,7 @@ fn hosts(cli: &Cli) -> anyhow::Result<Vec<Host>> {
 /// The job's nodes: virtual nodes, or this machine.
 fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
     let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let this_machine = hosts::this_machine().remove(0);
     if let Some(k) = cli.local_nodes {
         if cli.spare >= k {
             bail!(
@@ -215,6 +216,10 @@ fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
                 let name = format!("node{}", i + 1);
                 let cgroup = quota.map(|c| cgroup::create(job, &name, c)).transpose()?;
                 Ok(NodeSpec {
+                    // Every virtual node's ranks run on this machine: mpirun
+                    // is offered its real cores, so that it oversubscribes
+                    // (and waiting ranks yield) instead of spinning.
+                    host: this_machine.clone(),
                     store: store.join(&name),
                     addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)),
                     slots,
@@ -243,6 +248,7 @@ fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
     let slots = hosts.iter().map(|h| h.slots).sum();
     Ok(vec![NodeSpec {
         name: "localhost".into(),
+        host: this_machine,
         slots,
         addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         store: store.to_owned(),
@@ -356,11 +362,11 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
     // The reply is typed; it becomes text (or JSON) only here.
     let (ok, text) = match control::request(&store, cli.job.as_deref(), req)? {
         CtlReply::Status(s) if json => (true, serde_json::to_string(&s)?),
-        CtlReply::Status(s) => (true, coord::status::text(&s)),
+        CtlReply::Status(s) => (true, coord::render::text(&s)),
         CtlReply::Committed { epoch, step } => {
             (true, format!("epoch {epoch} committed at step {step}"))
         }
-        CtlReply::Drained(r) => (true, coord::status::drained(&r)),
+        CtlReply::Drained(r) => (true, coord::render::drained(&r)),
         CtlReply::Refused { reason } => (false, reason),
     };
     // A closed pipe (`| head`) is not an error worth a panic.
@@ -432,7 +438,8 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
     let backend = Mpirun {
         program: cli.mpirun.clone(),
     };
-    coord::run(spec, Box::new(backend))
+    let agents = LocalAgents::new(&spec.job, &spec.store);
+    coord::run(spec, Box::new(backend), Box::new(agents))
 }
 
 #[cfg(test)]

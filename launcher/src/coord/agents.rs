@@ -1,21 +1,20 @@
-//! Starting the node agents and talking to them.
+//! Starting the node agents: its own trait, so that nothing in the
+//! coordinator assumes one machine. [`LocalAgents`] starts `pmd` on this
+//! machine, one per node (virtual nodes bound to their own loopback
+//! addresses, or this machine as one node); an `srun` starter for Slurm
+//! allocations implements the same trait.
 //!
-//! On virtual nodes and on this machine, `pmrun` starts `pmd` itself, one
-//! per node, each bound to the node's address with its own store root and
-//! log file. Every agent connects back to `pmrun` over TCP, authenticates
-//! with the job's secret and says where it listens; a reader thread per
-//! agent turns its messages into coordinator events.
+//! Whatever starts them, every agent connects back to pmrun's listener,
+//! authenticates with the job's secret and says where it listens
+//! (`FromAgent::Ready`); that part is [`super::links`].
 
-use super::Event;
-use anyhow::{Context, bail};
-use pm_core::proto::{FromAgent, ToAgent};
-use pm_core::wire::{
-    JobSecret, Limits, Role, Session, SessionReceiver, SessionSender, WireErrorKind,
-};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use crate::hosts::Host;
+use anyhow::Context;
+use pm_core::proto::NodeId;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How a node is reached and where it keeps checkpoints.
@@ -23,7 +22,10 @@ use std::time::{Duration, Instant};
 pub struct NodeSpec {
     pub name: String,
     pub slots: u32,
+    /// The address the node's agent binds (partners, transfers).
     pub addr: IpAddr,
+    /// The host its ranks run on, as the launch backend names it.
+    pub host: Host,
     /// The node's store root.
     pub store: PathBuf,
     pub spare: bool,
@@ -32,43 +34,55 @@ pub struct NodeSpec {
     pub cpus: f64,
 }
 
-/// A connected agent.
-pub struct Agent {
-    pub sender: SessionSender,
-    pub stream: TcpStream,
-    /// Where partner agents reach it.
-    pub control: String,
-    pub pid: u32,
-    pub child: Child,
-    /// The Unix socket its ranks connect to.
-    pub socket: PathBuf,
-    pub log: PathBuf,
-}
-
-/// What an agent said when it connected.
-struct Greeting {
-    node: usize,
-    sender: SessionSender,
-    receiver: SessionReceiver,
-    stream: TcpStream,
-    control: String,
-    pid: u32,
-}
-
-impl Agent {
-    pub fn send(&mut self, msg: &ToAgent) -> bool {
-        self.sender.send(&mut self.stream, msg).is_ok()
-    }
-}
-
 /// Everything agents are started with.
 pub struct AgentLaunch<'a> {
     pub job: &'a str,
     pub run_dir: &'a Path,
     pub secret_file: &'a Path,
-    pub secret: &'a JobSecret,
     pub heartbeat: Duration,
-    pub listener: &'a TcpListener,
+    /// Where pmrun listens for its agents.
+    pub launcher: SocketAddr,
+}
+
+/// Starts a job's agents and ends what is left of them.
+pub trait AgentStarter {
+    /// The address pmrun's agent listener binds: one the agents can reach.
+    fn listen_addr(&self) -> IpAddr;
+    /// Starts the agent of every node.
+    fn start(&mut self, nodes: &[NodeSpec], launch: &AgentLaunch<'_>) -> anyhow::Result<()>;
+    /// Agents whose process ended since the last call, and how (with the
+    /// end of their log), so that an agent that dies before it connects is
+    /// reported rather than waited for.
+    fn poll_exited(&mut self) -> Vec<(NodeId, String)>;
+    /// The Unix socket the ranks of `node` reach its agent on.
+    fn rank_socket(&self, node: NodeId) -> PathBuf;
+    /// The agent's log, if this starter keeps one.
+    fn log(&self, node: NodeId) -> Option<PathBuf>;
+    /// Waits (up to `patience`) for every agent to end, then ends the
+    /// rest. With `delete`, removes what the job left on `dead` nodes,
+    /// whose agents cannot do it any more.
+    fn finish(&mut self, patience: Duration, delete: bool, dead: &[NodeId]);
+}
+
+/// `pmd` processes on this machine.
+pub struct LocalAgents {
+    job: String,
+    /// The store root: virtual nodes' roots below it are pmrun's own.
+    root: PathBuf,
+    nodes: Vec<NodeSpec>,
+    /// Per node: the process (until it is reaped), its socket and its log.
+    agents: Vec<(Option<Child>, PathBuf, PathBuf)>,
+}
+
+impl LocalAgents {
+    pub fn new(job: &str, root: &Path) -> Self {
+        Self {
+            job: job.to_owned(),
+            root: root.to_owned(),
+            nodes: Vec::new(),
+            agents: Vec::new(),
+        }
+    }
 }
 
 /// The `pmd` next to this `pmrun`, else the one on PATH.
@@ -80,182 +94,114 @@ fn pmd_program() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("pmd"))
 }
 
-/// Starts one agent per node and waits until each has connected and
-/// authenticated; then every agent's messages arrive on `events`.
-pub fn start(
-    launch: &AgentLaunch<'_>,
-    nodes: &[NodeSpec],
-    events: &mpsc::Sender<Event>,
-    timeout: Duration,
-) -> anyhow::Result<Vec<Agent>> {
-    let launcher = launch.listener.local_addr()?;
-    let mut children = Vec::with_capacity(nodes.len());
-    for (id, node) in nodes.iter().enumerate() {
-        let socket = launch.run_dir.join(format!("{}.sock", node.name));
-        let log = launch.run_dir.join(format!("{}.log", node.name));
-        let log_file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create the agent log {}", log.display()))?;
-        let mut cmd = Command::new(pmd_program());
-        cmd.args(["--node", &node.name])
-            .args(["--node-id", &id.to_string()])
-            .args(["--addr", &node.addr.to_string()])
-            .arg("--store")
-            .arg(&node.store)
-            .args(["--job", launch.job])
-            .args(["--launcher", &launcher.to_string()])
-            .arg("--secret-file")
-            .arg(launch.secret_file)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--heartbeat", &launch.heartbeat.as_secs_f64().to_string()])
-            .args(["--cpus", &node.cpus.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        if let Some(cg) = &node.cgroup {
-            cmd.arg("--cgroup").arg(cg);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start pmd for node {}", node.name))?;
-        children.push(Some((child, socket, log)));
+impl AgentStarter for LocalAgents {
+    fn listen_addr(&self) -> IpAddr {
+        // Agents run on this machine: loopback is enough.
+        IpAddr::from([127, 0, 0, 1])
     }
 
-    let mut agents: Vec<Option<Agent>> = (0..nodes.len()).map(|_| None).collect();
-    let deadline = Instant::now() + timeout;
-    launch.listener.set_nonblocking(true)?;
-    while agents.iter().any(Option::is_none) {
-        for (i, slot) in children.iter_mut().enumerate() {
-            if let Some((child, _, log)) = slot
-                && let Some(status) = child.try_wait()?
-            {
-                let tail = log_tail(log);
-                bail!(
-                    "the agent of node {} exited ({status}) before connecting:\n{tail}",
-                    nodes[i].name
-                );
+    fn start(&mut self, nodes: &[NodeSpec], launch: &AgentLaunch<'_>) -> anyhow::Result<()> {
+        self.nodes = nodes.to_vec();
+        for (id, node) in nodes.iter().enumerate() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&node.store)
+                .with_context(|| {
+                    format!(
+                        "cannot create the store {} of node {} (is --store writable?)",
+                        node.store.display(),
+                        node.name
+                    )
+                })?;
+            let socket = launch.run_dir.join(format!("{}.sock", node.name));
+            let log = launch.run_dir.join(format!("{}.log", node.name));
+            let log_file = std::fs::File::create(&log)
+                .with_context(|| format!("cannot create the agent log {}", log.display()))?;
+            let mut cmd = Command::new(pmd_program());
+            cmd.args(["--node", &node.name])
+                .args(["--node-id", &id.to_string()])
+                .args(["--addr", &node.addr.to_string()])
+                .arg("--store")
+                .arg(&node.store)
+                .args(["--job", launch.job])
+                .args(["--launcher", &launch.launcher.to_string()])
+                .arg("--secret-file")
+                .arg(launch.secret_file)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--heartbeat", &launch.heartbeat.as_secs_f64().to_string()])
+                .args(["--cpus", &node.cpus.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file);
+            if let Some(cg) = &node.cgroup {
+                cmd.arg("--cgroup").arg(cg);
+            }
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("cannot start pmd for node {}", node.name))?;
+            self.agents.push((Some(child), socket, log));
+        }
+        Ok(())
+    }
+
+    fn poll_exited(&mut self) -> Vec<(NodeId, String)> {
+        let mut ended = Vec::new();
+        for (i, (child, _, log)) in self.agents.iter_mut().enumerate() {
+            let Some(c) = child else { continue };
+            if let Ok(Some(status)) = c.try_wait() {
+                ended.push((
+                    NodeId::from_index(i),
+                    format!("pmd exited ({status}):\n{}", log_tail(log)),
+                ));
+                *child = None;
             }
         }
-        if Instant::now() > deadline {
-            let missing: Vec<&str> = agents
-                .iter()
-                .zip(nodes)
-                .filter(|(a, _)| a.is_none())
-                .map(|(_, n)| n.name.as_str())
-                .collect();
-            bail!(
-                "the agents of {} did not connect within {} s",
-                missing.join(", "),
-                timeout.as_secs()
-            );
-        }
-        let (stream, peer) = match launch.listener.accept() {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+        ended
+    }
+
+    fn rank_socket(&self, node: NodeId) -> PathBuf {
+        self.agents[node.index()].1.clone()
+    }
+
+    fn log(&self, node: NodeId) -> Option<PathBuf> {
+        self.agents.get(node.index()).map(|a| a.2.clone())
+    }
+
+    fn finish(&mut self, patience: Duration, delete: bool, dead: &[NodeId]) {
+        let deadline = Instant::now() + patience;
+        for (child, _, _) in &mut self.agents {
+            let Some(c) = child else { continue };
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(10));
-                continue;
             }
-            Err(e) => return Err(e.into()),
-        };
-        match handshake(stream, peer, launch.secret, nodes) {
-            Ok(g) => match children[g.node].take() {
-                Some((child, socket, log)) => {
-                    let agent = Agent {
-                        sender: g.sender,
-                        stream: g.stream,
-                        control: g.control,
-                        pid: g.pid,
-                        child,
-                        socket,
-                        log,
-                    };
-                    spawn_reader(g.node, &agent, g.receiver, events)?;
-                    agents[g.node] = Some(agent);
-                }
-                None => {
-                    tracing::warn!(node = %nodes[g.node].name, "a second agent for the node; refused")
-                }
-            },
-            Err(e) => {
-                tracing::warn!(peer = %peer, error = %format!("{e:#}"), "connection to pmrun rejected")
+        }
+        if !delete {
+            return;
+        }
+        // Stores of this machine's nodes are local: what a dead agent
+        // cannot delete, its starter can.
+        for &n in dead {
+            let dir = self.nodes[n.index()].store.join(&self.job);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the job's checkpoints");
+            }
+        }
+        for node in &self.nodes {
+            if node.store != self.root {
+                // A virtual node's root, made by pmrun: removed once empty.
+                let _ = std::fs::remove_dir(&node.store);
             }
         }
     }
-    launch.listener.set_nonblocking(false)?;
-    Ok(agents
-        .into_iter()
-        .map(|a| a.expect("all connected"))
-        .collect())
-}
-
-fn handshake(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    secret: &JobSecret,
-    nodes: &[NodeSpec],
-) -> anyhow::Result<Greeting> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_nodelay(true)?;
-    let mut session = Session::accept(
-        &mut stream,
-        secret,
-        &peer.to_string(),
-        "pmrun",
-        Limits::default(),
-    )?;
-    if session.remote_role() != Role::Agent {
-        bail!("a {:?} connected, not an agent", session.remote_role());
-    }
-    let name = session.remote_node().to_owned();
-    let Some(i) = nodes.iter().position(|n| n.name == name) else {
-        bail!("an agent for unknown node {name:?} connected");
-    };
-    let FromAgent::Ready { control, pid, .. } = session.recv(&mut stream)? else {
-        bail!("agent {name} did not start with Ready");
-    };
-    stream.set_read_timeout(None)?;
-    let (sender, receiver) = session.split();
-    Ok(Greeting {
-        node: i,
-        sender,
-        receiver,
-        stream,
-        control,
-        pid,
-    })
-}
-
-fn spawn_reader(
-    node: usize,
-    agent: &Agent,
-    mut receiver: SessionReceiver,
-    events: &mpsc::Sender<Event>,
-) -> anyhow::Result<()> {
-    let mut stream = agent.stream.try_clone()?;
-    let events = events.clone();
-    std::thread::Builder::new()
-        .name(format!("pmrun-agent-{node}"))
-        .spawn(move || {
-            loop {
-                match receiver.recv::<FromAgent, _>(&mut stream) {
-                    Ok(msg) => {
-                        if events.send(Event::Agent { node, msg }).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let reason = match e.kind {
-                            WireErrorKind::Closed => "closed its connection".to_owned(),
-                            _ => e.to_string(),
-                        };
-                        let _ = events.send(Event::AgentLost { node, reason });
-                        return;
-                    }
-                }
-            }
-        })?;
-    Ok(())
 }
 
 /// The last lines of an agent's log, for error messages.

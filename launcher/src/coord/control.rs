@@ -2,7 +2,7 @@
 //! job's run directory (`<store>/.pmrun/<job>/ctl.sock`), authenticated with
 //! the job's secret, which only the job's user can read.
 
-use super::Event;
+use super::driver::Input;
 use anyhow::{Context, bail};
 use pm_core::proto::{CtlReply, CtlRequest};
 use pm_core::wire::{JobSecret, Limits, Role, Session};
@@ -16,11 +16,11 @@ pub fn run_dir(store: &Path, job: &str) -> PathBuf {
 }
 
 /// Serves control requests until the listener is closed.
-pub fn serve(listener: UnixListener, secret: JobSecret, events: mpsc::Sender<Event>) {
+pub fn serve(listener: UnixListener, secret: JobSecret, inputs: mpsc::Sender<Input>) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let secret = secret.clone();
-        let events = events.clone();
+        let inputs = inputs.clone();
         let _ = std::thread::Builder::new()
             .name("pmrun-ctl".into())
             .spawn(move || {
@@ -34,7 +34,7 @@ pub fn serve(listener: UnixListener, secret: JobSecret, events: mpsc::Sender<Eve
                     )?;
                     let req: CtlRequest = session.recv(&mut stream)?;
                     let (tx, rx) = mpsc::channel();
-                    events.send(Event::Control { req, reply: tx })?;
+                    inputs.send(Input::Ctl { req, reply: tx })?;
                     let reply = rx.recv().unwrap_or(CtlReply::Refused {
                         reason: "the job ended before answering".into(),
                     });

@@ -1,9 +1,11 @@
-//! The job as the coordinator sees it: nodes and their health, where every
-//! rank runs, who holds whose replicas, which epochs are published and
-//! which is committed. Pure logic (no I/O), driven by the coordinator's
-//! event loop and unit-tested on its own.
+//! The job's placement and checkpoints as the coordinator sees them: nodes
+//! and their health, where every rank runs, who holds whose replicas,
+//! which epochs are published and which is committed. Pure logic, sized
+//! for 10⁵ ranks on 10⁴ nodes: every update is incremental, and nothing is
+//! O(ranks × nodes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use pm_core::proto::NodeId;
+use std::collections::BTreeMap;
 
 pub use pm_core::proto::Health;
 
@@ -20,7 +22,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn usable(&self) -> bool {
+    pub fn usable(&self) -> bool {
         self.health == Health::Alive
     }
 
@@ -34,14 +36,6 @@ impl Node {
 pub struct Commit {
     pub epoch: u64,
     pub step: u64,
-}
-
-/// What one rank's published snapshot of an epoch reported.
-#[derive(Clone, Copy, Debug, Default)]
-struct Published {
-    step: u64,
-    state_bytes: u64,
-    written_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,22 +53,51 @@ pub enum PlacementError {
     NoNodes,
 }
 
+/// A rank moved from one node to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub rank: u32,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+/// One rank's copies of an epoch in flight.
+#[derive(Clone, Debug, Default)]
+struct Copies {
+    published: bool,
+    /// Nodes holding the snapshot, its own node included once published.
+    holders: Vec<NodeId>,
+    /// Published, and held by enough usable partners.
+    complete: bool,
+}
+
+/// An epoch some rank published and that is not committed yet.
+#[derive(Clone, Debug)]
+struct InFlight {
+    ranks: Vec<Copies>,
+    complete: u32,
+    step: u64,
+    state_bytes: u64,
+    written_bytes: u64,
+}
+
 pub struct JobState {
     pub nodes: Vec<Node>,
     pub ranks: u32,
     /// Replicas wanted per snapshot (`--replicas`).
     pub replicas: usize,
     /// Node of every rank.
-    pub placement: Vec<usize>,
+    pub placement: Vec<NodeId>,
     /// Partner nodes of every rank.
-    pub partners: Vec<Vec<usize>>,
+    pub partners: Vec<Vec<NodeId>>,
     pub committed: Option<Commit>,
     /// Size of the committed epoch over all ranks: state bytes, bytes written.
     pub committed_bytes: Option<(u64, u64)>,
-    /// Per epoch not yet committed: per rank what it published.
-    published: BTreeMap<u64, BTreeMap<u32, Published>>,
-    /// Per (epoch, rank): nodes holding the snapshot (its own node included).
-    holders: BTreeMap<(u64, u32), BTreeSet<usize>>,
+    /// Nodes holding each rank's committed snapshot (its own node included).
+    committed_holders: Vec<Vec<NodeId>>,
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Replicas every snapshot can get now (see [`JobState::effective_replicas`]).
+    want: usize,
 }
 
 impl JobState {
@@ -91,32 +114,33 @@ impl JobState {
             .sum();
         // Rank r goes to the node whose cumulative slot share covers it.
         let mut placement = Vec::with_capacity(ranks as usize);
-        let mut bounds = Vec::with_capacity(workers.len());
-        let mut acc = 0u64;
-        for &i in &workers {
-            acc += u64::from(nodes[i].slots.max(1));
-            bounds.push((acc * u64::from(ranks)).div_ceil(total));
-        }
+        let mut k = 0;
+        let mut acc = u64::from(nodes[workers[0]].slots.max(1));
         for r in 0..u64::from(ranks) {
-            let k = bounds
-                .iter()
-                .position(|&b| r < b)
-                .unwrap_or(workers.len() - 1);
-            placement.push(workers[k]);
+            while k + 1 < workers.len() && r >= (acc * u64::from(ranks)).div_ceil(total) {
+                k += 1;
+                acc += u64::from(nodes[workers[k]].slots.max(1));
+            }
+            placement.push(NodeId::from_index(workers[k]));
         }
         let mut state = Self {
             nodes,
             ranks,
             replicas,
             placement,
-            partners: Vec::new(),
+            partners: vec![Vec::new(); ranks as usize],
             committed: None,
             committed_bytes: None,
-            published: BTreeMap::new(),
-            holders: BTreeMap::new(),
+            committed_holders: vec![Vec::new(); ranks as usize],
+            in_flight: BTreeMap::new(),
+            want: 0,
         };
-        state.choose_partners();
+        state.nodes_changed();
         Ok(state)
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.index()]
     }
 
     /// Nodes that are alive and in service.
@@ -127,15 +151,47 @@ impl JobState {
     /// Replicas every snapshot can actually get: one per other usable
     /// node that holds replicas.
     pub fn effective_replicas(&self) -> usize {
-        let holders = self.nodes.iter().filter(|n| n.can_be_partner()).count();
-        self.replicas.min(holders.saturating_sub(1))
+        self.want
     }
 
-    /// Ranks placed on `node`.
-    pub fn ranks_on(&self, node: usize) -> Vec<u32> {
-        (0..self.ranks)
-            .filter(|&r| self.placement[r as usize] == node)
-            .collect()
+    /// Sets a node's health (and whether it holds replicas); partners are
+    /// chosen again and epochs in flight re-checked against the new
+    /// replica count.
+    pub fn set_health(&mut self, node: NodeId, health: Health) {
+        self.nodes[node.index()].health = health;
+        self.nodes_changed();
+    }
+
+    /// The node stores no replicas any more (it keeps its ranks).
+    pub fn stop_holding_replicas(&mut self, node: NodeId) {
+        self.nodes[node.index()].holds_replicas = false;
+        self.nodes_changed();
+    }
+
+    fn nodes_changed(&mut self) {
+        let capable = self.nodes.iter().filter(|n| n.can_be_partner()).count();
+        self.want = self.replicas.min(capable.saturating_sub(1));
+        self.choose_partners();
+        let epochs: Vec<u64> = self.in_flight.keys().copied().collect();
+        for epoch in epochs {
+            for r in 0..self.ranks {
+                self.refresh(epoch, r);
+            }
+        }
+    }
+
+    /// The ranks of every node, in one pass.
+    pub fn ranks_by_node(&self) -> Vec<Vec<u32>> {
+        let mut by_node = vec![Vec::new(); self.nodes.len()];
+        for (r, n) in self.placement.iter().enumerate() {
+            by_node[n.index()].push(r as u32);
+        }
+        by_node
+    }
+
+    /// Whether any rank runs on `node`.
+    pub fn has_ranks(&self, node: NodeId) -> bool {
+        self.placement.contains(&node)
     }
 
     /// Chooses every rank's partners: usable nodes other than its own,
@@ -143,33 +199,36 @@ impl JobState {
     /// evenly), keeping partners that still qualify so that nothing is
     /// copied again needlessly.
     pub fn choose_partners(&mut self) {
-        let want = self.effective_replicas();
-        let n = self.nodes.len();
-        let mut partners = Vec::with_capacity(self.ranks as usize);
+        let want = self.want;
+        let capable: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].can_be_partner())
+            .collect();
+        let spares: Vec<usize> = capable
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].spare)
+            .collect();
         for r in 0..self.ranks as usize {
-            let home = self.placement[r];
-            let mut chosen: Vec<usize> = self
-                .partners
-                .get(r)
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|&p| p != home && self.nodes[p].can_be_partner())
-                .take(want)
-                .collect();
-            let mut candidates: Vec<usize> = (1..n)
-                .map(|d| (home + d) % n)
-                .filter(|&p| self.nodes[p].can_be_partner() && !chosen.contains(&p))
-                .collect();
-            candidates.sort_by_key(|&p| (!self.nodes[p].spare, (p + n - home) % n));
-            chosen.extend(
-                candidates
-                    .into_iter()
-                    .take(want.saturating_sub(chosen.len())),
-            );
-            partners.push(chosen);
+            let home = self.placement[r].index();
+            let mut chosen: Vec<NodeId> = std::mem::take(&mut self.partners[r]);
+            chosen.retain(|p| p.index() != home && self.nodes[p.index()].can_be_partner());
+            chosen.truncate(want);
+            for list in [&spares, &capable] {
+                // The list in ring order from the rank's node.
+                let start = list.partition_point(|&i| i <= home);
+                for k in 0..list.len() {
+                    if chosen.len() >= want {
+                        break;
+                    }
+                    let n = list[(start + k) % list.len()];
+                    let id = NodeId::from_index(n);
+                    if n != home && !chosen.contains(&id) {
+                        chosen.push(id);
+                    }
+                }
+            }
+            self.partners[r] = chosen;
         }
-        self.partners = partners;
     }
 
     /// Rank `rank` published `epoch` on its node.
@@ -184,144 +243,196 @@ impl JobState {
         if rank >= self.ranks || self.committed.is_some_and(|c| epoch <= c.epoch) {
             return;
         }
-        self.published.entry(epoch).or_default().insert(
-            rank,
-            Published {
-                step,
-                state_bytes,
-                written_bytes,
-            },
-        );
         let home = self.placement[rank as usize];
-        self.holders.entry((epoch, rank)).or_default().insert(home);
+        let ranks = self.ranks as usize;
+        let e = self.in_flight.entry(epoch).or_insert_with(|| InFlight {
+            ranks: vec![Copies::default(); ranks],
+            complete: 0,
+            step: 0,
+            state_bytes: 0,
+            written_bytes: 0,
+        });
+        let copies = &mut e.ranks[rank as usize];
+        if copies.published {
+            return;
+        }
+        copies.published = true;
+        if !copies.holders.contains(&home) {
+            copies.holders.push(home);
+        }
+        e.step = e.step.max(step);
+        e.state_bytes += state_bytes;
+        e.written_bytes += written_bytes;
+        self.refresh(epoch, rank);
     }
 
     /// `node` stored a replica of `rank`'s snapshot of `epoch`.
-    pub fn replica_stored(&mut self, rank: u32, epoch: u64, node: usize) {
-        if rank >= self.ranks || self.committed.is_some_and(|c| epoch < c.epoch) {
+    pub fn replica_stored(&mut self, rank: u32, epoch: u64, node: NodeId) {
+        if rank >= self.ranks || node.index() >= self.nodes.len() {
             return;
         }
-        self.holders.entry((epoch, rank)).or_default().insert(node);
+        match self.committed {
+            Some(c) if epoch < c.epoch => {}
+            Some(c) if epoch == c.epoch => {
+                // A fill of the committed epoch: one more place to recover from.
+                let holders = &mut self.committed_holders[rank as usize];
+                if !holders.contains(&node) {
+                    holders.push(node);
+                }
+            }
+            _ => {
+                let ranks = self.ranks as usize;
+                let e = self.in_flight.entry(epoch).or_insert_with(|| InFlight {
+                    ranks: vec![Copies::default(); ranks],
+                    complete: 0,
+                    step: 0,
+                    state_bytes: 0,
+                    written_bytes: 0,
+                });
+                let holders = &mut e.ranks[rank as usize].holders;
+                if !holders.contains(&node) {
+                    holders.push(node);
+                }
+                self.refresh(epoch, rank);
+            }
+        }
+    }
+
+    /// Re-evaluates whether `rank`'s copies of `epoch` are complete.
+    fn refresh(&mut self, epoch: u64, rank: u32) {
+        let home = self.placement[rank as usize];
+        let (nodes, want) = (&self.nodes, self.want);
+        let Some(e) = self.in_flight.get_mut(&epoch) else {
+            return;
+        };
+        let copies = &mut e.ranks[rank as usize];
+        let partners = copies
+            .holders
+            .iter()
+            .filter(|&&n| n != home && nodes[n.index()].usable())
+            .count();
+        let complete = copies.published && copies.holders.contains(&home) && partners >= want;
+        if complete != copies.complete {
+            copies.complete = complete;
+            if complete {
+                e.complete += 1;
+            } else {
+                e.complete -= 1;
+            }
+        }
     }
 
     /// The newest epoch that can now be committed: every rank published it
     /// and, besides its own node, enough usable nodes hold it. Older
     /// bookkeeping is dropped; the commit is returned for the agents.
     pub fn try_commit(&mut self) -> Option<Commit> {
-        let want = self.effective_replicas();
-        let ready = self.published.iter().rev().find_map(|(&epoch, ranks)| {
-            let complete = ranks.len() == self.ranks as usize
-                && (0..self.ranks).all(|r| {
-                    let holders = self.holders.get(&(epoch, r));
-                    let home = self.placement[r as usize];
-                    holders.is_some_and(|h| {
-                        h.contains(&home)
-                            && h.iter()
-                                .filter(|&&n| n != home && self.nodes[n].usable())
-                                .count()
-                                >= want
-                    })
-                });
-            complete.then(|| Commit {
-                epoch,
-                step: ranks.values().map(|p| p.step).max().unwrap_or(0),
-            })
-        })?;
-        self.committed = Some(ready);
-        self.committed_bytes = self.epoch_bytes(ready.epoch);
-        self.published = self.published.split_off(&(ready.epoch + 1));
-        self.holders = self.holders.split_off(&(ready.epoch, 0));
-        Some(ready)
+        let epoch = self
+            .in_flight
+            .iter()
+            .rev()
+            .find(|(_, e)| e.complete == self.ranks)
+            .map(|(&epoch, _)| epoch)?;
+        let newer = self.in_flight.split_off(&(epoch + 1));
+        let mut done = std::mem::replace(&mut self.in_flight, newer);
+        let e = done.remove(&epoch).expect("found above");
+        let commit = Commit {
+            epoch,
+            step: e.step,
+        };
+        self.committed = Some(commit);
+        self.committed_bytes = Some((e.state_bytes, e.written_bytes));
+        self.committed_holders = e.ranks.into_iter().map(|c| c.holders).collect();
+        Some(commit)
     }
 
     /// Nodes holding `rank`'s committed snapshot.
-    pub fn holders_of_committed(&self, rank: u32) -> BTreeSet<usize> {
-        self.committed
-            .and_then(|c| self.holders.get(&(c.epoch, rank)).cloned())
-            .unwrap_or_default()
+    pub fn holders_of_committed(&self, rank: u32) -> &[NodeId] {
+        match self.committed {
+            Some(_) => &self.committed_holders[rank as usize],
+            None => &[],
+        }
     }
 
     /// The newest epoch some rank published (committed or not).
     pub fn newest_published(&self) -> Option<u64> {
-        self.published
-            .keys()
-            .next_back()
-            .copied()
+        self.in_flight
+            .iter()
+            .rev()
+            .find(|(_, e)| e.ranks.iter().any(|c| c.published))
+            .map(|(&epoch, _)| epoch)
             .or(self.committed.map(|c| c.epoch))
     }
 
-    /// Size of the newest published epoch: (state bytes, bytes written) over all ranks.
+    /// Size of an epoch in flight: (state bytes, bytes written) over all ranks.
     pub fn epoch_bytes(&self, epoch: u64) -> Option<(u64, u64)> {
-        let ranks = self.published.get(&epoch)?;
-        Some(
-            ranks
-                .values()
-                .fold((0, 0), |(s, w), p| (s + p.state_bytes, w + p.written_bytes)),
-        )
+        let e = self.in_flight.get(&epoch)?;
+        Some((e.state_bytes, e.written_bytes))
     }
 
-    /// Forgets published epochs newer than the committed one: after a
-    /// relaunch they are never committed (the ranks write them again).
+    /// Forgets epochs newer than the committed one: after a relaunch they
+    /// are never committed (the ranks write them again).
     pub fn forget_uncommitted(&mut self) {
-        let keep_from = self.committed.map_or(0, |c| c.epoch);
-        self.published.clear();
-        self.holders.retain(|&(e, _), _| e == keep_from);
+        self.in_flight.clear();
     }
 
-    /// Resumes a job whose `commit` is on disk: `holders[r]` are the nodes
-    /// whose stores hold rank r's snapshot of it. Ranks whose node lacks it
-    /// move to one that has it.
+    /// Resumes a job whose `commit` is on the nodes' stores: `holders[r]`
+    /// are the nodes holding rank r's snapshot of it. Ranks whose node
+    /// lacks it move to one that has it.
     pub fn resume(
         &mut self,
         commit: Commit,
-        holders: Vec<BTreeSet<usize>>,
-    ) -> Result<Vec<(u32, usize, usize)>, PlacementError> {
+        holders: Vec<Vec<NodeId>>,
+    ) -> Result<Vec<Move>, PlacementError> {
         self.committed = Some(commit);
-        self.published.clear();
-        self.holders.clear();
-        for (r, h) in holders.into_iter().enumerate() {
-            self.holders.insert((commit.epoch, r as u32), h);
-        }
+        self.in_flight.clear();
+        self.committed_holders = holders;
+        self.committed_holders
+            .resize(self.ranks as usize, Vec::new());
         self.replace_lost_ranks()
     }
 
     /// Moves every rank off nodes that are not usable (or, after a resume,
-    /// that lack its committed snapshot), onto usable nodes
-    /// that hold its committed snapshot (any usable node before the first
-    /// commit), the least loaded first and spares before busy nodes; then
-    /// chooses partners again. Returns the ranks moved.
-    pub fn replace_lost_ranks(&mut self) -> Result<Vec<(u32, usize, usize)>, PlacementError> {
+    /// that lack its committed snapshot), onto usable nodes that hold its
+    /// committed snapshot (any usable node before the first commit), the
+    /// least loaded first and spares before busy nodes; then chooses
+    /// partners again. Returns the ranks moved.
+    pub fn replace_lost_ranks(&mut self) -> Result<Vec<Move>, PlacementError> {
         if !self.nodes.iter().any(Node::usable) {
             return Err(PlacementError::NoNodes);
         }
         let mut load: Vec<u32> = vec![0; self.nodes.len()];
-        for &n in &self.placement {
-            if self.nodes[n].usable() {
-                load[n] += 1;
+        for n in &self.placement {
+            if self.nodes[n.index()].usable() {
+                load[n.index()] += 1;
             }
         }
+        let usable: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].usable())
+            .map(NodeId::from_index)
+            .collect();
         let mut moves = Vec::new();
         for r in 0..self.ranks {
             let from = self.placement[r as usize];
-            let holds = self.committed.is_none() || self.holders_of_committed(r).contains(&from);
-            if self.nodes[from].usable() && holds {
+            let committed = self.committed;
+            let holders = self.holders_of_committed(r);
+            let holds = committed.is_none() || holders.contains(&from);
+            if self.node(from).usable() && holds {
                 continue;
             }
-            if self.nodes[from].usable() {
-                load[from] -= 1;
+            if self.node(from).usable() {
+                load[from.index()] -= 1;
             }
-            let candidates: Vec<usize> = match self.committed {
+            let candidates: Vec<NodeId> = match committed {
                 Some(c) => {
-                    let holders = self.holders_of_committed(r);
-                    let usable: Vec<usize> = holders
+                    let live: Vec<NodeId> = holders
                         .iter()
                         .copied()
-                        .filter(|&n| self.nodes[n].usable())
+                        .filter(|&n| self.node(n).usable())
                         .collect();
-                    if usable.is_empty() {
+                    if live.is_empty() {
                         let names: Vec<&str> = holders
                             .iter()
-                            .map(|&n| self.nodes[n].name.as_str())
+                            .map(|&n| self.node(n).name.as_str())
                             .collect();
                         return Err(PlacementError::Lost {
                             rank: r,
@@ -329,23 +440,22 @@ impl JobState {
                             holders: names.join(", "),
                         });
                     }
-                    usable
+                    live
                 }
-                None => (0..self.nodes.len())
-                    .filter(|&n| self.nodes[n].usable())
-                    .collect(),
+                None => usable.clone(),
             };
             let to = *candidates
                 .iter()
                 .min_by_key(|&&n| {
+                    let node = self.node(n);
                     let share =
-                        u64::from(load[n]) * 1_000_000 / u64::from(self.nodes[n].slots.max(1));
-                    (share, !self.nodes[n].spare, n)
+                        u64::from(load[n.index()]) * 1_000_000 / u64::from(node.slots.max(1));
+                    (share, !node.spare, n)
                 })
                 .expect("candidates are not empty");
-            load[to] += 1;
+            load[to.index()] += 1;
             self.placement[r as usize] = to;
-            moves.push((r, from, to));
+            moves.push(Move { rank: r, from, to });
         }
         self.choose_partners();
         Ok(moves)
@@ -355,6 +465,7 @@ impl JobState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn nodes(k: usize, spares: usize) -> Vec<Node> {
         (0..k)
@@ -366,6 +477,10 @@ mod tests {
                 holds_replicas: true,
             })
             .collect()
+    }
+
+    fn ids(v: &[usize]) -> Vec<NodeId> {
+        v.iter().map(|&i| NodeId::from_index(i)).collect()
     }
 
     fn publish_all(s: &mut JobState, epoch: u64) {
@@ -385,9 +500,11 @@ mod tests {
     #[test]
     fn ranks_spread_in_blocks_and_spares_get_none() {
         let s = JobState::new(nodes(4, 0), 8, 1).unwrap();
-        assert_eq!(s.placement, [0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(s.placement, ids(&[0, 0, 1, 1, 2, 2, 3, 3]));
         let s = JobState::new(nodes(4, 1), 6, 1).unwrap();
-        assert_eq!(s.placement, [0, 0, 1, 1, 2, 2]);
+        assert_eq!(s.placement, ids(&[0, 0, 1, 1, 2, 2]));
+        let s = JobState::new(nodes(3, 0), 4, 1).unwrap();
+        assert_eq!(s.placement, ids(&[0, 0, 1, 2]));
         assert!(JobState::new(nodes(2, 2), 2, 1).is_err());
     }
 
@@ -402,10 +519,17 @@ mod tests {
                 let distinct: BTreeSet<_> = p.iter().collect();
                 assert_eq!(distinct.len(), p.len());
                 if spares > 0 {
-                    assert!(p.contains(&(k - 1)), "spare preferred: {p:?}");
+                    assert!(
+                        p.contains(&NodeId::from_index(k - 1)),
+                        "spare preferred: {p:?}"
+                    );
                 }
             }
         }
+        // Without spares, the next node round the ring.
+        let s = JobState::new(nodes(4, 0), 8, 1).unwrap();
+        assert_eq!(s.partners[0], ids(&[1]));
+        assert_eq!(s.partners[7], ids(&[0]));
     }
 
     #[test]
@@ -426,6 +550,28 @@ mod tests {
         assert_eq!(s.try_commit(), Some(Commit { epoch: 3, step: 30 }));
         assert_eq!(s.try_commit(), None);
         assert_eq!(s.holders_of_committed(0).len(), 3);
+        assert_eq!(s.committed_bytes, Some((800, 80)));
+    }
+
+    #[test]
+    fn a_replica_may_arrive_before_its_rank_publishes() {
+        let mut s = JobState::new(nodes(2, 0), 2, 1).unwrap();
+        replicate_all(&mut s, 1);
+        assert_eq!(s.try_commit(), None);
+        publish_all(&mut s, 1);
+        assert_eq!(s.try_commit(), Some(Commit { epoch: 1, step: 10 }));
+    }
+
+    #[test]
+    fn losing_a_partner_s_node_leaves_fewer_replicas_to_wait_for() {
+        let mut s = JobState::new(nodes(2, 0), 4, 1).unwrap();
+        publish_all(&mut s, 1);
+        assert_eq!(s.try_commit(), None);
+        // With one node left, no replica is possible: the epoch commits on
+        // its own node alone (nothing else could ever hold it).
+        s.set_health(NodeId(1), Health::Dead);
+        assert_eq!(s.effective_replicas(), 0);
+        assert!(s.try_commit().is_some());
     }
 
     #[test]
@@ -434,31 +580,52 @@ mod tests {
         publish_all(&mut s, 1);
         replicate_all(&mut s, 1);
         s.try_commit().unwrap();
-        s.nodes[1].health = Health::Dead;
-        let holders: Vec<BTreeSet<usize>> = (0..8).map(|r| s.holders_of_committed(r)).collect();
+        s.set_health(NodeId(1), Health::Dead);
+        let holders: Vec<Vec<NodeId>> =
+            (0..8).map(|r| s.holders_of_committed(r).to_vec()).collect();
         let moves = s.replace_lost_ranks().unwrap();
-        assert_eq!(moves.iter().map(|m| m.0).collect::<Vec<_>>(), [2, 3]);
-        for (rank, from, to) in moves {
-            assert_eq!(from, 1);
-            assert!(holders[rank as usize].contains(&to));
+        assert_eq!(moves.iter().map(|m| m.rank).collect::<Vec<_>>(), [2, 3]);
+        for m in moves {
+            assert_eq!(m.from, NodeId(1));
+            assert!(holders[m.rank as usize].contains(&m.to));
         }
-        assert!(s.placement.iter().all(|&n| n != 1));
+        assert!(s.placement.iter().all(|&n| n != NodeId(1)));
         for r in 0..8 {
-            assert!(!s.partners[r].contains(&1), "dead node is no partner");
+            assert!(
+                !s.partners[r].contains(&NodeId(1)),
+                "dead node is no partner"
+            );
             assert!(!s.partners[r].contains(&s.placement[r]));
         }
     }
 
     #[test]
+    fn fills_of_the_committed_epoch_count_for_recovery() {
+        let mut s = JobState::new(nodes(3, 0), 3, 1).unwrap();
+        publish_all(&mut s, 1);
+        replicate_all(&mut s, 1);
+        s.try_commit().unwrap();
+        let partner = s.partners[0][0];
+        let other = (0..3)
+            .map(NodeId::from_index)
+            .find(|&n| n != partner && n != s.placement[0])
+            .unwrap();
+        s.replica_stored(0, 1, other);
+        s.set_health(s.placement[0], Health::Dead);
+        s.set_health(partner, Health::Dead);
+        s.replace_lost_ranks().unwrap();
+        assert_eq!(s.placement[0], other);
+    }
+
+    #[test]
     fn a_node_that_stops_storing_replicas_is_no_partner_and_keeps_its_ranks() {
         let mut s = JobState::new(nodes(4, 0), 8, 1).unwrap();
-        s.nodes[2].holds_replicas = false;
-        s.choose_partners();
+        s.stop_holding_replicas(NodeId(2));
         for r in 0..8 {
-            assert!(!s.partners[r].contains(&2), "{:?}", s.partners);
+            assert!(!s.partners[r].contains(&NodeId(2)), "{:?}", s.partners);
             assert_eq!(s.partners[r].len(), 1);
         }
-        assert_eq!(s.ranks_on(2), [4, 5]);
+        assert_eq!(s.ranks_by_node()[2], [4, 5]);
         publish_all(&mut s, 1);
         replicate_all(&mut s, 1);
         assert!(s.try_commit().is_some());
@@ -471,8 +638,8 @@ mod tests {
         replicate_all(&mut s, 1);
         s.try_commit().unwrap();
         let p = s.partners[0][0];
-        s.nodes[0].health = Health::Dead;
-        s.nodes[p].health = Health::Dead;
+        s.set_health(NodeId(0), Health::Dead);
+        s.set_health(p, Health::Dead);
         let err = s.replace_lost_ranks().unwrap_err();
         assert!(
             matches!(
@@ -491,9 +658,10 @@ mod tests {
     #[test]
     fn before_any_commit_lost_ranks_go_to_the_least_loaded_nodes() {
         let mut s = JobState::new(nodes(3, 0), 6, 1).unwrap();
-        s.nodes[2].health = Health::Drained;
+        s.set_health(NodeId(2), Health::Drained);
         s.replace_lost_ranks().unwrap();
-        assert_eq!(s.ranks_on(0).len() + s.ranks_on(1).len(), 6);
-        assert_eq!(s.ranks_on(0).len(), 3);
+        let by_node = s.ranks_by_node();
+        assert_eq!(by_node[0].len() + by_node[1].len(), 6);
+        assert_eq!(by_node[0].len(), 3);
     }
 }

@@ -1,0 +1,88 @@
+//! `pmrun ctl` requests: status, a checkpoint now, a drain.
+
+use super::*;
+
+impl Job {
+    pub(super) fn ctl(&mut self, id: u64, req: CtlRequest, now: Instant) {
+        match req {
+            CtlRequest::Status => {
+                let status = self.status(now);
+                self.reply(id, CtlReply::Status(Box::new(status)));
+            }
+            CtlRequest::Checkpoint => match self.not_ready() {
+                Some(why) => self.refuse(id, why),
+                None => {
+                    let after = self.state.newest_published().unwrap_or(0);
+                    self.signal(RunSignal::Checkpoint);
+                    self.pending_checkpoints.push((after, id));
+                }
+            },
+            CtlRequest::Drain { node } => self.drain(id, &node, now),
+        }
+    }
+
+    /// Why the run cannot take a checkpoint now, if it cannot. Signals
+    /// reach ranks through mpirun; a rank that has not reached its agent
+    /// yet may not handle them.
+    fn not_ready(&self) -> Option<String> {
+        if self.phase != Phase::Running {
+            return Some("the job is not running right now".into());
+        }
+        let ready = self.pids.len();
+        if ready == self.cfg.ranks as usize {
+            return None;
+        }
+        Some(if self.said_no_pm && ready == 0 {
+            "no rank of the job reached its agent (does the application call pm_init?): \
+             it runs without checkpoints, so it cannot be checkpointed or drained"
+                .to_owned()
+        } else {
+            format!(
+                "the job's ranks are still starting ({ready} of {} ready); try again in a moment",
+                self.cfg.ranks
+            )
+        })
+    }
+
+    fn drain(&mut self, id: u64, node: &str, now: Instant) {
+        let Some(i) = self.cfg.nodes.iter().position(|n| n.name == node) else {
+            let names: Vec<&str> = self.cfg.nodes.iter().map(|n| n.name.as_str()).collect();
+            return self.refuse(
+                id,
+                format!("no node {node:?} in this job (nodes: {})", names.join(", ")),
+            );
+        };
+        let n = NodeId::from_index(i);
+        let refusal = match self.state.node(n).health {
+            Health::Dead => Some(format!("node {node} is dead already")),
+            Health::Drained => Some(format!("node {node} is drained already")),
+            Health::Alive if self.state.usable_nodes() < 2 => {
+                Some(format!("node {node} is the last usable node"))
+            }
+            Health::Alive if self.drain.is_some() || self.recovering.is_some() => {
+                Some("another drain or recovery is in progress; try again".into())
+            }
+            Health::Alive => self.not_ready(),
+        };
+        if let Some(why) = refusal {
+            return self.refuse(id, why);
+        }
+        let ranks = self.state.ranks_by_node()[i].len();
+        self.say(format!(
+            "draining node {node}: checkpointing, then moving its {ranks} rank(s)"
+        ));
+        self.drain = Some(Drain {
+            nodes: vec![n],
+            started: now,
+            ctl: id,
+        });
+        self.signal(RunSignal::Stop);
+    }
+
+    fn signal(&mut self, signal: RunSignal) {
+        self.actions.push_back(Action::Signal {
+            run: self.run,
+            signal,
+        });
+    }
+}
