@@ -519,12 +519,12 @@ impl Job {
         if undecided {
             return;
         }
-        if let Some(Drain { ctl, .. }) = self.drain.take() {
-            self.refuse(ctl, "the job failed during the drain");
-        }
         if self.recovering.is_some() {
             self.relaunch_after_loss(now);
         } else {
+            if let Some(Drain { ctl, .. }) = self.drain.take() {
+                self.refuse(ctl, "the job failed during the drain");
+            }
             self.after_rank_failure(code, now);
         }
     }
@@ -575,6 +575,24 @@ impl Job {
     /// Nodes were lost: move their ranks to nodes that hold the committed
     /// snapshots (not counted as a restart) and place the job again.
     pub(super) fn relaunch_after_loss(&mut self, now: Instant) {
+        // A drain asked for meanwhile is carried out with the recovery,
+        // from the committed epoch; its requester hears once the job runs.
+        if let Some(drain) = self.drain.take() {
+            for &n in &drain.nodes {
+                if self.state.node(n).health == Health::Alive {
+                    self.state.set_health(n, Health::Drained);
+                }
+            }
+            let names: Vec<String> = drain
+                .nodes
+                .iter()
+                .map(|&n| self.name(n).to_owned())
+                .collect();
+            if let Some(ongoing) = &mut self.recovering {
+                ongoing.record.nodes.extend(names);
+                ongoing.ctl = Some(drain.ctl);
+            }
+        }
         let moves = match self.state.replace_lost_ranks() {
             Ok(m) => m,
             Err(e) => return self.cannot_continue(&e, now),

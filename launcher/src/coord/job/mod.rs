@@ -11,6 +11,7 @@
 
 mod ctl;
 mod lifecycle;
+pub mod sim;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -339,6 +340,11 @@ impl Job {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Placement, partners and commits, read-only.
+    pub fn state(&self) -> &JobState {
+        &self.state
     }
 
     /// Whether the job is over (its [`Action::Exit`] was queued).
