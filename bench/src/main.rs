@@ -6,6 +6,7 @@
 //! earlier on the same machine are what to compare.
 
 mod ckpt;
+mod heap;
 mod overhead;
 mod recovery;
 mod replicate;

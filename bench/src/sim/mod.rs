@@ -5,6 +5,7 @@
 mod balance;
 mod cluster;
 mod gossip;
+mod job;
 mod plot;
 
 use clap::Subcommand;
@@ -50,6 +51,9 @@ pub enum Sim {
     Gossip(gossip::Args),
     /// Placement and rebalancing on a skewed, heterogeneous cluster against baselines.
     Balance(balance::Args),
+    /// pmrun's coordinator core driven by simulated agents: messages,
+    /// decisions per second and recovery decisions at 10⁴ nodes.
+    Job(job::Args),
     /// Renders PNG plots from the JSON of `sim gossip` and `sim balance`.
     Plot(plot::Args),
 }
@@ -58,6 +62,7 @@ pub fn run(sim: &Sim) -> anyhow::Result<()> {
     match sim {
         Sim::Gossip(args) => gossip::run(args),
         Sim::Balance(args) => balance::run(args),
+        Sim::Job(args) => job::run(args),
         Sim::Plot(args) => plot::run(args),
     }
 }

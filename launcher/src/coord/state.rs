@@ -98,6 +98,8 @@ pub struct JobState {
     in_flight: BTreeMap<u64, InFlight>,
     /// Replicas every snapshot can get now (see [`JobState::effective_replicas`]).
     want: usize,
+    /// Ranks placed on each node.
+    counts: Vec<u32>,
 }
 
 impl JobState {
@@ -134,7 +136,9 @@ impl JobState {
             committed_holders: vec![Vec::new(); ranks as usize],
             in_flight: BTreeMap::new(),
             want: 0,
+            counts: Vec::new(),
         };
+        state.count_ranks();
         state.nodes_changed();
         Ok(state)
     }
@@ -154,12 +158,26 @@ impl JobState {
         self.want
     }
 
-    /// Sets a node's health (and whether it holds replicas); partners are
-    /// chosen again and epochs in flight re-checked against the new
-    /// replica count.
+    /// Sets a node's health; partners are chosen again and epochs in
+    /// flight re-checked against the new replica count.
     pub fn set_health(&mut self, node: NodeId, health: Health) {
-        self.nodes[node.index()].health = health;
+        self.set_healths(&[node], health);
+    }
+
+    /// [`JobState::set_health`] for many nodes at once (one recomputation:
+    /// 100 nodes lost in one tick cost what one does).
+    pub fn set_healths(&mut self, nodes: &[NodeId], health: Health) {
+        for n in nodes {
+            self.nodes[n.index()].health = health;
+        }
         self.nodes_changed();
+    }
+
+    fn count_ranks(&mut self) {
+        self.counts = vec![0; self.nodes.len()];
+        for n in &self.placement {
+            self.counts[n.index()] += 1;
+        }
     }
 
     /// The node stores no replicas any more (it keeps its ranks).
@@ -189,9 +207,9 @@ impl JobState {
         by_node
     }
 
-    /// Whether any rank runs on `node`.
-    pub fn has_ranks(&self, node: NodeId) -> bool {
-        self.placement.contains(&node)
+    /// Ranks placed on `node`.
+    pub fn rank_count(&self, node: NodeId) -> u32 {
+        self.counts[node.index()]
     }
 
     /// Chooses every rank's partners: usable nodes other than its own,
@@ -457,6 +475,7 @@ impl JobState {
             self.placement[r as usize] = to;
             moves.push(Move { rank: r, from, to });
         }
+        self.count_ranks();
         self.choose_partners();
         Ok(moves)
     }

@@ -67,7 +67,7 @@ impl Job {
         if let Some(why) = refusal {
             return self.refuse(id, why);
         }
-        let ranks = self.state.ranks_by_node()[i].len();
+        let ranks = self.state.rank_count(n);
         self.say(format!(
             "draining node {node}: checkpointing, then moving its {ranks} rank(s)"
         ));

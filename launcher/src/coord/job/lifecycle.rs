@@ -12,17 +12,12 @@ impl Job {
         self.phase = Phase::Inventory {
             deadline: now + INVENTORY_WAIT,
         };
+        self.waiting_on = self.alive().count();
         self.broadcast(&ToAgent::Inventory);
     }
 
     pub(super) fn inventory_arrived(&mut self, now: Instant) {
-        if !matches!(self.phase, Phase::Inventory { .. }) {
-            return;
-        }
-        let missing = self
-            .alive()
-            .any(|n| self.nodes[n.index()].inventory.is_none());
-        if !missing {
+        if matches!(self.phase, Phase::Inventory { .. }) && self.waiting_on == 0 {
             self.resume(now);
         }
     }
@@ -154,6 +149,7 @@ impl Job {
     pub(super) fn place(&mut self, now: Instant) {
         self.placement_messages();
         let alive: Vec<NodeId> = self.alive().collect();
+        self.waiting_on = alive.len();
         for n in alive {
             let rt = &mut self.nodes[n.index()];
             rt.placement_deadline = Some(now + PLACEMENT_PATIENCE);
@@ -180,13 +176,7 @@ impl Job {
         let Phase::Placing { generation } = self.phase else {
             return;
         };
-        if generation != self.generation {
-            return;
-        }
-        let waiting = self
-            .alive()
-            .any(|n| self.nodes[n.index()].placement_deadline.is_some());
-        if !waiting {
+        if generation == self.generation && self.waiting_on == 0 {
             self.launch(now);
         }
     }
@@ -195,6 +185,7 @@ impl Job {
         self.run += 1;
         self.run_pid = None;
         self.run_started = now;
+        self.notice_at = (!self.said_no_pm).then_some(now + NO_PM_NOTICE);
         self.finished.clear();
         self.stopped.clear();
         self.pids.clear();
@@ -255,10 +246,13 @@ impl Job {
                 stuck.push(n);
             }
         }
-        for (n, quiet) in silent {
-            let why = format!("missed its heartbeats for {:.1} s", quiet.as_secs_f64());
-            self.declare_dead(n, &why, quiet, now);
-        }
+        let mut lost: Vec<(NodeId, String, Duration)> = silent
+            .into_iter()
+            .map(|(n, quiet)| {
+                let why = format!("missed its heartbeats for {:.1} s", quiet.as_secs_f64());
+                (n, why, quiet)
+            })
+            .collect();
         for n in stuck {
             let why = match self.nodes[n.index()].waiting {
                 Some(w) => format!(
@@ -267,8 +261,9 @@ impl Job {
                 ),
                 None => "did not apply the new placement in time".into(),
             };
-            self.declare_dead(n, &why, Duration::ZERO, now);
+            lost.push((n, why, Duration::ZERO));
         }
+        self.declare_dead_all(lost, now);
     }
 
     pub(super) fn link_lost(&mut self, node: NodeId, reason: &str, now: Instant) {
@@ -287,36 +282,62 @@ impl Job {
         self.declare_dead(node, &format!("lost its agent ({reason})"), quiet, now);
     }
 
-    /// A node is gone for this job: it never comes back, nothing waits for
-    /// it, and each phase reacts in its own way.
     pub(super) fn declare_dead(&mut self, node: NodeId, why: &str, quiet: Duration, now: Instant) {
-        if self.state.node(node).health == Health::Dead || self.phase == Phase::Done {
+        self.declare_dead_all(vec![(node, why.to_owned(), quiet)], now);
+    }
+
+    /// Nodes are gone for this job: they never come back, nothing waits
+    /// for them, and each phase reacts in its own way, once for all of
+    /// them (100 nodes lost in one tick cost what one does).
+    pub(super) fn declare_dead_all(&mut self, lost: Vec<(NodeId, String, Duration)>, now: Instant) {
+        let lost: Vec<(NodeId, String, Duration)> = lost
+            .into_iter()
+            .filter(|(n, ..)| self.state.node(*n).health != Health::Dead)
+            .collect();
+        if lost.is_empty() || self.phase == Phase::Done {
             return;
         }
-        self.stats.declared_dead += 1;
-        let had_ranks = self.state.has_ranks(node);
-        self.state.set_health(node, Health::Dead);
-        self.actions.push_back(Action::Disconnect { node });
-        let rt = &mut self.nodes[node.index()];
-        rt.placement_deadline = None;
-        rt.waiting = None;
-        let name = self.name(node).to_owned();
-        self.say(format!("node {name} {why}: declared dead"));
+        let mut had_ranks = false;
+        let mut names = Vec::with_capacity(lost.len());
+        for (node, why, _) in &lost {
+            let node = *node;
+            self.stats.declared_dead += 1;
+            had_ranks |= self.state.rank_count(node) > 0;
+            self.actions.push_back(Action::Disconnect { node });
+            let rt = &mut self.nodes[node.index()];
+            let awaited = match self.phase {
+                Phase::Inventory { .. } => rt.inventory.is_none(),
+                Phase::Placing { .. } => rt.placement_deadline.is_some(),
+                _ => false,
+            };
+            if awaited {
+                self.waiting_on -= 1;
+            }
+            rt.placement_deadline = None;
+            rt.waiting = None;
+            let name = self.name(node).to_owned();
+            self.say(format!("node {name} {why}: declared dead"));
+            names.push(name);
+        }
+        let ids: Vec<NodeId> = lost.iter().map(|(n, ..)| *n).collect();
+        self.state.set_healths(&ids, Health::Dead);
         if self.phase == Phase::Running && !had_ranks {
             // Only partners change; the run goes on.
             self.say(format!(
-                "{name} ran no ranks; its replicas are being made again on other nodes"
+                "{} ran no ranks; its replicas are being made again on other nodes",
+                names.join(", ")
             ));
             return self.partners_changed(now);
         }
+        let detect = lost.iter().map(|(.., q)| *q).max().unwrap_or_default();
         match &mut self.recovering {
-            Some(ongoing) => ongoing.record.nodes.push(name.clone()),
+            Some(ongoing) => ongoing.record.nodes.extend(names),
             None => {
                 self.recovering = Some(Ongoing {
                     record: Recovery {
                         kind: RecoveryKind::NodeFailure,
-                        nodes: vec![name.clone()],
-                        detect_s: quiet.as_secs_f64(),
+                        nodes: names,
+                        detect_s: detect.as_secs_f64(),
                         stop_s: 0.0,
                         place_s: 0.0,
                         resume_s: 0.0,
@@ -355,19 +376,24 @@ impl Job {
                 signal: RunSignal::Terminate,
             });
         } else {
-            let by_node = self.state.ranks_by_node();
             let with_ranks: Vec<NodeId> = self
                 .alive()
-                .filter(|n| !by_node[n.index()].is_empty())
+                .filter(|&n| self.state.rank_count(n) > 0)
                 .collect();
             for n in with_ranks {
                 self.send(n, ToAgent::KillRanks);
             }
         }
+        // mpirun usually ends the job by itself once ranks are gone;
+        // interrupting it while it aborts can crash it: wait before SIGTERM.
+        let next = match why {
+            StopWhy::Interrupted => (now + STOP_GRACE, RunSignal::Kill),
+            StopWhy::NodeLost => (now + STOP_GRACE / 3, RunSignal::Terminate),
+        };
         self.phase = Phase::Stopping {
             why,
             since: now,
-            term_sent: why == StopWhy::Interrupted,
+            next: Some(next),
         };
     }
 
@@ -414,22 +440,17 @@ impl Job {
                 }
             }
             Phase::Stopping {
-                since, term_sent, ..
-            } => {
-                let elapsed = now.saturating_duration_since(since);
-                if elapsed >= STOP_GRACE {
-                    self.actions.push_back(Action::Signal {
-                        run: self.run,
-                        signal: RunSignal::Kill,
-                    });
-                } else if elapsed >= STOP_GRACE / 3 && !term_sent {
-                    self.actions.push_back(Action::Signal {
-                        run: self.run,
-                        signal: RunSignal::Terminate,
-                    });
-                    if let Phase::Stopping { term_sent, .. } = &mut self.phase {
-                        *term_sent = true;
-                    }
+                since,
+                next: Some((at, signal)),
+                ..
+            } if now >= at => {
+                self.actions.push_back(Action::Signal {
+                    run: self.run,
+                    signal,
+                });
+                if let Phase::Stopping { next, .. } = &mut self.phase {
+                    *next = (signal == RunSignal::Terminate)
+                        .then_some((since + STOP_GRACE, RunSignal::Kill));
                 }
             }
             Phase::AwaitingCommit { deadline, .. } if now >= deadline => self.commit_arrived(now),
@@ -442,15 +463,18 @@ impl Job {
     /// Says once that no rank reached its agent: the program seems not to
     /// use pm, so a failure restarts it from the beginning.
     fn no_pm_notice(&mut self, now: Instant, run_failed: bool) {
+        let due = self.notice_at.is_some_and(|t| now >= t);
+        if !run_failed && !due {
+            return;
+        }
+        self.notice_at = None;
         if self.said_no_pm || !self.pids.is_empty() {
             return;
         }
         let when = if run_failed {
             "before the run ended".to_owned()
-        } else if now.saturating_duration_since(self.run_started) >= NO_PM_NOTICE {
-            format!("within {} s", NO_PM_NOTICE.as_secs())
         } else {
-            return;
+            format!("within {} s", NO_PM_NOTICE.as_secs())
         };
         self.said_no_pm = true;
         self.say(format!(
@@ -510,10 +534,9 @@ impl Job {
         let Phase::Settling { code, exited_at } = self.phase else {
             return;
         };
-        let by_node = self.state.ranks_by_node();
         let undecided = self.alive().any(|n| {
             self.state.node(n).health == Health::Alive
-                && !by_node[n.index()].is_empty()
+                && self.state.rank_count(n) > 0
                 && self.nodes[n.index()].last_heard <= exited_at
         });
         if undecided {

@@ -177,7 +177,8 @@ enum Phase {
     Stopping {
         why: StopWhy,
         since: Instant,
-        term_sent: bool,
+        /// The next escalation, if the run has not ended by then.
+        next: Option<(Instant, RunSignal)>,
     },
     /// The run failed at `exited_at`: waiting until every node with ranks
     /// has either been heard from since, or been declared dead.
@@ -255,6 +256,8 @@ pub struct Job {
     finished: BTreeSet<u32>,
     stopped: BTreeSet<u32>,
     said_no_pm: bool,
+    /// When to check that a rank of the run reached its agent.
+    notice_at: Option<Instant>,
     interrupted: bool,
     recoveries: Vec<Recovery>,
     recovering: Option<Ongoing>,
@@ -267,6 +270,9 @@ pub struct Job {
     /// Checkpoint requests: the newest epoch when asked, and the requester.
     pending_checkpoints: Vec<(u64, u64)>,
     drain: Option<Drain>,
+    /// Live nodes the phase still waits for (to connect, list their store,
+    /// apply a placement): a count, so that 10⁴ answers cost 10⁴ steps.
+    waiting_on: usize,
     next_health_check: Instant,
     started: Instant,
     /// Counters for the simulator and `ctl status`.
@@ -323,6 +329,7 @@ impl Job {
             finished: BTreeSet::new(),
             stopped: BTreeSet::new(),
             said_no_pm: false,
+            notice_at: None,
             interrupted: false,
             recoveries: Vec::new(),
             recovering: None,
@@ -331,6 +338,7 @@ impl Job {
             published_at: BTreeMap::new(),
             pending_checkpoints: Vec::new(),
             drain: None,
+            waiting_on: cfg.nodes.len(),
             next_health_check: now + health_tick(cfg.fail_after),
             started: now,
             stats: Stats::default(),
@@ -340,6 +348,11 @@ impl Job {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The recoveries and drains completed so far.
+    pub fn recoveries(&self) -> &[Recovery] {
+        &self.recoveries
     }
 
     /// Placement, partners and commits, read-only.
@@ -377,17 +390,8 @@ impl Job {
             Phase::Starting { deadline }
             | Phase::Inventory { deadline }
             | Phase::AwaitingCommit { deadline, .. } => at(Some(*deadline)),
-            Phase::Stopping {
-                since, term_sent, ..
-            } => at(Some(
-                *since
-                    + if *term_sent {
-                        STOP_GRACE
-                    } else {
-                        STOP_GRACE / 3
-                    },
-            )),
-            Phase::Running if !self.said_no_pm => at(Some(self.run_started + NO_PM_NOTICE)),
+            Phase::Stopping { next, .. } => at(next.map(|(t, _)| t)),
+            Phase::Running => at(self.notice_at),
             _ => {}
         }
         t.into()
@@ -478,19 +482,26 @@ impl Job {
         match msg {
             FromAgent::Ready { control, pid, .. } => {
                 let rt = &mut self.nodes[node.index()];
+                let first = !rt.ready;
                 rt.ready = true;
                 rt.control = Some(control);
                 rt.pid = Some(pid);
-                if matches!(self.phase, Phase::Starting { .. })
-                    && self.nodes.iter().all(|n| n.ready)
-                {
-                    self.ask_inventories(now);
+                if first && matches!(self.phase, Phase::Starting { .. }) {
+                    self.waiting_on -= 1;
+                    if self.waiting_on == 0 {
+                        self.ask_inventories(now);
+                    }
                 }
             }
             FromAgent::Heartbeat { waiting, .. } => self.progress(node, waiting, now),
             FromAgent::Inventory(inventory) => {
-                self.nodes[node.index()].inventory = Some(inventory);
-                self.inventory_arrived(now);
+                let rt = &mut self.nodes[node.index()];
+                let first = rt.inventory.is_none();
+                rt.inventory = Some(inventory);
+                if first && matches!(self.phase, Phase::Inventory { .. }) {
+                    self.waiting_on -= 1;
+                    self.inventory_arrived(now);
+                }
             }
             FromAgent::RankHello { rank, pid } => self.rank_ready(rank, pid, now),
             FromAgent::Published {
@@ -530,10 +541,11 @@ impl Job {
                 self.stopped.insert(rank);
             }
             FromAgent::PlacementApplied { generation } => {
-                if generation == self.generation {
-                    let rt = &mut self.nodes[node.index()];
+                let rt = &mut self.nodes[node.index()];
+                if generation == self.generation && rt.placement_deadline.is_some() {
                     rt.placement_deadline = None;
                     rt.waiting = None;
+                    self.waiting_on -= 1;
                     self.placement_progress(now);
                 }
             }

@@ -129,7 +129,9 @@ struct Run {
 /// Counts of what happened, for assertions and the benchmark.
 #[derive(Clone, Debug, Default)]
 pub struct SimStats {
+    /// Messages delivered to the coordinator, heartbeats among them.
     pub messages_in: u64,
+    pub heartbeats: u64,
     pub launches: u64,
     /// Ranks placed on a dead node at a launch (must stay 0).
     pub placed_on_dead: u64,
@@ -137,6 +139,12 @@ pub struct SimStats {
     pub placed_off_holders: u64,
     /// Real time of every core call that decided a relaunch after a loss.
     pub recovery_decisions: Vec<Duration>,
+    /// Timeouts after which the core still asked to be called at once:
+    /// its driver would spin (must stay 0).
+    pub spins: u64,
+    /// Calls into the core, and the real time they took.
+    pub core_calls: u64,
+    pub core_time: Duration,
 }
 
 /// The simulated cluster.
@@ -312,7 +320,12 @@ impl SimCluster {
                     .expect("every queued event is stored");
                 self.deliver(ev);
             } else {
-                self.job.handle_timeout(self.now);
+                self.timed(|job, now| job.handle_timeout(now));
+                if self.job.poll_timeout().is_some_and(|t| t <= self.now) {
+                    self.stats.spins += 1;
+                    // Step past it, as a real clock would.
+                    self.now += Duration::from_millis(1);
+                }
             }
             self.carry_out();
         }
@@ -333,19 +346,7 @@ impl SimCluster {
                     return;
                 }
                 self.stats.messages_in += 1;
-                let relaunch = matches!(event, Event::RunExited { .. })
-                    && matches!(
-                        self.job.phase,
-                        Phase::Stopping {
-                            why: StopWhy::NodeLost,
-                            ..
-                        }
-                    );
-                let started = std::time::Instant::now();
-                self.job.handle(event, self.now);
-                if relaunch {
-                    self.stats.recovery_decisions.push(started.elapsed());
-                }
+                self.timed(|job, now| job.handle(event, now));
             }
             Ev::ToAgent(node, msg) => self.agent_receives(node, msg),
             Ev::Heartbeat(node) => {
@@ -357,6 +358,7 @@ impl SimCluster {
                         cpus: 1.0,
                     };
                     let waiting = self.stalled_progress(node);
+                    self.stats.heartbeats += 1;
                     let msg = FromAgent::Heartbeat {
                         seq: 0,
                         load,
@@ -432,6 +434,26 @@ impl SimCluster {
                     Ev::Core(Event::RunExited { run: r, code: 137 }),
                 );
             }
+        }
+    }
+
+    /// Calls the core, counting the call and its real time.
+    /// A call that placed the job again while a node failure is being
+    /// handled decided that recovery; its time is kept.
+    fn timed(&mut self, call: impl FnOnce(&mut Job, Instant)) {
+        let generation = self.job.generation;
+        let started = std::time::Instant::now();
+        call(&mut self.job, self.now);
+        let took = started.elapsed();
+        self.stats.core_calls += 1;
+        self.stats.core_time += took;
+        let recovering = self
+            .job
+            .recovering
+            .as_ref()
+            .is_some_and(|o| o.record.kind == pm_core::proto::RecoveryKind::NodeFailure);
+        if self.job.generation != generation && self.job.run > 0 && recovering {
+            self.stats.recovery_decisions.push(took);
         }
     }
 
@@ -611,7 +633,7 @@ impl SimCluster {
             }
         }
         let step = state.committed.map_or(0, |c| c.step);
-        self.job.handle(Event::RunStarted { run, pid: 1 }, self.now);
+        self.timed(|job, now| job.handle(Event::RunStarted { run, pid: 1 }, now));
         for (r, &n) in plan.placement.iter().enumerate() {
             let hello = FromAgent::RankHello {
                 rank: r as u32,

@@ -21,6 +21,10 @@ fn assert_done(sim: &SimCluster) {
     assert_eq!(sim.exit, Some(0), "{}", log(sim));
     assert_eq!(sim.stats.placed_on_dead, 0, "{}", log(sim));
     assert_eq!(sim.stats.placed_off_holders, 0, "{}", log(sim));
+    assert_eq!(
+        sim.stats.spins, 0,
+        "the core asked to be woken at once, again and again"
+    );
 }
 
 fn n(i: u32) -> NodeId {
@@ -29,7 +33,10 @@ fn n(i: u32) -> NodeId {
 
 #[test]
 fn an_undisturbed_job_runs_to_its_end_and_deletes_its_checkpoints() {
-    let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
+    // Longer than every timer of a run (the no-pm notice comes at 15 s).
+    let mut cfg = SimConfig::small(4, 8, 1);
+    cfg.steps = 500;
+    let mut sim = SimCluster::new(cfg);
     sim.run_until_done(LIMIT);
     assert_done(&sim);
     assert_eq!(sim.stats.launches, 1);
@@ -383,6 +390,7 @@ proptest! {
         prop_assert!(exit.is_some(), "the job never ended:\n{}", log(&sim));
         prop_assert_eq!(sim.stats.placed_on_dead, 0, "{}", log(&sim));
         prop_assert_eq!(sim.stats.placed_off_holders, 0, "{}", log(&sim));
+        prop_assert_eq!(sim.stats.spins, 0);
         if exit != Some(0) {
             prop_assert!(said(&sim, "was held only by nodes that are gone") == 1, "{}", log(&sim));
         }
