@@ -1,0 +1,209 @@
+//! The partner side: source agents connect to this agent's control
+//! address, say where their transport listens and send `SnapshotReady`
+//! requests. One thread per connection reads a request, asks the event
+//! loop (the core decides whether to import it), runs the import when told
+//! to, and writes the answer; it then reads the next request. The snapshot
+//! is pulled into this node's store one-sidedly with a [`Puller`], which
+//! keeps the store's files registered between pulls.
+
+use super::core::{ConnId, Event, ImportRequest};
+use super::event_loop::Input;
+use super::ranks::next_conn;
+use super::{HANDSHAKE_TIMEOUT, Resources, lock};
+use pm_core::proto::{FromPartner, ToPartner};
+use pm_core::replicate::{ExposedSnapshot, Puller, ReplicateError};
+use pm_core::transport::TcpTransport;
+use pm_core::wire::{Limits, Role, Session, WireError, WireErrorKind};
+use std::net::{AddrParseError, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+/// What the event loop tells a partner connection.
+pub(super) enum PartnerCommand {
+    /// Import the pending request's snapshot.
+    Import,
+    /// Answer the pending request.
+    Answer(FromPartner),
+}
+
+/// Why a partner connection was rejected or ended.
+#[derive(Debug, thiserror::Error)]
+enum PartnerConnError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a {0:?} connected to the partner port")]
+    Role(Role),
+    #[error("the partner did not say where its transport listens")]
+    NoHello,
+    #[error("the partner's transport address: {0}")]
+    Address(#[from] AddrParseError),
+}
+
+/// Why an import failed (sent back to the source as the reason).
+#[derive(Debug, thiserror::Error)]
+enum ImportError {
+    #[error(transparent)]
+    Store(#[from] pm_core::StoreError),
+    #[error(transparent)]
+    Replicate(#[from] ReplicateError),
+    #[error("this node refuses replicas (PMD_FAULT_REFUSE_IMPORTS)")]
+    Refused,
+}
+
+pub(super) fn listen(
+    listener: TcpListener,
+    res: Arc<Resources>,
+    tx: Sender<Input>,
+) -> std::io::Result<()> {
+    super::spawn("pmd-partners", move || {
+        super::serve_each(listener.incoming(), "pmd-partner", move |stream: TcpStream| {
+            let peer = stream
+                .peer_addr()
+                .map_or("unknown".into(), |a| a.to_string());
+            let conn = next_conn();
+            let result = serve(conn, &res, stream, &peer, &tx);
+            let _ = tx.send(Event::PartnerClosed { conn }.into());
+            if let Err(e) = result {
+                tracing::warn!(peer = %peer, error = %e, "partner connection rejected or broken");
+            }
+        });
+    })
+}
+
+fn serve(
+    conn: ConnId,
+    res: &Resources,
+    mut stream: TcpStream,
+    peer: &str,
+    tx: &Sender<Input>,
+) -> Result<(), PartnerConnError> {
+    stream.set_nodelay(true)?;
+    // A peer that stalls in the handshake must not hold a thread for ever.
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut session = Session::accept(
+        &mut stream,
+        &res.opts.secret,
+        peer,
+        &res.opts.node,
+        Limits::default(),
+    )?;
+    if session.remote_role() != Role::Agent {
+        return Err(PartnerConnError::Role(session.remote_role()));
+    }
+    let ToPartner::Hello { transport, .. } = session.recv(&mut stream)? else {
+        return Err(PartnerConnError::NoHello);
+    };
+    let source: SocketAddr = transport.parse()?;
+    // Between requests the source may be quiet for long; answers are small
+    // and keep the write timeout.
+    stream.set_read_timeout(None)?;
+    let (commands_tx, commands) = channel();
+    if tx
+        .send(Input::PartnerConnected {
+            conn,
+            commands: commands_tx,
+        })
+        .is_err()
+    {
+        return Ok(());
+    }
+    let mut puller = Puller::new(&res.transport);
+    loop {
+        let msg: ToPartner = match session.recv(&mut stream) {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind, WireErrorKind::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let snapshot = ExposedSnapshot::from_announcement(&msg);
+        let request = match &snapshot {
+            Ok(s) => Ok(ImportRequest {
+                job: s.manifest.job.clone(),
+                rank: s.manifest.rank,
+                epoch: s.manifest.epoch,
+                bytes: s.manifest.state_bytes(),
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+        if tx
+            .send(Event::ImportRequested { conn, request }.into())
+            .is_err()
+        {
+            return Ok(());
+        }
+        let Some(reply) = answer(conn, res, &mut puller, &source, snapshot.ok(), &commands, tx)
+        else {
+            return Ok(());
+        };
+        session.send(&mut stream, &reply)?;
+    }
+}
+
+/// Waits for the core's decision on the pending request, importing when
+/// told to; the answer, or `None` when the event loop is gone.
+fn answer(
+    conn: ConnId,
+    res: &Resources,
+    puller: &mut Puller<'_, TcpTransport>,
+    source: &SocketAddr,
+    snapshot: Option<ExposedSnapshot>,
+    commands: &Receiver<PartnerCommand>,
+    tx: &Sender<Input>,
+) -> Option<FromPartner> {
+    loop {
+        match commands.recv().ok()? {
+            PartnerCommand::Answer(reply) => return Some(reply),
+            PartnerCommand::Import => {
+                let result = match &snapshot {
+                    Some(s) => import(res, puller, source, s).map_err(|e| e.to_string()),
+                    None => Err("no snapshot to import".into()),
+                };
+                tx.send(Event::ImportFinished { conn, result }.into()).ok()?;
+            }
+        }
+    }
+}
+
+/// Pulls the announced snapshot into this node's store.
+fn import(
+    res: &Resources,
+    puller: &mut Puller<'_, TcpTransport>,
+    source: &SocketAddr,
+    snapshot: &ExposedSnapshot,
+) -> Result<(), ImportError> {
+    let rank = snapshot.manifest.rank;
+    let cached = lock(&res.import_stores).remove(&rank);
+    let mut store = match cached {
+        Some(s) => s,
+        None => res.open_store(rank)?,
+    };
+    let result = pull(res, puller, source, snapshot, &mut store);
+    // Back before the core hears the import ended: it may then forget it.
+    lock(&res.import_stores).insert(rank, store);
+    let report = result?;
+    tracing::debug!(
+        rank,
+        epoch = snapshot.manifest.epoch,
+        bytes = report.bytes_fetched,
+        "replica imported"
+    );
+    Ok(())
+}
+
+fn pull(
+    res: &Resources,
+    puller: &mut Puller<'_, TcpTransport>,
+    source: &SocketAddr,
+    snapshot: &ExposedSnapshot,
+    store: &mut pm_core::Store,
+) -> Result<pm_core::store::ImportReport, ImportError> {
+    if !res.opts.import_delay.is_zero() {
+        std::thread::sleep(res.opts.import_delay);
+    }
+    if res.opts.refuse_imports {
+        return Err(ImportError::Refused);
+    }
+    Ok(puller.pull(source, &snapshot.manifest, &snapshot.data_keys, store)?)
+}
