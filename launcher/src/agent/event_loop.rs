@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 /// learns the connection's number).
 pub(super) enum Input {
     Core(Event),
-    RankConnected { conn: ConnId, handle: RankHandle },
+    RankConnected {
+        conn: ConnId,
+        handle: RankHandle,
+    },
     PartnerConnected {
         conn: ConnId,
         commands: Sender<PartnerCommand>,

@@ -152,8 +152,9 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         },
     )
     .map_err(io_err(format!("listen on {} for transfers", opts.addr)))?;
-    let partner_listener = TcpListener::bind(SocketAddr::new(opts.addr, 0))
-        .map_err(io_err(format!("listen on {} for partner agents", opts.addr)))?;
+    let partner_listener = TcpListener::bind(SocketAddr::new(opts.addr, 0)).map_err(io_err(
+        format!("listen on {} for partner agents", opts.addr),
+    ))?;
     let control = partner_listener
         .local_addr()
         .map_err(io_err("read the partner port"))?;
@@ -171,8 +172,7 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let writer = link.start(&tx).map_err(io_err("start the launcher link"))?;
-    ranks::listen(rank_listener, res.clone(), tx.clone())
-        .map_err(io_err("start serving ranks"))?;
+    ranks::listen(rank_listener, res.clone(), tx.clone()).map_err(io_err("start serving ranks"))?;
     partners::listen(partner_listener, res.clone(), tx.clone())
         .map_err(io_err("start serving partners"))?;
     let files = files::start(res.clone(), tx.clone()).map_err(io_err("start the file worker"))?;
@@ -212,10 +212,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
 
 /// Reads the job's secret: a file of exactly 32 random bytes.
 pub fn read_secret(path: &Path) -> Result<JobSecret, AgentError> {
-    let bytes = std::fs::read(path).map_err(io_err(format!(
-        "read the job's secret {}",
-        path.display()
-    )))?;
+    let bytes =
+        std::fs::read(path).map_err(io_err(format!("read the job's secret {}", path.display())))?;
     let Ok(bytes) = <[u8; 32]>::try_from(bytes.as_slice()) else {
         return Err(AgentError::SecretLength {
             path: path.to_owned(),

@@ -58,17 +58,21 @@ pub(super) fn listen(
     tx: Sender<Input>,
 ) -> std::io::Result<()> {
     super::spawn("pmd-partners", move || {
-        super::serve_each(listener.incoming(), "pmd-partner", move |stream: TcpStream| {
-            let peer = stream
-                .peer_addr()
-                .map_or("unknown".into(), |a| a.to_string());
-            let conn = next_conn();
-            let result = serve(conn, &res, stream, &peer, &tx);
-            let _ = tx.send(Event::PartnerClosed { conn }.into());
-            if let Err(e) = result {
-                tracing::warn!(peer = %peer, error = %e, "partner connection rejected or broken");
-            }
-        });
+        super::serve_each(
+            listener.incoming(),
+            "pmd-partner",
+            move |stream: TcpStream| {
+                let peer = stream
+                    .peer_addr()
+                    .map_or("unknown".into(), |a| a.to_string());
+                let conn = next_conn();
+                let result = serve(conn, &res, stream, &peer, &tx);
+                let _ = tx.send(Event::PartnerClosed { conn }.into());
+                if let Err(e) = result {
+                    tracing::warn!(peer = %peer, error = %e, "partner connection rejected or broken");
+                }
+            },
+        );
     })
 }
 
@@ -133,8 +137,15 @@ fn serve(
         {
             return Ok(());
         }
-        let Some(reply) = answer(conn, res, &mut puller, &source, snapshot.ok(), &commands, tx)
-        else {
+        let Some(reply) = answer(
+            conn,
+            res,
+            &mut puller,
+            &source,
+            snapshot.ok(),
+            &commands,
+            tx,
+        ) else {
             return Ok(());
         };
         session.send(&mut stream, &reply)?;
@@ -160,7 +171,8 @@ fn answer(
                     Some(s) => import(res, puller, source, s).map_err(|e| e.to_string()),
                     None => Err("no snapshot to import".into()),
                 };
-                tx.send(Event::ImportFinished { conn, result }.into()).ok()?;
+                tx.send(Event::ImportFinished { conn, result }.into())
+                    .ok()?;
             }
         }
     }

@@ -26,10 +26,7 @@ pub(super) struct Pending {
 
 impl Imports {
     /// Running imports into ranks that `local` makes local.
-    fn blocking<'a>(
-        &'a self,
-        local: &'a [u32],
-    ) -> impl Iterator<Item = &'a ImportRequest> + 'a {
+    fn blocking<'a>(&'a self, local: &'a [u32]) -> impl Iterator<Item = &'a ImportRequest> + 'a {
         self.running
             .iter()
             .filter(|(r, _)| local.contains(r))
@@ -77,8 +74,7 @@ impl AgentCore {
             ));
         }
         let pending = self.imports.pending.as_ref();
-        if self.local.contains(&req.rank) || pending.is_some_and(|p| p.local.contains(&req.rank))
-        {
+        if self.local.contains(&req.rank) || pending.is_some_and(|p| p.local.contains(&req.rank)) {
             return Some(format!(
                 "rank {} runs on this node; it is not a partner for it",
                 req.rank

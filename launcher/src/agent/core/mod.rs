@@ -92,12 +92,22 @@ pub enum Event {
     /// A message from pmrun.
     Launcher(ToAgent),
     /// The link to pmrun closed, broke or stalled.
-    LauncherLost { reason: String },
+    LauncherLost {
+        reason: String,
+    },
     /// A process authenticated on the rank socket; `peer_pid` is its
     /// process id as the kernel gives it (SO_PEERCRED).
-    RankConnected { conn: ConnId, peer_pid: u32 },
-    Rank { conn: ConnId, msg: FromRank },
-    RankClosed { conn: ConnId },
+    RankConnected {
+        conn: ConnId,
+        peer_pid: u32,
+    },
+    Rank {
+        conn: ConnId,
+        msg: FromRank,
+    },
+    RankClosed {
+        conn: ConnId,
+    },
     /// A partner asks this node to import a snapshot; `Err` when its
     /// announcement does not hold together.
     ImportRequested {
@@ -109,7 +119,9 @@ pub enum Event {
         conn: ConnId,
         result: Result<(), String>,
     },
-    PartnerClosed { conn: ConnId },
+    PartnerClosed {
+        conn: ConnId,
+    },
     /// One partner's answer within an [`Action::Replicate`].
     Replicated {
         rank: u32,
@@ -142,13 +154,22 @@ pub enum Action {
     /// Queue a message to pmrun.
     Send(FromAgent),
     /// Close a rank connection that broke the protocol.
-    CloseRank { conn: ConnId },
+    CloseRank {
+        conn: ConnId,
+    },
     /// SIGKILL the processes behind these rank connections.
-    Kill { conns: Vec<ConnId> },
+    Kill {
+        conns: Vec<ConnId>,
+    },
     /// Run the import the partner connection asked for.
-    StartImport { conn: ConnId },
+    StartImport {
+        conn: ConnId,
+    },
     /// Answer the partner connection's pending request.
-    Answer { conn: ConnId, reply: FromPartner },
+    Answer {
+        conn: ConnId,
+        reply: FromPartner,
+    },
     /// Send `rank`'s snapshot of `epoch` to these partners, one after the
     /// other, reporting each ([`Event::Replicated`]) and the end
     /// ([`Event::ReplicationFinished`]). One at a time per rank.
@@ -158,10 +179,14 @@ pub enum Action {
         to: Vec<Target>,
     },
     /// `rank` no longer runs here: its replication worker may end.
-    StopReplicating { rank: u32 },
+    StopReplicating {
+        rank: u32,
+    },
     /// These ranks run here now: forget the stores opened to import
     /// replicas of them (their directories are the ranks' own).
-    ForgetImportStores { ranks: Vec<u32> },
+    ForgetImportStores {
+        ranks: Vec<u32>,
+    },
     Files(FileJob),
     /// Stop the agent (its files stay unless a `DeleteJob` ran).
     Exit,
@@ -180,9 +205,13 @@ struct RankConn {
 enum Ending {
     Running,
     /// pmrun is gone: the ranks are killed at `kill_at`.
-    LauncherLost { kill_at: Instant },
+    LauncherLost {
+        kill_at: Instant,
+    },
     /// Exit once the pending file jobs are done, or at `deadline`.
-    Exiting { deadline: Instant },
+    Exiting {
+        deadline: Instant,
+    },
     Exited,
 }
 
@@ -257,11 +286,19 @@ impl AgentCore {
             Ending::Running if now >= self.next_heartbeat => {
                 self.heartbeat();
                 // A loop that fell behind sends one heartbeat, not a burst.
-                self.next_heartbeat = (self.next_heartbeat + self.cfg.heartbeat).max(now);
+                let next = self.next_heartbeat + self.cfg.heartbeat;
+                self.next_heartbeat = if next > now {
+                    next
+                } else {
+                    now + self.cfg.heartbeat
+                };
             }
             Ending::LauncherLost { kill_at } if now >= kill_at => {
                 let (conns, ranks) = self.open_ranks();
-                tracing::warn!(?ranks, "pmrun is gone: killing the node's ranks and exiting; the job's checkpoints are kept");
+                tracing::warn!(
+                    ?ranks,
+                    "pmrun is gone: killing the node's ranks and exiting; the job's checkpoints are kept"
+                );
                 self.actions.push_back(Action::Kill { conns });
                 self.start_exit(now);
             }
@@ -393,7 +430,9 @@ impl AgentCore {
                     let peer = rc.peer_pid;
                     return self.reject_rank(
                         conn,
-                        &format!("rank {rank} says it is process {pid}, but process {peer} connected"),
+                        &format!(
+                            "rank {rank} says it is process {pid}, but process {peer} connected"
+                        ),
                     );
                 }
                 rc.rank = Some(rank);
@@ -430,7 +469,12 @@ impl AgentCore {
                 self.send(FromAgent::Finished { rank });
             }
             (other, _) => {
-                self.reject_rank(conn, &format!("a message for another rank, a second Hello, or one before Hello: {other:?}"));
+                self.reject_rank(
+                    conn,
+                    &format!(
+                        "a message for another rank, a second Hello, or one before Hello: {other:?}"
+                    ),
+                );
             }
         }
     }

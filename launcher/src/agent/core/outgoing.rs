@@ -110,11 +110,7 @@ impl Outgoing {
             if !to.is_empty() && r.attempt < MAX_RETRIES {
                 return Some((r.epoch, to, r.attempt + 1));
             }
-            tracing::debug!(
-                epoch = r.epoch,
-                attempts = r.attempt + 1,
-                "no more retries"
-            );
+            tracing::debug!(epoch = r.epoch, attempts = r.attempt + 1, "no more retries");
         }
         let epoch = self.newest.take()?;
         Some((epoch, partners.to_vec(), 0))

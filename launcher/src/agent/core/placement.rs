@@ -32,7 +32,10 @@ impl AgentCore {
         // A newer placement replaces one that still waits: pmrun only
         // waits for the newest generation.
         if self.imports.placement_blocked(&p.local) {
-            tracing::info!(generation, "placement waits for imports into ranks that now run here");
+            tracing::info!(
+                generation,
+                "placement waits for imports into ranks that now run here"
+            );
             self.imports.pending = Some(p);
         } else {
             self.imports.pending = None;
