@@ -62,6 +62,14 @@ fn a_job_whose_pmrun_is_killed_stops_everywhere_and_resumes_by_its_id() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The agents did it, not the ranks failing on their own.
+    for node in status["nodes"].as_array().unwrap() {
+        let log = std::fs::read_to_string(node["log"].as_str().unwrap()).unwrap();
+        assert!(
+            log.contains("pmrun is gone: killing the node's ranks"),
+            "{log}"
+        );
+    }
     let id = job.id.clone();
     let (ended, store) = job.finish();
     assert!(!ended.status.success(), "{}", ended.output);

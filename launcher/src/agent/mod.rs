@@ -30,6 +30,7 @@ use pm_core::wire::{JobSecret, WireError};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -72,6 +73,24 @@ pub enum AgentError {
     Launcher(#[from] WireError),
     #[error("the job's secret {path} has {len} bytes, not 32")]
     SecretLength { path: PathBuf, len: usize },
+}
+
+/// Why a connection to one of the agent's sockets was rejected or ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a {role:?} connected to the {socket}")]
+    Role {
+        role: pm_core::wire::Role,
+        socket: &'static str,
+    },
+    #[error("the partner did not say where its transport listens")]
+    NoHello,
+    #[error("the partner's transport address: {0}")]
+    Address(#[from] std::net::AddrParseError),
 }
 
 /// `map_err` for I/O errors: says what the agent was doing.
@@ -189,18 +208,24 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Serves every incoming connection on a thread of its own.
+/// Accepts connections on a thread named `name`, and serves each on a
+/// thread of its own with a connection number that is never reused.
 fn serve_each<S: Send + 'static>(
-    incoming: impl Iterator<Item = std::io::Result<S>>,
-    thread: &str,
-    serve: impl Fn(S) + Clone + Send + 'static,
-) {
-    for stream in incoming.flatten() {
-        let serve = serve.clone();
-        let _ = std::thread::Builder::new()
-            .name(thread.into())
-            .spawn(move || serve(stream));
-    }
+    name: &str,
+    incoming: impl Iterator<Item = std::io::Result<S>> + Send + 'static,
+    serve: impl Fn(core::ConnId, S) + Clone + Send + 'static,
+) -> std::io::Result<()> {
+    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    let thread = format!("{name}-conn");
+    spawn(name, move || {
+        for stream in incoming.flatten() {
+            let serve = serve.clone();
+            let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+            let _ = std::thread::Builder::new()
+                .name(thread.clone())
+                .spawn(move || serve(conn, stream));
+        }
+    })
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {

@@ -8,13 +8,12 @@
 
 use super::core::{ConnId, Event, ImportRequest};
 use super::event_loop::Input;
-use super::ranks::next_conn;
-use super::{HANDSHAKE_TIMEOUT, Resources, lock};
+use super::{ConnError, HANDSHAKE_TIMEOUT, Resources, lock};
 use pm_core::proto::{FromPartner, ToPartner};
 use pm_core::replicate::{ExposedSnapshot, Puller, ReplicateError};
 use pm_core::transport::TcpTransport;
-use pm_core::wire::{Limits, Role, Session, WireError, WireErrorKind};
-use std::net::{AddrParseError, SocketAddr, TcpListener, TcpStream};
+use pm_core::wire::{Limits, Role, Session, WireErrorKind};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
@@ -24,21 +23,6 @@ pub(super) enum PartnerCommand {
     Import,
     /// Answer the pending request.
     Answer(FromPartner),
-}
-
-/// Why a partner connection was rejected or ended.
-#[derive(Debug, thiserror::Error)]
-enum PartnerConnError {
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("a {0:?} connected to the partner port")]
-    Role(Role),
-    #[error("the partner did not say where its transport listens")]
-    NoHello,
-    #[error("the partner's transport address: {0}")]
-    Address(#[from] AddrParseError),
 }
 
 /// Why an import failed (sent back to the source as the reason).
@@ -57,23 +41,20 @@ pub(super) fn listen(
     res: Arc<Resources>,
     tx: Sender<Input>,
 ) -> std::io::Result<()> {
-    super::spawn("pmd-partners", move || {
-        super::serve_each(
-            listener.incoming(),
-            "pmd-partner",
-            move |stream: TcpStream| {
-                let peer = stream
-                    .peer_addr()
-                    .map_or("unknown".into(), |a| a.to_string());
-                let conn = next_conn();
-                let result = serve(conn, &res, stream, &peer, &tx);
-                let _ = tx.send(Event::PartnerClosed { conn }.into());
-                if let Err(e) = result {
-                    tracing::warn!(peer = %peer, error = %e, "partner connection rejected or broken");
-                }
-            },
-        );
-    })
+    super::serve_each(
+        "pmd-partners",
+        std::iter::from_fn(move || Some(listener.accept().map(|(s, _)| s))),
+        move |conn, stream: TcpStream| {
+            let peer = stream
+                .peer_addr()
+                .map_or("unknown".into(), |a| a.to_string());
+            let result = serve(conn, &res, stream, &peer, &tx);
+            let _ = tx.send(Event::PartnerClosed { conn }.into());
+            if let Err(e) = result {
+                tracing::warn!(peer = %peer, error = %e, "partner connection rejected or broken");
+            }
+        },
+    )
 }
 
 fn serve(
@@ -82,7 +63,7 @@ fn serve(
     mut stream: TcpStream,
     peer: &str,
     tx: &Sender<Input>,
-) -> Result<(), PartnerConnError> {
+) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
     // A peer that stalls in the handshake must not hold a thread for ever.
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -95,10 +76,13 @@ fn serve(
         Limits::default(),
     )?;
     if session.remote_role() != Role::Agent {
-        return Err(PartnerConnError::Role(session.remote_role()));
+        return Err(ConnError::Role {
+            role: session.remote_role(),
+            socket: "partner port",
+        });
     }
     let ToPartner::Hello { transport, .. } = session.recv(&mut stream)? else {
-        return Err(PartnerConnError::NoHello);
+        return Err(ConnError::NoHello);
     };
     let source: SocketAddr = transport.parse()?;
     // Between requests the source may be quiet for long; answers are small

@@ -10,34 +10,14 @@
 
 use super::core::{ConnId, Event};
 use super::event_loop::Input;
-use super::{HANDSHAKE_TIMEOUT, Resources};
+use super::{ConnError, HANDSHAKE_TIMEOUT, Resources};
 use pm_core::proto::FromRank;
-use pm_core::wire::{Limits, Role, Session, WireError, WireErrorKind};
+use pm_core::wire::{Limits, Role, Session, WireErrorKind};
 use rustix::fd::OwnedFd;
 use rustix::process::{Pid, PidfdFlags, Signal};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-
-/// Why a rank connection was rejected or ended.
-#[derive(Debug, thiserror::Error)]
-enum RankConnError {
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("a {0:?} connected to the rank socket")]
-    Role(Role),
-}
-
-/// Numbers connections for the core; shared with the partner side so that
-/// no two connections ever have the same number.
-pub(super) static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
-pub(super) fn next_conn() -> ConnId {
-    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
-}
 
 /// What the event loop keeps of a rank connection.
 pub(super) struct RankHandle {
@@ -75,16 +55,17 @@ pub(super) fn listen(
     res: Arc<Resources>,
     tx: Sender<Input>,
 ) -> std::io::Result<()> {
-    super::spawn("pmd-ranks", move || {
-        super::serve_each(listener.incoming(), "pmd-rank", move |stream| {
-            let conn = next_conn();
+    super::serve_each(
+        "pmd-ranks",
+        std::iter::from_fn(move || Some(listener.accept().map(|(s, _)| s))),
+        move |conn, stream| {
             let result = serve(conn, &res, stream, &tx);
             let _ = tx.send(Event::RankClosed { conn }.into());
             if let Err(e) = result {
                 tracing::warn!(conn, error = %e, "rank connection rejected or broken");
             }
-        });
-    })
+        },
+    )
 }
 
 fn serve(
@@ -92,7 +73,7 @@ fn serve(
     res: &Resources,
     mut stream: UnixStream,
     tx: &Sender<Input>,
-) -> Result<(), RankConnError> {
+) -> Result<(), ConnError> {
     let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(std::io::Error::from)?;
     let pid = cred.pid.as_raw_nonzero().get() as u32;
     // Opened before the handshake: the peer that completes it was alive
@@ -108,7 +89,10 @@ fn serve(
         Limits { max_body: 4096 },
     )?;
     if session.remote_role() != Role::Rank {
-        return Err(RankConnError::Role(session.remote_role()));
+        return Err(ConnError::Role {
+            role: session.remote_role(),
+            socket: "rank socket",
+        });
     }
     stream.set_read_timeout(None)?;
     if let Some(cgroup) = &res.opts.cgroup {

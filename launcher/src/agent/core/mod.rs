@@ -272,7 +272,11 @@ impl AgentCore {
             Ending::Exiting { deadline } => Some(deadline),
             Ending::Exited => return None,
         };
-        let retries = self.outgoing.values().filter_map(Outgoing::retry_due);
+        let retries = self
+            .outgoing
+            .values()
+            .filter(|_| !self.stopping())
+            .filter_map(Outgoing::retry_due);
         ending.into_iter().chain(retries).min()
     }
 

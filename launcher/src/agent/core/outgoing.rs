@@ -59,8 +59,13 @@ impl Outgoing {
         self.fills.push_back((epoch, to));
     }
 
+    /// When a retry can start (never while a replication runs: it waits
+    /// for that one's end, and a timer in the past would spin the loop).
     pub(super) fn retry_due(&self) -> Option<Instant> {
-        self.retry.as_ref().map(|r| r.due)
+        match self.running {
+            Some(_) => None,
+            None => self.retry.as_ref().map(|r| r.due),
+        }
     }
 
     fn failed(&mut self, partner: NodeId) {

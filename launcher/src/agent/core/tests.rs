@@ -30,6 +30,23 @@ impl Fake {
         f
     }
 
+    /// Rank 0 runs here (connection 1) with `partners`.
+    fn with_rank_0(partners: &[u32]) -> Self {
+        let mut f = Self::new();
+        f.place(0, 1, &[0], &[(0, partners)]);
+        f.rank(0, 1, 0, 100);
+        f
+    }
+
+    /// Rank 0 runs here with partner 1, which failed to store epoch 1.
+    fn with_a_failed_partner() -> Self {
+        let mut f = Self::with_rank_0(&[1]);
+        f.publish(0, 1, 0, 1);
+        f.replicated(10, 0, 1, 1, false);
+        f.finished(10, 0, 1);
+        f
+    }
+
     fn at(&self, ms: u64) -> Instant {
         self.t0 + Duration::from_millis(ms)
     }
@@ -46,6 +63,19 @@ impl Fake {
 
     fn actions(&mut self) -> Vec<Action> {
         std::iter::from_fn(|| self.core.poll_action()).collect()
+    }
+
+    fn launcher(&mut self, ms: u64, msg: ToAgent) -> Vec<Action> {
+        self.on(ms, Event::Launcher(msg))
+    }
+
+    fn commit(&mut self, ms: u64, epoch: u64, step: u64, ranks: u32) -> Vec<Action> {
+        self.launcher(ms, ToAgent::Commit { epoch, step, ranks })
+    }
+
+    fn lost(&mut self, ms: u64, reason: &str) -> Vec<Action> {
+        let reason = reason.into();
+        self.on(ms, Event::LauncherLost { reason })
     }
 
     fn place(
@@ -69,7 +99,7 @@ impl Fake {
                 })
                 .collect(),
         };
-        self.on(ms, Event::Launcher(msg))
+        self.launcher(ms, msg)
     }
 
     /// A rank connection `conn` of process `pid` that said Hello.
@@ -246,9 +276,7 @@ fn a_placement_waits_for_an_import_and_heartbeats_say_so() {
 
 #[test]
 fn a_newer_publish_supersedes_a_queued_one() {
-    let mut f = Fake::new();
-    f.place(0, 1, &[0], &[(0, &[1, 2])]);
-    f.rank(0, 1, 0, 100);
+    let mut f = Fake::with_rank_0(&[1, 2]);
     let a = f.publish(10, 1, 0, 1);
     assert!(
         sent(&a)
@@ -267,9 +295,7 @@ fn a_newer_publish_supersedes_a_queued_one() {
 
 #[test]
 fn a_failed_partner_is_retried_with_backoff_a_bounded_number_of_times() {
-    let mut f = Fake::new();
-    f.place(0, 1, &[0], &[(0, &[1, 2])]);
-    f.rank(0, 1, 0, 100);
+    let mut f = Fake::with_rank_0(&[1, 2]);
     f.publish(0, 1, 0, 1);
     let a = f.replicated(10, 0, 1, 1, false);
     assert!(matches!(
@@ -309,13 +335,26 @@ fn a_failed_partner_is_retried_with_backoff_a_bounded_number_of_times() {
 }
 
 #[test]
+fn a_due_retry_waits_for_the_running_replication_without_spinning_the_timer() {
+    let mut f = Fake::with_a_failed_partner();
+    // Partner 2 is added and filled; the retry of 1 falls due meanwhile.
+    assert_eq!(
+        replications(&f.place(20, 2, &[0], &[(0, &[1, 2])])),
+        [(0, 1, vec![2])]
+    );
+    assert!(replications(&f.tick(1000)).is_empty());
+    assert_eq!(
+        f.core.poll_timeout(),
+        Some(f.at(1200)),
+        "the next heartbeat"
+    );
+    f.replicated(1010, 0, 1, 2, true);
+    assert_eq!(replications(&f.finished(1010, 0, 1)), [(0, 1, vec![1])]);
+}
+
+#[test]
 fn no_retry_once_the_node_is_no_partner() {
-    let mut f = Fake::new();
-    f.place(0, 1, &[0], &[(0, &[1])]);
-    f.rank(0, 1, 0, 100);
-    f.publish(0, 1, 0, 1);
-    f.replicated(10, 0, 1, 1, false);
-    f.finished(10, 0, 1);
+    let mut f = Fake::with_a_failed_partner();
     // pmrun replaces partner 1 by 2: 2 is filled with the epoch in flight.
     let a = f.place(20, 2, &[0], &[(0, &[2])]);
     assert_eq!(replications(&a), [(0, 1, vec![2])]);
@@ -326,12 +365,7 @@ fn no_retry_once_the_node_is_no_partner() {
 
 #[test]
 fn no_retry_once_a_newer_epoch_came() {
-    let mut f = Fake::new();
-    f.place(0, 1, &[0], &[(0, &[1])]);
-    f.rank(0, 1, 0, 100);
-    f.publish(0, 1, 0, 1);
-    f.replicated(10, 0, 1, 1, false);
-    f.finished(10, 0, 1);
+    let mut f = Fake::with_a_failed_partner();
     assert_eq!(replications(&f.publish(20, 1, 0, 2)), [(0, 2, vec![1])]);
     f.replicated(30, 0, 2, 1, true);
     f.finished(30, 0, 2);
@@ -355,14 +389,7 @@ fn new_partners_are_filled_with_the_committed_epoch_and_the_one_in_flight() {
     f.publish(0, 1, 0, 3);
     f.replicated(5, 0, 3, 1, true);
     f.finished(5, 0, 3);
-    let a = f.on(
-        6,
-        Event::Launcher(ToAgent::Commit {
-            epoch: 3,
-            step: 30,
-            ranks: 4,
-        }),
-    );
+    let a = f.commit(6, 3, 30, 4);
     let commit = Commit {
         epoch: 3,
         step: 30,
@@ -454,14 +481,7 @@ fn imports_are_refused_for_a_local_rank_or_another_job() {
 #[test]
 fn a_replica_of_the_committed_epoch_is_marked_committed() {
     let mut f = Fake::new();
-    f.on(
-        0,
-        Event::Launcher(ToAgent::Commit {
-            epoch: 4,
-            step: 40,
-            ranks: 2,
-        }),
-    );
+    f.commit(0, 4, 40, 2);
     f.on(1, Event::Files(FileDone::Written));
     f.import(10, 3, "job", 1, 4);
     let a = f.on(
@@ -495,7 +515,7 @@ fn kill_ranks_names_only_ranks_whose_connection_is_open() {
         },
     ); // no Hello yet
     f.on(5, Event::RankClosed { conn: 2 });
-    let a = f.on(10, Event::Launcher(ToAgent::KillRanks));
+    let a = f.launcher(10, ToAgent::KillRanks);
     assert_eq!(
         a,
         [
@@ -524,7 +544,7 @@ fn a_rank_whose_hello_disagrees_with_its_peer_credentials_is_rejected() {
     );
     assert_eq!(a, [Action::CloseRank { conn: 1 }]);
     // It is no rank of this node: KillRanks does not name it.
-    let a = f.on(10, Event::Launcher(ToAgent::KillRanks));
+    let a = f.launcher(10, ToAgent::KillRanks);
     assert_eq!(a[0], Action::Kill { conns: vec![] });
     // A publish for another rank than the connection's is rejected too.
     f.rank(20, 2, 0, 200);
@@ -546,10 +566,7 @@ fn losing_the_launcher_kills_the_ranks_after_the_grace_then_exits() {
     let mut f = Fake::new();
     f.rank(0, 1, 0, 100);
     f.rank(0, 2, 1, 101);
-    let lost = Event::LauncherLost {
-        reason: "pmrun closed the connection".into(),
-    };
-    assert!(f.on(100, lost).is_empty());
+    assert!(f.lost(100, "pmrun closed the connection").is_empty());
     assert_eq!(f.core.poll_timeout(), Some(f.at(100) + LAUNCHER_GRACE));
     // No heartbeats to a launcher that is gone, and no kill yet.
     assert!(f.tick(900).is_empty());
@@ -562,20 +579,8 @@ fn losing_the_launcher_kills_the_ranks_after_the_grace_then_exits() {
 #[test]
 fn losing_the_launcher_waits_for_a_commit_record_being_written() {
     let mut f = Fake::new();
-    f.on(
-        0,
-        Event::Launcher(ToAgent::Commit {
-            epoch: 1,
-            step: 1,
-            ranks: 1,
-        }),
-    );
-    f.on(
-        10,
-        Event::LauncherLost {
-            reason: "gone".into(),
-        },
-    );
+    f.commit(0, 1, 1, 1);
+    f.lost(10, "gone");
     assert_eq!(f.tick(1010), [Action::Kill { conns: vec![] }]);
     assert_eq!(f.on(1020, Event::Files(FileDone::Written)), [Action::Exit]);
 }
@@ -585,30 +590,14 @@ fn exit_keeps_the_files_and_delete_job_deletes_them_first() {
     let mut f = Fake::new();
     f.rank(0, 1, 0, 100);
     // Exit: no kill, no deletion.
-    assert_eq!(f.on(10, Event::Launcher(ToAgent::Exit)), [Action::Exit]);
+    assert_eq!(f.launcher(10, ToAgent::Exit), [Action::Exit]);
     // pmrun closing the link afterwards changes nothing.
-    assert!(
-        f.on(
-            20,
-            Event::LauncherLost {
-                reason: "closed".into()
-            }
-        )
-        .is_empty()
-    );
+    assert!(f.lost(20, "closed").is_empty());
 
     let mut f = Fake::new();
-    let a = f.on(10, Event::Launcher(ToAgent::DeleteJob));
+    let a = f.launcher(10, ToAgent::DeleteJob);
     assert_eq!(a, [Action::Files(FileJob::DeleteJob)]);
-    assert!(
-        f.on(
-            15,
-            Event::LauncherLost {
-                reason: "closed".into()
-            }
-        )
-        .is_empty()
-    );
+    assert!(f.lost(15, "closed").is_empty());
     assert!(f.tick(1500).is_empty(), "no kill: pmrun ended the job");
     // Imports are refused while the agent stops.
     let a = f.import(20, 3, "job", 1, 1);
@@ -625,15 +614,8 @@ fn exit_keeps_the_files_and_delete_job_deletes_them_first() {
 #[test]
 fn exit_does_not_wait_for_ever_for_a_stuck_file_job() {
     let mut f = Fake::new();
-    f.on(
-        0,
-        Event::Launcher(ToAgent::Commit {
-            epoch: 1,
-            step: 1,
-            ranks: 1,
-        }),
-    );
-    assert!(f.on(10, Event::Launcher(ToAgent::Exit)).is_empty());
+    f.commit(0, 1, 1, 1);
+    assert!(f.launcher(10, ToAgent::Exit).is_empty());
     assert_eq!(f.core.poll_timeout(), Some(f.at(10) + EXIT_WAIT));
     assert_eq!(f.tick(10 + EXIT_WAIT.as_millis() as u64), [Action::Exit]);
 }
@@ -642,7 +624,7 @@ fn exit_does_not_wait_for_ever_for_a_stuck_file_job() {
 fn inventory_is_scanned_off_the_loop_and_sent() {
     let mut f = Fake::new();
     assert_eq!(
-        f.on(0, Event::Launcher(ToAgent::Inventory)),
+        f.launcher(0, ToAgent::Inventory),
         [Action::Files(FileJob::Inventory)]
     );
     let inv = Inventory {
