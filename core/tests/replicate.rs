@@ -91,6 +91,35 @@ fn pull(
     report
 }
 
+#[test]
+fn a_pull_reports_what_it_moves_as_it_moves_it() {
+    let (mut a, mut b) = (node(2), node(3));
+    let mut s = state(5);
+    write(&mut a, 1, &s);
+    pull(&a, &mut b, 1).unwrap();
+    touch(&mut s, 3, 0);
+    let written = write(&mut a, 2, &s);
+    let snap = a.store.open_snapshot(2).unwrap();
+    let exposed = replicate::expose(&a.transport, &a.store, &snap).unwrap();
+    let mut calls = Vec::new();
+    let report = replicate::Puller::new(&b.transport)
+        .pull_with_progress(
+            &a.transport.local_addr(),
+            &exposed.manifest,
+            &exposed.data_keys,
+            &mut b.store,
+            &mut |moved, total| calls.push((moved, total)),
+        )
+        .unwrap();
+    // First what is to move (only the changed chunks), then growing
+    // counts up to all of it.
+    assert_eq!(calls.first(), Some(&(0, written)), "{calls:?}");
+    assert_eq!(calls.last(), Some(&(written, written)), "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0), "{calls:?}");
+    assert_eq!(report.bytes_fetched, written);
+    exposed.withdraw(&a.transport).unwrap();
+}
+
 fn assert_restores(n: &Node, epoch: u64, s: &(Vec<u8>, Vec<u8>)) {
     let snap = n.store.open_snapshot(epoch).unwrap();
     snap.verify().unwrap();

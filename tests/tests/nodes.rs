@@ -338,7 +338,8 @@ fn virtual_nodes_get_an_enforced_cpu_quota_where_the_host_allows() {
             "--every",
             "10",
         ],
-        &heat_args(0),
+        // Slow enough that the ranks are still there when they are looked at.
+        &heat_args(5),
         &[],
     );
     // SAFETY: geteuid has no preconditions.

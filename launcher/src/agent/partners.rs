@@ -8,7 +8,7 @@
 
 use super::core::{ConnId, Event, ImportRequest};
 use super::event_loop::Input;
-use super::{ConnError, HANDSHAKE_TIMEOUT, Resources, lock};
+use super::{ConnError, HANDSHAKE_TIMEOUT, Resources, error_chain, lock};
 use pm_core::proto::{FromPartner, ToPartner};
 use pm_core::replicate::{ExposedSnapshot, Puller, ReplicateError};
 use pm_core::transport::TcpTransport;
@@ -16,6 +16,7 @@ use pm_core::wire::{Limits, Role, Session, WireErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
 
 /// What the event loop tells a partner connection.
 pub(super) enum PartnerCommand {
@@ -151,8 +152,11 @@ fn answer(
         match commands.recv().ok()? {
             PartnerCommand::Answer(reply) => return Some(reply),
             PartnerCommand::Import => {
+                let mut progress = Progress::new(conn, tx);
                 let result = match &snapshot {
-                    Some(s) => import(res, puller, source, s).map_err(|e| e.to_string()),
+                    Some(s) => {
+                        import(res, puller, source, s, &mut progress).map_err(|e| error_chain(&e))
+                    }
                     None => Err("no snapshot to import".into()),
                 };
                 tx.send(Event::ImportFinished { conn, result }.into())
@@ -162,12 +166,51 @@ fn answer(
     }
 }
 
+/// How often a running import reports the bytes it has left (they go
+/// into heartbeats, which come no faster).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Reports an import's progress to the core, at most every
+/// [`PROGRESS_EVERY`] (and always once the bytes to move are known).
+struct Progress<'a> {
+    conn: ConnId,
+    tx: &'a Sender<Input>,
+    last: Option<Instant>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(conn: ConnId, tx: &'a Sender<Input>) -> Self {
+        Self {
+            conn,
+            tx,
+            last: None,
+        }
+    }
+
+    fn report(&mut self, moved: u64, total: u64) {
+        let now = Instant::now();
+        if moved != 0 && self.last.is_some_and(|t| now - t < PROGRESS_EVERY) {
+            return;
+        }
+        self.last = Some(now);
+        let bytes_left = total.saturating_sub(moved);
+        let _ = self.tx.send(
+            Event::ImportProgress {
+                conn: self.conn,
+                bytes_left,
+            }
+            .into(),
+        );
+    }
+}
+
 /// Pulls the announced snapshot into this node's store.
 fn import(
     res: &Resources,
     puller: &mut Puller<'_, TcpTransport>,
     source: &SocketAddr,
     snapshot: &ExposedSnapshot,
+    progress: &mut Progress<'_>,
 ) -> Result<(), ImportError> {
     let rank = snapshot.manifest.rank;
     let cached = lock(&res.import_stores).remove(&rank);
@@ -175,7 +218,7 @@ fn import(
         Some(s) => s,
         None => res.open_store(rank)?,
     };
-    let result = pull(res, puller, source, snapshot, &mut store);
+    let result = pull(res, puller, source, snapshot, &mut store, progress);
     // Back before the core hears the import ended: it may then forget it.
     lock(&res.import_stores).insert(rank, store);
     let report = result?;
@@ -194,6 +237,7 @@ fn pull(
     source: &SocketAddr,
     snapshot: &ExposedSnapshot,
     store: &mut pm_core::Store,
+    progress: &mut Progress<'_>,
 ) -> Result<pm_core::store::ImportReport, ImportError> {
     if !res.opts.import_delay.is_zero() {
         std::thread::sleep(res.opts.import_delay);
@@ -201,5 +245,7 @@ fn pull(
     if res.opts.refuse_imports {
         return Err(ImportError::Refused);
     }
-    Ok(puller.pull(source, &snapshot.manifest, &snapshot.data_keys, store)?)
+    let manifest = &snapshot.manifest;
+    let mut report = |moved, total| progress.report(moved, total);
+    Ok(puller.pull_with_progress(source, manifest, &snapshot.data_keys, store, &mut report)?)
 }

@@ -1,6 +1,7 @@
 //! Replicas partners send to this node: which requests are accepted, one
 //! import per rank at a time (later ones wait their turn), and what a
-//! placement that waits for imports still waits for.
+//! placement that waits for imports still waits for (each import's
+//! announced size until it reports the bytes it has left).
 
 use super::{Action, AgentCore, ConnId, FileJob, ImportRequest};
 use pm_core::proto::{FromPartner, Waiting};
@@ -49,6 +50,13 @@ impl Imports {
             imports,
             bytes_left,
         })
+    }
+
+    /// What a running import still has to move, as it reports it.
+    pub(super) fn progress(&mut self, conn: ConnId, bytes_left: u64) {
+        if let Some((_, req)) = self.running.values_mut().find(|(c, _)| *c == conn) {
+            req.bytes = bytes_left;
+        }
     }
 
     /// Takes out the queued requests for `ranks`.

@@ -52,7 +52,8 @@ pub struct ImportRequest {
     pub rank: u32,
     pub epoch: u64,
     /// What the import moves at most: the snapshot's state size (a partner
-    /// that holds an older snapshot of the rank moves only the changes).
+    /// that holds an older snapshot of the rank moves only the changes;
+    /// [`Event::ImportProgress`] then says what is left).
     pub bytes: u64,
 }
 
@@ -113,6 +114,11 @@ pub enum Event {
     ImportRequested {
         conn: ConnId,
         request: Result<ImportRequest, String>,
+    },
+    /// A running import knows what it still has to move.
+    ImportProgress {
+        conn: ConnId,
+        bytes_left: u64,
     },
     /// The import started by [`Action::StartImport`] ended.
     ImportFinished {
@@ -354,6 +360,9 @@ impl AgentCore {
                 self.ranks.remove(&conn);
             }
             Event::ImportRequested { conn, request } => self.import_requested(conn, request),
+            Event::ImportProgress { conn, bytes_left } => {
+                self.imports.progress(conn, bytes_left);
+            }
             Event::ImportFinished { conn, result } => self.import_finished(conn, result, now),
             Event::PartnerClosed { conn } => self.partner_closed(conn, now),
             Event::Replicated {

@@ -237,8 +237,28 @@ fn a_placement_waits_for_an_import_and_heartbeats_say_so() {
         bytes_left: 1000,
     };
     assert_eq!(heartbeats(&f.tick(200)), [(1, Some(waiting))]);
+    // The import learns what it has to move, then moves some of it.
+    f.on(
+        210,
+        Event::ImportProgress {
+            conn: 7,
+            bytes_left: 600,
+        },
+    );
+    f.on(
+        220,
+        Event::ImportProgress {
+            conn: 7,
+            bytes_left: 250,
+        },
+    );
+    let waiting = Waiting {
+        bytes_left: 250,
+        ..waiting
+    };
+    assert_eq!(heartbeats(&f.tick(400)), [(2, Some(waiting))]);
     // Another replica of rank 2 is refused now: it runs here.
-    let a = f.import(30, 8, "job", 2, 5);
+    let a = f.import(410, 8, "job", 2, 5);
     assert!(
         matches!(
             &a[..],
@@ -253,7 +273,7 @@ fn a_placement_waits_for_an_import_and_heartbeats_say_so() {
     // store forgotten, and rank 2's partner filled with nothing (no commit,
     // no publish).
     let a = f.on(
-        300,
+        500,
         Event::ImportFinished {
             conn: 7,
             result: Ok(()),
@@ -271,7 +291,7 @@ fn a_placement_waits_for_an_import_and_heartbeats_say_so() {
         "{a:?}"
     );
     assert!(sent(&a).contains(&&FromAgent::PlacementApplied { generation: 2 }));
-    assert_eq!(heartbeats(&f.tick(400)), [(2, None)]);
+    assert_eq!(heartbeats(&f.tick(600)), [(3, None)]);
 }
 
 #[test]
