@@ -227,12 +227,42 @@ impl<'t, T: Transport> Puller<'t, T> {
         data_keys: &[(u64, RegionKey)],
         dest: &mut Store,
     ) -> Result<ImportReport, ReplicateError> {
+        self.pull_with_progress(peer, manifest, data_keys, dest, &mut |_, _| {})
+    }
+
+    /// As [`pull`], calling `progress(moved, total)` once the bytes to
+    /// move are known (`moved` 0) and after every verified transfer, so a
+    /// caller can tell a slow pull from a stuck one. Nothing is called when
+    /// the store already holds every chunk.
+    pub fn pull_with_progress(
+        &mut self,
+        peer: &T::Peer,
+        manifest: &Manifest,
+        data_keys: &[(u64, RegionKey)],
+        dest: &mut Store,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ImportReport, ReplicateError> {
         let keys: HashMap<u64, RegionKey> = data_keys.iter().copied().collect();
         check_keys(manifest, &keys)?;
         let path = dest.data_path(manifest.epoch);
         let fetch = |target: &ImportTarget<'_>, chunks: &[ChunkFetch]| {
+            let total = chunks.iter().map(|c| c.len).sum();
+            progress(0, total);
             let local = self.target_key(target, &path)?;
-            transfer_all(self.transport, peer, &keys, local, target, chunks)
+            let mut moved = 0;
+            let mut moved_by = |n: u64| {
+                moved += n;
+                progress(moved, total);
+            };
+            transfer_all(
+                self.transport,
+                peer,
+                &keys,
+                local,
+                target,
+                chunks,
+                &mut moved_by,
+            )
         };
         Ok(dest.import_snapshot(manifest, fetch)?)
     }
@@ -310,8 +340,9 @@ fn check_keys(manifest: &Manifest, keys: &HashMap<u64, RegionKey>) -> Result<(),
 
 /// Reads every chunk into the local region, merging neighbours and keeping
 /// up to [`IN_FLIGHT`] transfers going; each transfer's chunks are verified
-/// as soon as it completes, while later ones are still moving. Returns the
-/// first error after all issued transfers have ended.
+/// as soon as it completes, while later ones are still moving, and their
+/// bytes are then passed to `moved`. Returns the first error after all
+/// issued transfers have ended.
 fn transfer_all<T: Transport>(
     transport: &T,
     peer: &T::Peer,
@@ -319,11 +350,12 @@ fn transfer_all<T: Transport>(
     local: RegionKey,
     target: &ImportTarget<'_>,
     chunks: &[ChunkFetch],
+    moved: &mut dyn FnMut(u64),
 ) -> Result<(), ReplicateError> {
     let mut pending: VecDeque<(Completion, &[ChunkFetch])> = VecDeque::new();
     let mut first_err: Option<ReplicateError> = None;
-    let settle = |(c, part): (Completion, &[ChunkFetch]),
-                  first_err: &mut Option<ReplicateError>| {
+    let mut settle = |(c, part): (Completion, &[ChunkFetch]),
+                      first_err: &mut Option<ReplicateError>| {
         let outcome = transport
             .wait(c)
             .map_err(ReplicateError::from)
@@ -332,8 +364,11 @@ fn transfer_all<T: Transport>(
                     .try_for_each(|f| target.verify(f))
                     .map_err(ReplicateError::from)
             });
-        if let Err(e) = outcome {
-            first_err.get_or_insert(e);
+        match outcome {
+            Ok(()) => moved(part.iter().map(|f| f.len).sum()),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     };
     for (remote, dst, part) in merge(keys, local, chunks) {

@@ -78,17 +78,48 @@ fn pull(
     dst: &mut Node,
     epoch: u64,
 ) -> Result<pm_core::store::ImportReport, ReplicateError> {
+    pull_reporting(src, dst, epoch, &mut |_, _| {})
+}
+
+/// [`pull`], passing the pull's progress to `progress(moved, total)`.
+fn pull_reporting(
+    src: &Node,
+    dst: &mut Node,
+    epoch: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<pm_core::store::ImportReport, ReplicateError> {
     let snap = src.store.open_snapshot(epoch).unwrap();
     let exposed = replicate::expose(&src.transport, &src.store, &snap).unwrap();
-    let report = replicate::pull(
-        &dst.transport,
+    let report = replicate::Puller::new(&dst.transport).pull_with_progress(
         &src.transport.local_addr(),
         &exposed.manifest,
         &exposed.data_keys,
         &mut dst.store,
+        progress,
     );
     exposed.withdraw(&src.transport).unwrap();
     report
+}
+
+#[test]
+fn a_pull_reports_what_it_moves_as_it_moves_it() {
+    let (mut a, mut b) = (node(2), node(3));
+    let mut s = state(5);
+    write(&mut a, 1, &s);
+    pull(&a, &mut b, 1).unwrap();
+    touch(&mut s, 3, 0);
+    let written = write(&mut a, 2, &s);
+    let mut calls = Vec::new();
+    let report = pull_reporting(&a, &mut b, 2, &mut |moved, total| {
+        calls.push((moved, total))
+    })
+    .unwrap();
+    // First what is to move (only the changed chunks), then growing
+    // counts up to all of it.
+    assert_eq!(calls.first(), Some(&(0, written)), "{calls:?}");
+    assert_eq!(calls.last(), Some(&(written, written)), "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0), "{calls:?}");
+    assert_eq!(report.bytes_fetched, written);
 }
 
 fn assert_restores(n: &Node, epoch: u64, s: &(Vec<u8>, Vec<u8>)) {

@@ -42,6 +42,27 @@ pub fn pmrun() -> Command {
     cmd
 }
 
+/// The `pmrun` command line of [`Job::start_app`] (the same again
+/// resumes the job).
+pub fn command(store: &Path, id: &str, args: &[&str], app: &Path, app_args: &[String]) -> Command {
+    let mut cmd = pmrun();
+    cmd.arg("--store")
+        .arg(store)
+        .args([
+            "--job",
+            id,
+            "--heartbeat",
+            "0.2",
+            "--fail-after",
+            "2.5",
+            "-v",
+        ])
+        .args(args)
+        .arg(app)
+        .args(app_args);
+    cmd
+}
+
 pub struct Job {
     store: Option<tempfile::TempDir>,
     pub id: String,
@@ -72,22 +93,8 @@ impl Job {
         env: &[(&str, &str)],
     ) -> Job {
         let store = tempfile::tempdir_in("/dev/shm").unwrap();
-        let mut cmd = pmrun();
-        cmd.arg("--store")
-            .arg(store.path())
-            .args([
-                "--job",
-                id,
-                "--heartbeat",
-                "0.2",
-                "--fail-after",
-                "2.5",
-                "-v",
-            ])
-            .args(args)
-            .arg(app)
-            .args(app_args)
-            .envs(env.iter().copied())
+        let mut cmd = command(store.path(), id, args, app, app_args);
+        cmd.envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
@@ -126,6 +133,11 @@ impl Job {
             .as_ref()
             .expect("the store lives as long as the job")
             .path()
+    }
+
+    /// The process id of `pmrun` itself.
+    pub fn pmrun_pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn output(&self) -> String {

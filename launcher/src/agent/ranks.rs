@@ -1,96 +1,125 @@
 //! The ranks' side of the agent: a Unix socket on which each rank of the
-//! node introduces itself and reports its published snapshots.
+//! node introduces itself and reports its published snapshots. One reader
+//! thread per connection authenticates it and posts its messages to the
+//! event loop.
+//!
+//! The connecting process is known from the kernel (SO_PEERCRED), not
+//! from what it says: the core rejects a `Hello` whose pid disagrees, and
+//! a kill goes through a pidfd opened for that process while its connection
+//! was open, so a pid that was reused meanwhile is never signalled.
 
-use super::{Shared, lock, replicate};
-use pm_core::proto::{FromAgent, FromRank};
-use pm_core::wire::{Limits, Role, Session};
+use super::core::{ConnId, Event};
+use super::event_loop::Input;
+use super::{ConnError, HANDSHAKE_TIMEOUT, Resources};
+use pm_core::proto::FromRank;
+use pm_core::wire::{Limits, Role, Session, WireErrorKind};
+use rustix::fd::OwnedFd;
+use rustix::process::{Pid, PidfdFlags, Signal};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
+use std::sync::mpsc::Sender;
 
-pub(super) fn serve(shared: Arc<Shared>, listener: UnixListener) {
-    super::serve_each(listener.incoming(), "pmd-rank", move |stream| {
-        if let Err(e) = serve_rank(&shared, stream) {
-            tracing::warn!(error = %e, "rank connection rejected or broken");
-        }
-    });
+/// What the event loop keeps of a rank connection.
+pub(super) struct RankHandle {
+    /// The connecting process, from the kernel.
+    pub(super) pid: u32,
+    pidfd: Option<OwnedFd>,
+    stream: UnixStream,
 }
 
-fn serve_rank(shared: &Arc<Shared>, mut stream: UnixStream) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(super::HANDSHAKE_TIMEOUT))?;
+impl RankHandle {
+    /// Ends the connection (its reader then reports it closed).
+    pub(super) fn close(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// SIGKILLs the process behind the connection.
+    pub(super) fn kill(&self) {
+        let killed = match &self.pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, Signal::KILL),
+            // No pidfds (an old kernel): the connection is still open, so
+            // the pid is still the rank's.
+            None => match Pid::from_raw(self.pid as i32) {
+                Some(pid) => rustix::process::kill_process(pid, Signal::KILL),
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = killed {
+            tracing::warn!(pid = self.pid, error = %e, "cannot kill the rank");
+        }
+    }
+}
+
+pub(super) fn listen(
+    listener: UnixListener,
+    res: Arc<Resources>,
+    tx: Sender<Input>,
+) -> std::io::Result<()> {
+    super::serve_each(
+        "pmd-ranks",
+        std::iter::from_fn(move || Some(listener.accept().map(|(s, _)| s))),
+        move |conn, stream| {
+            let result = serve(conn, &res, stream, &tx);
+            let _ = tx.send(Event::RankClosed { conn }.into());
+            if let Err(e) = result {
+                tracing::warn!(conn, error = %e, "rank connection rejected or broken");
+            }
+        },
+    )
+}
+
+fn serve(
+    conn: ConnId,
+    res: &Resources,
+    mut stream: UnixStream,
+    tx: &Sender<Input>,
+) -> Result<(), ConnError> {
+    let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(std::io::Error::from)?;
+    let pid = cred.pid.as_raw_nonzero().get() as u32;
+    // Opened before the handshake: the peer that completes it was alive
+    // after this, so the pidfd is its process's.
+    let pidfd = rustix::process::pidfd_open(cred.pid, PidfdFlags::empty()).ok();
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let session = Session::accept(
         &mut stream,
-        &shared.opts.secret,
+        &res.opts.secret,
         "rank socket",
-        &shared.opts.node,
+        &res.opts.node,
         Limits { max_body: 4096 },
     )?;
     if session.remote_role() != Role::Rank {
-        anyhow::bail!("a {:?} connected to the rank socket", session.remote_role());
+        return Err(ConnError::Role {
+            role: session.remote_role(),
+            socket: "rank socket",
+        });
     }
     stream.set_read_timeout(None)?;
-    let (_, mut receiver) = session.split();
-    let mut me = None;
-    let served = serve_messages(shared, &mut stream, &mut receiver, &mut me);
-    // A rank whose connection is gone is no process of this node's any more.
-    if let Some(rank) = me {
-        lock(&shared.state).rank_pids.remove(&rank);
+    if let Some(cgroup) = &res.opts.cgroup {
+        // Before the rank's Hello reaches pmrun, so that a rank pmrun
+        // knows is in its node's group.
+        let procs = cgroup.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+            tracing::warn!(pid, cgroup = %cgroup.display(), error = %e, "cannot move the rank into the node's CPU cgroup");
+        }
     }
-    served
-}
-
-fn serve_messages(
-    shared: &Arc<Shared>,
-    stream: &mut UnixStream,
-    receiver: &mut pm_core::wire::SessionReceiver,
-    me: &mut Option<u32>,
-) -> anyhow::Result<()> {
+    let handle = RankHandle {
+        pid,
+        pidfd,
+        stream: stream.try_clone()?,
+    };
+    if tx.send(Input::RankConnected { conn, handle }).is_err() {
+        return Ok(());
+    }
+    let (_, mut receiver) = session.split();
     loop {
-        let msg: FromRank = match receiver.recv(stream) {
+        let msg: FromRank = match receiver.recv(&mut stream) {
             Ok(m) => m,
-            Err(e) => {
-                return match e.kind {
-                    pm_core::wire::WireErrorKind::Closed => Ok(()),
-                    _ => Err(e.into()),
-                };
-            }
+            Err(e) if matches!(e.kind, WireErrorKind::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
-        match msg {
-            FromRank::Hello { rank, pid } => {
-                *me = Some(rank);
-                lock(&shared.state).rank_pids.insert(rank, pid);
-                if let Some(cgroup) = &shared.opts.cgroup {
-                    let procs = cgroup.join("cgroup.procs");
-                    if let Err(e) = std::fs::write(&procs, pid.to_string()) {
-                        tracing::warn!(rank, pid, cgroup = %cgroup.display(), error = %e, "cannot move the rank into the node's CPU cgroup");
-                    }
-                }
-                shared.tell_launcher(&FromAgent::RankHello { rank, pid });
-                tracing::debug!(rank, pid, "rank connected");
-            }
-            FromRank::Published {
-                rank,
-                epoch,
-                step,
-                state_bytes,
-                written_bytes,
-            } if Some(rank) == *me => {
-                lock(&shared.state).published.insert(rank, epoch);
-                shared.tell_launcher(&FromAgent::Published {
-                    rank,
-                    epoch,
-                    step,
-                    state_bytes,
-                    written_bytes,
-                });
-                replicate::enqueue(shared, rank, replicate::Work::Replicate { epoch });
-            }
-            FromRank::Stopped { rank, epoch, step } if Some(rank) == *me => {
-                shared.tell_launcher(&FromAgent::Stopped { rank, epoch, step })
-            }
-            FromRank::Finished { rank } if Some(rank) == *me => {
-                shared.tell_launcher(&FromAgent::Finished { rank })
-            }
-            other => anyhow::bail!("a message for another rank, or before Hello: {other:?}"),
+        if tx.send(Event::Rank { conn, msg }.into()).is_err() {
+            return Ok(());
         }
     }
 }

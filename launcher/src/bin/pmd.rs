@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Test hook: `PMD_FAULT_REFUSE_IMPORTS=<node>` makes that node's agent
     // refuse every replica.
     let refuse_imports = std::env::var("PMD_FAULT_REFUSE_IMPORTS").is_ok_and(|n| n == cli.node);
-    agent::run(AgentOptions {
+    Ok(agent::run(AgentOptions {
         node: cli.node,
         node_id: pm_core::proto::NodeId(cli.node_id),
         addr: cli.addr,
@@ -96,5 +96,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cpus: cli.cpus,
         import_delay,
         refuse_imports,
-    })
+    })?)
 }
