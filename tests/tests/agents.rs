@@ -1,12 +1,40 @@
-//! The node agents on their own: a job whose `pmrun` is SIGKILLed must not
-//! run on without it. Every agent kills its node's ranks and exits (mpirun
+//! The node agents on their own. A job whose `pmrun` is SIGKILLed must not
+//! run on without it: every agent kills its node's ranks and exits (mpirun
 //! then ends with its ranks), the checkpoints stay, and `pmrun --job`
-//! resumes the job to the undisturbed result.
+//! resumes the job to the undisturbed result. An agent SIGKILLed alone (its
+//! ranks live on), or stopped for longer than `--fail-after` and woken
+//! again, costs the job that node and nothing else.
 
-use pm_tests::job::{self, Job, files_under, heat_args, reference};
+use pm_tests::job::{self, Job, files_under, heat_args, node, reference, relaunch_epochs};
 use pm_tests::mpi::{checksum, resumed_step, sigkill, text, workspace_bin};
 use serde_json::Value;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The jobs share two cores; one at a time keeps their timing sane.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
+}
+
+/// The job ended with the undisturbed checksum after one relaunch, having
+/// lost `lost` and no other node, and left no file behind.
+fn assert_lost_one_node(ended: &job::Ended, store: &std::path::Path, lost: &str, reference: &str) {
+    let out = &ended.output;
+    assert!(ended.status.success(), "pmrun failed:\n{out}");
+    assert_eq!(checksum(out).as_deref(), Some(reference), "{out}");
+    assert_eq!(relaunch_epochs(out).len(), 1, "{out}");
+    assert_eq!(out.matches("declared dead").count(), 1, "{out}");
+    assert!(out.contains(&format!("node {lost} ")), "{out}");
+    let left = files_under(store);
+    assert!(left.is_empty(), "the job left files behind: {left:?}");
+}
 
 /// Whether `pid` is a process that still runs (a zombie has ended: it only
 /// waits for a parent, which after pmrun's death may never reap it).
@@ -37,6 +65,7 @@ fn job_processes(status: &Value) -> Vec<(String, u32)> {
 
 #[test]
 fn a_job_whose_pmrun_is_killed_stops_everywhere_and_resumes_by_its_id() {
+    let _serial = serial();
     let reference = reference(8);
     let args = ["-n", "8", "--local-nodes", "4", "--every", "10"];
     let heat = workspace_bin("heat");
@@ -96,4 +125,72 @@ fn a_job_whose_pmrun_is_killed_stops_everywhere_and_resumes_by_its_id() {
     assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
     let left = files_under(store.path());
     assert!(left.is_empty(), "the job left files behind: {left:?}");
+}
+
+#[test]
+fn an_agent_killed_alone_loses_its_node_and_the_job_ends_bit_exact() {
+    let _serial = serial();
+    let reference = reference(8);
+    let job = Job::start(
+        "lone-agent",
+        &["-n", "8", "--local-nodes", "4", "--every", "10"],
+        &heat_args(20),
+        &[],
+    );
+    job.wait_for_ranks(8);
+    job.wait_for_commit(2);
+    let status = job.status().unwrap();
+    // Only the agent: its ranks live on until the job is stopped.
+    sigkill(node(&status, "node2")["agent_pid"].as_u64().unwrap() as u32);
+    let (ended, store) = job.finish();
+    assert!(
+        ended.output.contains("node node2 lost its agent"),
+        "{}",
+        ended.output
+    );
+    assert_lost_one_node(&ended, store.path(), "node2", &reference);
+}
+
+#[test]
+fn an_agent_stopped_past_fail_after_is_dead_to_the_job_and_harmless_when_woken() {
+    let _serial = serial();
+    let reference = reference(8);
+    let job = Job::start(
+        "stopped-agent",
+        &["-n", "8", "--local-nodes", "4", "--every", "10"],
+        &heat_args(20),
+        &[],
+    );
+    job.wait_for_ranks(8);
+    job.wait_for_commit(2);
+    let status = job.status().unwrap();
+    let agent = node(&status, "node3")["agent_pid"].as_u64().unwrap() as u32;
+    signal(agent, libc::SIGSTOP);
+    // Its link stays open and its ranks run on: only silence tells.
+    job.wait_for("node3 to be declared dead", |s| {
+        node(s, "node3")["health"] == "dead"
+    });
+    let after = job.wait_for("the job to run again", |s| {
+        s["recoveries"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    assert!(!job::placement(&after).contains(&"node3".to_string()));
+    signal(agent, libc::SIGCONT);
+    // Woken, it finds pmrun gone for it, kills what is left of its ranks
+    // and exits; the job never hears from it again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(agent) {
+        assert!(
+            Instant::now() < deadline,
+            "the woken agent still runs:\n{}",
+            job.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ended, store) = job.finish();
+    assert!(
+        ended.output.contains("node node3 missed its heartbeats"),
+        "{}",
+        ended.output
+    );
+    assert_lost_one_node(&ended, store.path(), "node3", &reference);
 }
