@@ -122,8 +122,10 @@ say "   goodbye, no last checkpoint, no more heartbeats."
 # shellcheck disable=SC2086 # a list of pids
 kill -KILL "$agent" $rank_pids
 wait_until 60 "recovery of $victim" recovered
-say "   pmrun noticed the missing heartbeats, stopped the job, restarted $victim's ranks"
-say "   on a node that holds their replicas, and relaunched from the committed checkpoint:"
+say "   pmrun saw $victim's agent go (its connection closed; a node that only falls"
+say "   silent is declared dead after 1 s without heartbeats), had the other agents stop"
+say "   the job, restarted $victim's ranks on a node that holds their replicas, and"
+say "   relaunched from the committed checkpoint:"
 grep -E "^pmrun: (node $victim|relaunching|node failure)" "$log" | indent
 resumed() { grep -q '^heat: resumed' "$log"; }
 wait_until 10 "resumed heat" resumed
