@@ -127,12 +127,12 @@ fn a_job_whose_pmrun_is_killed_stops_everywhere_and_resumes_by_its_id() {
     assert!(left.is_empty(), "the job left files behind: {left:?}");
 }
 
-#[test]
-fn an_agent_killed_alone_loses_its_node_and_the_job_ends_bit_exact() {
-    let _serial = serial();
+/// The reference checksum, and a job of 8 ranks on 4 virtual nodes that
+/// has committed twice, with its status then.
+fn committed_job(id: &str) -> (String, Job, Value) {
     let reference = reference(8);
     let job = Job::start(
-        "lone-agent",
+        id,
         &["-n", "8", "--local-nodes", "4", "--every", "10"],
         &heat_args(20),
         &[],
@@ -140,6 +140,13 @@ fn an_agent_killed_alone_loses_its_node_and_the_job_ends_bit_exact() {
     job.wait_for_ranks(8);
     job.wait_for_commit(2);
     let status = job.status().unwrap();
+    (reference, job, status)
+}
+
+#[test]
+fn an_agent_killed_alone_loses_its_node_and_the_job_ends_bit_exact() {
+    let _serial = serial();
+    let (reference, job, status) = committed_job("lone-agent");
     // Only the agent: its ranks live on until the job is stopped.
     sigkill(node(&status, "node2")["agent_pid"].as_u64().unwrap() as u32);
     let (ended, store) = job.finish();
@@ -154,16 +161,7 @@ fn an_agent_killed_alone_loses_its_node_and_the_job_ends_bit_exact() {
 #[test]
 fn an_agent_stopped_past_fail_after_is_dead_to_the_job_and_harmless_when_woken() {
     let _serial = serial();
-    let reference = reference(8);
-    let job = Job::start(
-        "stopped-agent",
-        &["-n", "8", "--local-nodes", "4", "--every", "10"],
-        &heat_args(20),
-        &[],
-    );
-    job.wait_for_ranks(8);
-    job.wait_for_commit(2);
-    let status = job.status().unwrap();
+    let (reference, job, status) = committed_job("stopped-agent");
     let agent = node(&status, "node3")["agent_pid"].as_u64().unwrap() as u32;
     signal(agent, libc::SIGSTOP);
     // Its link stays open and its ranks run on: only silence tells.

@@ -262,14 +262,7 @@ impl JobState {
             return;
         }
         let home = self.placement[rank as usize];
-        let ranks = self.ranks as usize;
-        let e = self.in_flight.entry(epoch).or_insert_with(|| InFlight {
-            ranks: vec![Copies::default(); ranks],
-            complete: 0,
-            step: 0,
-            state_bytes: 0,
-            written_bytes: 0,
-        });
+        let e = self.in_flight_mut(epoch);
         let copies = &mut e.ranks[rank as usize];
         if copies.published {
             return;
@@ -299,21 +292,25 @@ impl JobState {
                 }
             }
             _ => {
-                let ranks = self.ranks as usize;
-                let e = self.in_flight.entry(epoch).or_insert_with(|| InFlight {
-                    ranks: vec![Copies::default(); ranks],
-                    complete: 0,
-                    step: 0,
-                    state_bytes: 0,
-                    written_bytes: 0,
-                });
-                let holders = &mut e.ranks[rank as usize].holders;
+                let holders = &mut self.in_flight_mut(epoch).ranks[rank as usize].holders;
                 if !holders.contains(&node) {
                     holders.push(node);
                 }
                 self.refresh(epoch, rank);
             }
         }
+    }
+
+    /// The bookkeeping of `epoch`, begun by whichever of its messages comes first.
+    fn in_flight_mut(&mut self, epoch: u64) -> &mut InFlight {
+        let ranks = self.ranks as usize;
+        self.in_flight.entry(epoch).or_insert_with(|| InFlight {
+            ranks: vec![Copies::default(); ranks],
+            complete: 0,
+            step: 0,
+            state_bytes: 0,
+            written_bytes: 0,
+        })
     }
 
     /// Re-evaluates whether `rank`'s copies of `epoch` are complete.

@@ -601,16 +601,7 @@ impl Job {
         // A drain asked for meanwhile is carried out with the recovery,
         // from the committed epoch; its requester hears once the job runs.
         if let Some(drain) = self.drain.take() {
-            for &n in &drain.nodes {
-                if self.state.node(n).health == Health::Alive {
-                    self.state.set_health(n, Health::Drained);
-                }
-            }
-            let names: Vec<String> = drain
-                .nodes
-                .iter()
-                .map(|&n| self.name(n).to_owned())
-                .collect();
+            let names = self.mark_drained(&drain.nodes);
             if let Some(ongoing) = &mut self.recovering {
                 ongoing.record.nodes.extend(names);
                 ongoing.ctl = Some(drain.ctl);
@@ -698,16 +689,7 @@ impl Job {
                 let Some(drain) = self.drain.take() else {
                     return;
                 };
-                for &n in &drain.nodes {
-                    if self.state.node(n).health == Health::Alive {
-                        self.state.set_health(n, Health::Drained);
-                    }
-                }
-                let names: Vec<String> = drain
-                    .nodes
-                    .iter()
-                    .map(|&n| self.name(n).to_owned())
-                    .collect();
+                let names = self.mark_drained(&drain.nodes);
                 let stopped = now.duration_since(drain.started).as_secs_f64();
                 // A node lost meanwhile joins this recovery.
                 let lost = self.recovering.take().map(|o| o.record.nodes);
@@ -753,6 +735,17 @@ impl Job {
                 self.place(now);
             }
         }
+    }
+
+    /// Takes drained nodes out of service (no ranks, no replicas); their names.
+    fn mark_drained(&mut self, nodes: &[NodeId]) -> Vec<String> {
+        let alive: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|&n| self.state.node(n).health == Health::Alive)
+            .collect();
+        self.state.set_healths(&alive, Health::Drained);
+        nodes.iter().map(|&n| self.name(n).to_owned()).collect()
     }
 
     /// Answers the drain and the checkpoint requests still waiting when the
