@@ -324,7 +324,7 @@ fn environment(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
     name = "pmrun ctl",
     bin_name = "pmrun ctl",
     version,
-    after_help = "Examples:\n  pmrun ctl status\n  pmrun ctl status --json --job heat-1700000000-4242\n  pmrun ctl checkpoint\n  pmrun ctl drain node2"
+    after_help = "Examples:\n  pmrun ctl status\n  pmrun ctl status --json --job heat-1700000000-4242\n  pmrun ctl checkpoint\n  pmrun ctl drain node2\n  pmrun ctl balance\n  pmrun ctl set-cpus node2 0.25"
 )]
 struct CtlCli {
     /// The job's store directory [default: /dev/shm/pmrun-<uid>].
@@ -349,6 +349,23 @@ enum CtlCommand {
     Checkpoint,
     /// Checkpoint, move every rank off NODE, and continue without it.
     Drain { node: String },
+    /// Decide about balancing now: move ranks if it pays (and balancing is
+    /// on), else say why not.
+    Balance,
+    /// Give NODE CPUS CPUs from now on (virtual nodes: their CPU quota), as
+    /// if it slowed down or got faster.
+    SetCpus {
+        node: String,
+        #[arg(value_parser = positive_cpus)]
+        cpus: f64,
+    },
+}
+
+fn positive_cpus(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
+        _ => Err(format!("{s:?} is not a number of CPUs greater than 0")),
+    }
 }
 
 fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
@@ -358,6 +375,8 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
         CtlCommand::Status { json } => (CtlRequest::Status, json),
         CtlCommand::Checkpoint => (CtlRequest::Checkpoint, false),
         CtlCommand::Drain { node } => (CtlRequest::Drain { node }, false),
+        CtlCommand::Balance => (CtlRequest::Balance, false),
+        CtlCommand::SetCpus { node, cpus } => (CtlRequest::SetCpus { node, cpus }, false),
     };
     // The reply is typed; it becomes text (or JSON) only here.
     let (ok, text) = match control::request(&store, cli.job.as_deref(), req)? {
@@ -368,6 +387,10 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
         }
         CtlReply::Drained(r) => (true, coord::render::drained(&r)),
         CtlReply::Refused { reason } => (false, reason),
+        CtlReply::Balanced(d) => (true, coord::render::decision(&d)),
+        CtlReply::CpusSet { node, cpus, how } => {
+            (true, format!("node {node} now has {cpus} CPU(s) ({how})"))
+        }
     };
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = writeln!(std::io::stdout(), "{}", text.trim_end());

@@ -417,6 +417,10 @@ impl AgentCore {
                 tracing::info!("job stopped; its checkpoints on this node are kept");
                 self.start_exit(now);
             }
+            ToAgent::SetCpus { cpus } => self.send(FromAgent::CpusSet {
+                cpus,
+                enforced: Err("this agent cannot change its CPUs".into()),
+            }),
         }
     }
 
@@ -480,6 +484,9 @@ impl AgentCore {
             }
             (FromRank::Finished { rank }, Some(me)) if rank == me => {
                 self.send(FromAgent::Finished { rank });
+            }
+            (FromRank::Load(load), Some(me)) if load.rank == me => {
+                self.send(FromAgent::RankLoad { load, share: 1.0 });
             }
             (other, _) => {
                 self.reject_rank(

@@ -18,6 +18,9 @@ impl Job {
                 }
             },
             CtlRequest::Drain { node } => self.drain(id, &node, now),
+            CtlRequest::Balance | CtlRequest::SetCpus { .. } => {
+                self.refuse(id, "this pmrun does not balance yet")
+            }
         }
     }
 

@@ -552,6 +552,7 @@ impl Job {
             FromAgent::RanksKilled { ranks } => {
                 tracing::debug!(node = %self.name(node), ?ranks, "ranks killed");
             }
+            FromAgent::RankLoad { .. } | FromAgent::Gossip { .. } | FromAgent::CpusSet { .. } => {}
         }
     }
 

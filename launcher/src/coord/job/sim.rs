@@ -511,7 +511,7 @@ impl SimCluster {
                 }
                 self.reply_from(node, FromAgent::RanksKilled { ranks: killed });
             }
-            ToAgent::Commit { .. } => {}
+            ToAgent::Commit { .. } | ToAgent::SetCpus { .. } => {}
             ToAgent::Exit | ToAgent::DeleteJob => self.agents[node.index()].alive = false,
         }
     }

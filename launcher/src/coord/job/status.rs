@@ -81,6 +81,10 @@ impl Job {
                     store: n.store.clone(),
                     log: n.log.clone(),
                     last_heard_s: now.saturating_duration_since(rt.last_heard).as_secs_f64(),
+                    cpus: 0.0,
+                    capacity: 0.0,
+                    load_s: 0.0,
+                    gossip_age_s: None,
                 }
             })
             .collect();
@@ -126,6 +130,9 @@ impl Job {
             steps_per_s: self.steps_per_second(),
             replication_lag_s: self.replication_lag(now),
             recoveries: self.recoveries.clone(),
+            estimates: Vec::new(),
+            balance: "off".into(),
+            last_decision: None,
         }
     }
 }
