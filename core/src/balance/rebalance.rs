@@ -75,6 +75,9 @@ impl State<'_> {
                 )
             })
             .min_by(|a, b| a.1.total_cmp(&b.1));
+        if rank.needs_replica {
+            return replica.map(|(h, fh)| (h, fh, true));
+        }
         match (best, replica) {
             (Some((_, fb)), Some((h, fh)))
                 if fh <= fb + self.cfg.replica_slack * self.lower_bound =>

@@ -422,3 +422,48 @@ fn bad_input_is_an_error_not_a_panic() {
         Err(BalanceError::NoFeasibleNode { rank: 0 })
     );
 }
+
+#[test]
+fn a_rank_whose_state_is_only_on_its_replicas_goes_only_to_them() {
+    // Node 0 is dead; node 2 holds the replica although node 1 is emptier.
+    let nodes = vec![
+        NodeInfo {
+            state: NodeState::Dead,
+            ..NodeInfo::up(1.0)
+        },
+        NodeInfo::up(4.0),
+        NodeInfo::up(1.0),
+    ];
+    let lost = RankInfo {
+        node: Some(0),
+        replicas: vec![2],
+        needs_replica: true,
+        ..RankInfo::with_weight(1.0)
+    };
+    let plan = rebalance(
+        std::slice::from_ref(&lost),
+        &nodes,
+        &MoveCostModel::default(),
+        10,
+        0,
+        &BalanceConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.forced.len(), 1);
+    assert_eq!(plan.forced[0].to, 2);
+    // With its only holder dead too, no node can take it.
+    let orphan = RankInfo {
+        replicas: vec![0],
+        ..lost
+    };
+    let err = rebalance(
+        &[orphan],
+        &nodes,
+        &MoveCostModel::default(),
+        10,
+        0,
+        &BalanceConfig::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err, BalanceError::NoFeasibleNode { rank: 0 });
+}
