@@ -183,6 +183,8 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 fn mpi_env(cmd: &mut Command) -> &mut Command {
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Each test starts without the history of earlier runs.
+        .env("PM_HISTORY", "none")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
 }
 

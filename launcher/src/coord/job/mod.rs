@@ -9,6 +9,9 @@
 //! The lifecycle is one explicit [`Phase`]; failure detection runs in every
 //! phase, and each phase says what a lost node means to it.
 
+mod balance;
+#[cfg(test)]
+mod balance_tests;
 mod ctl;
 mod lifecycle;
 pub mod sim;
@@ -17,6 +20,8 @@ mod status;
 mod tests;
 
 use super::state::{Commit, Health, JobState, Node};
+use balance::Balancer;
+pub use balance::{BalanceMode, BalanceSettings};
 use pm_core::proto::{
     CtlReply, CtlRequest, FromAgent, Inventory, NodeId, Recovery, ToAgent, Waiting,
 };
@@ -40,6 +45,10 @@ pub struct Config {
     pub verbose: bool,
     /// The store root, for messages.
     pub store: String,
+    /// Balancing: mode, period, starting weights, what is known of the steps.
+    pub balance: BalanceSettings,
+    /// The node of every rank, as the user gave it (`--placement`).
+    pub placement: Option<Vec<NodeId>>,
 }
 
 /// One node of the job.
@@ -55,6 +64,10 @@ pub struct NodeConfig {
     pub store: String,
     /// The agent's log, for people.
     pub log: Option<String>,
+    /// CPUs the node offers its ranks (its quota, or its cores).
+    pub cpus: f64,
+    /// Bytes of rank state the node may hold.
+    pub memory_bytes: u64,
 }
 
 /// What happens to the job.
@@ -202,6 +215,8 @@ enum StopWhy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AfterCommit {
     Drain,
+    /// A balancing move.
+    Rebalance,
     /// A stop nobody asked pmrun for (SIGUSR1 to mpirun).
     Unasked,
 }
@@ -220,6 +235,8 @@ struct NodeRt {
     placement_deadline: Option<Instant>,
     waiting: Option<Waiting>,
     inventory: Option<Inventory>,
+    /// CPUs the node offers now (changed by `pmrun ctl set-cpus`).
+    cpus: f64,
 }
 
 /// A drain in progress: the nodes, since when, and who asked.
@@ -275,6 +292,9 @@ pub struct Job {
     waiting_on: usize,
     next_health_check: Instant,
     started: Instant,
+    balancer: Balancer,
+    /// `pmrun ctl set-cpus` requests waiting for their node's answer.
+    pending_cpus: Vec<(NodeId, u64)>,
     /// Counters for the simulator and `ctl status`.
     pub stats: Stats,
 }
@@ -302,7 +322,8 @@ impl Job {
                 holds_replicas: true,
             })
             .collect();
-        let state = JobState::new(nodes, cfg.ranks, cfg.replicas)?;
+        let mut state = JobState::new(nodes, cfg.ranks, cfg.replicas)?;
+        state.capacity = cfg.nodes.iter().map(|n| n.cpus).collect();
         let rt = NodeRt {
             last_heard: now,
             ready: false,
@@ -312,9 +333,16 @@ impl Job {
             placement_deadline: None,
             waiting: None,
             inventory: None,
+            cpus: 0.0,
         };
-        Ok(Self {
-            nodes: vec![rt; cfg.nodes.len()],
+        let mut nodes = vec![rt; cfg.nodes.len()];
+        for (rt, n) in nodes.iter_mut().zip(&cfg.nodes) {
+            rt.cpus = n.cpus;
+        }
+        let balancer = Balancer::new(cfg.ranks, cfg.nodes.len(), cfg.balance.initial.clone());
+        let placement = cfg.placement.clone();
+        let mut job = Self {
+            nodes,
             state,
             phase: Phase::Starting {
                 deadline: now + AGENT_START,
@@ -341,9 +369,13 @@ impl Job {
             waiting_on: cfg.nodes.len(),
             next_health_check: now + health_tick(cfg.fail_after),
             started: now,
+            balancer,
+            pending_cpus: Vec::new(),
             stats: Stats::default(),
             cfg,
-        })
+        };
+        job.initial_placement(placement);
+        Ok(job)
     }
 
     pub fn config(&self) -> &Config {
@@ -391,7 +423,10 @@ impl Job {
             | Phase::Inventory { deadline }
             | Phase::AwaitingCommit { deadline, .. } => at(Some(*deadline)),
             Phase::Stopping { next, .. } => at(next.map(|(t, _)| t)),
-            Phase::Running => at(self.notice_at),
+            Phase::Running => {
+                at(self.notice_at);
+                at(self.balancer.next_decision);
+            }
             _ => {}
         }
         t.into()
@@ -526,6 +561,14 @@ impl Job {
                     self.nodes[holder.index()].replica_failures = 0;
                     self.state.replica_stored(rank, epoch, holder);
                     self.try_commit(now);
+                    // A move waits for its targets to hold the stop's epoch.
+                    if let Phase::AwaitingCommit {
+                        then: AfterCommit::Rebalance,
+                        ..
+                    } = self.phase
+                    {
+                        self.commit_arrived(now);
+                    }
                 }
             }
             FromAgent::ReplicaFailed {
@@ -552,7 +595,9 @@ impl Job {
             FromAgent::RanksKilled { ranks } => {
                 tracing::debug!(node = %self.name(node), ?ranks, "ranks killed");
             }
-            FromAgent::RankLoad { .. } | FromAgent::Gossip { .. } | FromAgent::CpusSet { .. } => {}
+            FromAgent::RankLoad { load, share } => self.rank_load(load, share),
+            FromAgent::Gossip { records } => self.gossip_records(records, now),
+            FromAgent::CpusSet { cpus, enforced } => self.cpus_set(node, cpus, enforced),
         }
     }
 
@@ -597,6 +642,7 @@ impl Job {
                 r.total_s
             );
             self.say(text);
+            self.learn_freeze(&ongoing.record);
             self.recoveries.push(ongoing.record);
         }
     }

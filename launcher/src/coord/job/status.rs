@@ -81,10 +81,11 @@ impl Job {
                     store: n.store.clone(),
                     log: n.log.clone(),
                     last_heard_s: now.saturating_duration_since(rt.last_heard).as_secs_f64(),
-                    cpus: 0.0,
-                    capacity: 0.0,
-                    load_s: 0.0,
-                    gossip_age_s: None,
+                    cpus: rt.cpus,
+                    capacity: self.capacity_of(NodeId::from_index(i)),
+                    load_s: self.balancer.gossip[i].map_or(0.0, |(r, _)| f64::from(r.load)),
+                    gossip_age_s: self.balancer.gossip[i]
+                        .map(|(_, t)| now.saturating_duration_since(t).as_secs_f64()),
                 }
             })
             .collect();
@@ -130,9 +131,14 @@ impl Job {
             steps_per_s: self.steps_per_second(),
             replication_lag_s: self.replication_lag(now),
             recoveries: self.recoveries.clone(),
-            estimates: Vec::new(),
-            balance: "off".into(),
-            last_decision: None,
+            estimates: self
+                .balancer
+                .estimates
+                .iter()
+                .map(|e| (e.weight(), e.confidence(&self.balancer.est_cfg)))
+                .collect(),
+            balance: self.cfg.balance.mode.name().into(),
+            last_decision: self.balancer.last.clone(),
         }
     }
 }
