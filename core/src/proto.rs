@@ -88,8 +88,9 @@ pub use crate::gossip::LoadRecord;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub node: NodeId,
-    /// TCP address of the agent's partner port.
-    pub control: String,
+    /// TCP address of the agent's partner port (shared: a placement at 10⁴
+    /// nodes names each one in many messages).
+    pub control: std::sync::Arc<str>,
 }
 
 /// What a node's store holds of the job (the answer to

@@ -25,7 +25,7 @@ mod tests;
 
 pub use cost::MoveCostModel;
 pub use place::place;
-pub use rebalance::rebalance;
+pub use rebalance::{evacuate, rebalance};
 
 use serde::{Deserialize, Serialize};
 

@@ -4,7 +4,7 @@
 //! for 10⁵ ranks on 10⁴ nodes: every update is incremental, and nothing is
 //! O(ranks × nodes).
 
-use pm_core::balance::{self, BalanceConfig, MoveCostModel, NodeInfo, NodeState, RankInfo};
+use pm_core::balance::{self, NodeInfo, NodeState, RankClass, RankInfo};
 use pm_core::proto::NodeId;
 use std::collections::BTreeMap;
 
@@ -471,20 +471,23 @@ impl JobState {
             return Err(PlacementError::NoNodes);
         }
         let committed = self.committed;
-        let ranks: Vec<RankInfo> = (0..self.ranks)
-            .map(|r| {
-                let home = self.placement[r as usize];
-                let holders = self.holders_of_committed(r);
-                let stays =
-                    self.node(home).usable() && (committed.is_none() || holders.contains(&home));
-                RankInfo {
-                    node: stays.then_some(home.0),
+        let mut staying = Vec::with_capacity(self.ranks as usize);
+        let mut homeless = Vec::new();
+        for r in 0..self.ranks {
+            let home = self.placement[r as usize];
+            let holders = self.holders_of_committed(r);
+            let weight = self.weights[r as usize];
+            if self.node(home).usable() && (committed.is_none() || holders.contains(&home)) {
+                staying.push((home.0, weight, 0, RankClass::Cpu));
+            } else {
+                let info = RankInfo {
                     replicas: holders.iter().map(|n| n.0).collect(),
                     needs_replica: committed.is_some(),
-                    ..RankInfo::with_weight(self.weights[r as usize])
-                }
-            })
-            .collect();
+                    ..RankInfo::with_weight(weight)
+                };
+                homeless.push((r, info));
+            }
+        }
         let nodes: Vec<NodeInfo> = self
             .nodes
             .iter()
@@ -495,19 +498,10 @@ impl JobState {
                     Health::Drained => NodeState::Draining,
                     Health::Dead => NodeState::Dead,
                 },
-                // Nothing else runs on a spare: it is the first place to go.
                 ..NodeInfo::up(c.max(1e-6))
             })
             .collect();
-        let plan = balance::rebalance(
-            &ranks,
-            &nodes,
-            &MoveCostModel::default(),
-            0,
-            0,
-            &BalanceConfig::default(),
-        )
-        .map_err(|e| match e {
+        let forced = balance::evacuate(&nodes, staying, &homeless).map_err(|e| match e {
             balance::BalanceError::NoFeasibleNode { rank } => {
                 let names: Vec<&str> = self
                     .holders_of_committed(rank)
@@ -522,8 +516,7 @@ impl JobState {
             }
             _ => PlacementError::NoNodes,
         })?;
-        let moves: Vec<Move> = plan
-            .forced
+        let moves: Vec<Move> = forced
             .iter()
             .map(|m| Move {
                 rank: m.rank,

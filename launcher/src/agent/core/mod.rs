@@ -393,7 +393,10 @@ impl AgentCore {
                 partners,
                 peers,
             } => {
-                self.peers = peers.into_iter().map(|p| (p.node, p.control)).collect();
+                self.peers = peers
+                    .into_iter()
+                    .map(|p| (p.node, p.control.to_string()))
+                    .collect();
                 self.placement(generation, local, partners, now);
             }
             ToAgent::Commit { epoch, step, ranks } => {

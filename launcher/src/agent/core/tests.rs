@@ -95,7 +95,7 @@ impl Fake {
             peers: (0..4)
                 .map(|n| Peer {
                     node: NodeId(n),
-                    control: format!("127.0.0.{}:4000", n + 1),
+                    control: format!("127.0.0.{}:4000", n + 1).into(),
                 })
                 .collect(),
         };

@@ -117,29 +117,32 @@ impl Job {
     /// node in about log2 N rounds.
     fn placement_messages(&mut self) {
         self.generation += 1;
-        let by_node = self.state.ranks_by_node();
+        let mut by_node = self.state.ranks_by_node();
         let alive: Vec<NodeId> = self.alive().collect();
+        let count = self.nodes.len();
+        let mut peers: Vec<NodeId> = Vec::new();
         for n in alive {
-            let local = by_node[n.index()].clone();
+            let local = std::mem::take(&mut by_node[n.index()]);
             let partners: Vec<(u32, Vec<NodeId>)> = local
                 .iter()
                 .map(|&r| (r, self.state.partners[r as usize].clone()))
                 .collect();
-            let mut peers: BTreeSet<NodeId> =
-                partners.iter().flat_map(|(_, p)| p).copied().collect();
-            let count = self.nodes.len();
+            peers.clear();
+            peers.extend(partners.iter().flat_map(|(_, p)| p).copied());
             let mut d = 1;
             while d < count {
                 let p = NodeId::from_index((n.index() + d) % count);
                 if self.state.node(p).health != Health::Dead {
-                    peers.insert(p);
+                    peers.push(p);
                 }
                 d *= 2;
             }
-            peers.remove(&n);
+            peers.sort_unstable();
+            peers.dedup();
             let peers = peers
-                .into_iter()
-                .filter_map(|p| {
+                .iter()
+                .filter(|&&p| p != n)
+                .filter_map(|&p| {
                     let control = self.nodes[p.index()].control.clone()?;
                     Some(Peer { node: p, control })
                 })

@@ -227,7 +227,7 @@ struct NodeRt {
     last_heard: Instant,
     ready: bool,
     pid: Option<u32>,
-    control: Option<String>,
+    control: Option<std::sync::Arc<str>>,
     /// Replications the node failed since it last stored one.
     replica_failures: u32,
     /// While a placement waits for the node: its deadline, and the work it
@@ -519,7 +519,7 @@ impl Job {
                 let rt = &mut self.nodes[node.index()];
                 let first = !rt.ready;
                 rt.ready = true;
-                rt.control = Some(control);
+                rt.control = Some(control.into());
                 rt.pid = Some(pid);
                 if first && matches!(self.phase, Phase::Starting { .. }) {
                     self.waiting_on -= 1;

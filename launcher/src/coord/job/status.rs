@@ -77,7 +77,7 @@ impl Job {
                     ranks,
                     rank_pids,
                     agent_pid: rt.pid,
-                    control: rt.control.clone(),
+                    control: rt.control.as_deref().map(str::to_owned),
                     store: n.store.clone(),
                     log: n.log.clone(),
                     last_heard_s: now.saturating_duration_since(rt.last_heard).as_secs_f64(),
