@@ -93,6 +93,7 @@ impl AgentCore {
             steps = load.window_steps,
             compute_s = load.compute_s,
             cpu_s = load.cpu_s,
+            total_steps = ?load.total_steps,
             share,
             "rank load"
         );

@@ -307,13 +307,13 @@ fn set_cpus_without_a_cgroup_stops_and_resumes_the_ranks_on_time() {
     );
     assert_eq!(f.core.poll_timeout(), Some(f.at(35)));
     assert!(signals(&f.tick(34)).is_empty());
-    assert_eq!(signals(&f.tick(35)), [stop.clone()]);
+    assert_eq!(signals(&f.tick(35)), vec![stop.clone()]);
     assert_eq!(f.core.poll_timeout(), Some(f.at(110)));
     assert!(signals(&f.tick(109)).is_empty());
-    assert_eq!(signals(&f.tick(110)), [resume.clone()]);
-    assert_eq!(signals(&f.tick(135)), [stop.clone()]);
+    assert_eq!(signals(&f.tick(110)), vec![resume.clone()]);
+    assert_eq!(signals(&f.tick(135)), vec![stop.clone()]);
     // A loop that fell behind starts the phase late, without a burst.
-    assert_eq!(signals(&f.tick(400)), [resume.clone()]);
+    assert_eq!(signals(&f.tick(400)), vec![resume.clone()]);
     assert_eq!(f.core.poll_timeout(), Some(f.at(425)));
     // Capacity follows: half a CPU (the ranks are stopped again at 600).
     let a = f.tick(600);
@@ -353,7 +353,7 @@ fn every_rank_is_resumed_before_a_kill_an_exit_or_the_launcher_lost() {
 
     // pmrun lost: resumed at once, killed after the grace, never stopped again.
     let mut f = stopped();
-    assert_eq!(f.lost(50, "gone"), [resume.clone()]);
+    assert_eq!(f.lost(50, "gone"), vec![resume.clone()]);
     let a = f.tick(50 + LAUNCHER_GRACE.as_millis() as u64);
     assert_eq!(
         a,
