@@ -2,7 +2,7 @@
 //! their shares, the node's gossip record and rounds, and `SetCpus` (a
 //! cgroup quota, or a duty cycle that never leaves a rank stopped).
 
-use super::tests::{Fake, HB, heartbeats, sent};
+use super::tests::{Fake, HB, heartbeats};
 use super::*;
 use pm_core::gossip::{LoadRecord, Message};
 use pm_core::proto::RankLoad;
@@ -31,57 +31,47 @@ fn report(f: &mut Fake, ms: u64, conn: ConnId, l: RankLoad) -> Vec<Action> {
     )
 }
 
+/// What `pick` finds in the actions, in order.
+fn picked<T>(actions: &[Action], pick: impl Fn(&Action) -> Option<T>) -> Vec<T> {
+    actions.iter().filter_map(pick).collect()
+}
+
 /// The shares of the rank loads sent to pmrun.
 fn shares(actions: &[Action]) -> Vec<(u32, f64)> {
-    sent(actions)
-        .into_iter()
-        .filter_map(|m| match m {
-            FromAgent::RankLoad { load, share } => Some((load.rank, *share)),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Send(FromAgent::RankLoad { load, share }) => Some((load.rank, *share)),
+        _ => None,
+    })
 }
 
 /// The records of every `FromAgent::Gossip` sent.
 fn windows(actions: &[Action]) -> Vec<Vec<LoadRecord>> {
-    sent(actions)
-        .into_iter()
-        .filter_map(|m| match m {
-            FromAgent::Gossip { records } => Some(records.clone()),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Send(FromAgent::Gossip { records }) => Some(records.clone()),
+        _ => None,
+    })
 }
 
 /// The peers and the decoded message of every gossip round.
 fn rounds(actions: &[Action]) -> Vec<(Vec<Target>, Message)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Gossip { to, message } => Some((to.clone(), Message::decode(message).unwrap())),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Gossip { to, message } => Some((to.clone(), Message::decode(message).unwrap())),
+        _ => None,
+    })
 }
 
 fn signals(actions: &[Action]) -> Vec<(Vec<ConnId>, RankSignal)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Signal { conns, signal } => Some((conns.clone(), *signal)),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Signal { conns, signal } => Some((conns.clone(), *signal)),
+        _ => None,
+    })
 }
 
 fn cpus_set(actions: &[Action]) -> Vec<(f64, Result<String, String>)> {
-    sent(actions)
-        .into_iter()
-        .filter_map(|m| match m {
-            FromAgent::CpusSet { cpus, enforced } => Some((*cpus, enforced.clone())),
-            _ => None,
-        })
-        .collect()
+    picked(actions, |a| match a {
+        Action::Send(FromAgent::CpusSet { cpus, enforced }) => Some((*cpus, enforced.clone())),
+        _ => None,
+    })
 }
 
 /// The node's own record in the next round's window to pmrun.
