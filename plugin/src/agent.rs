@@ -7,6 +7,9 @@
 //! into its node's store as always, then reports each one to the agent,
 //! which replicates it to partner nodes; `pmrun` commits an epoch once
 //! every rank's snapshot is held by its partners. Ranks never wait for that.
+//! About once a second each rank also reports its load (`FromRank::Load`,
+//! see `load`), with [`AgentLink::try_send`], which never waits for a
+//! slow agent.
 //!
 //! | variable | meaning |
 //! |---|---|
