@@ -94,6 +94,10 @@ pub(super) struct Balancer {
     pub move_bytes: u64,
     /// Ranks that reported measurements in this job (not only history).
     pub reported: Vec<bool>,
+    /// The job's measured seconds per step (from rank 0's reports: steps
+    /// done between two of them over the time between), and the last report.
+    pub measured_step_s: Option<f64>,
+    pub last_report: Option<(Instant, u64)>,
 }
 
 /// A move decided and under way.
@@ -127,6 +131,8 @@ impl Balancer {
             moving: None,
             move_bytes: 0,
             reported: vec![false; n],
+            measured_step_s: None,
+            last_report: None,
         }
     }
 }
@@ -228,12 +234,21 @@ impl Job {
     /// A rank's measurements: its work per step is its compute time per
     /// step times the share of a core it had, so that a weight does not
     /// change just because the rank moved to a faster node.
-    pub(super) fn rank_load(&mut self, load: RankLoad, share: f64) {
+    pub(super) fn rank_load(&mut self, load: RankLoad, share: f64, now: Instant) {
         let r = load.rank as usize;
         if r >= self.cfg.ranks as usize {
             return;
         }
         let b = &mut self.balancer;
+        if r == 0 {
+            if let Some((t, s)) = b.last_report
+                && load.step > s
+            {
+                let x = now.saturating_duration_since(t).as_secs_f64() / (load.step - s) as f64;
+                b.measured_step_s = Some(b.measured_step_s.map_or(x, |m| 0.7 * m + 0.3 * x));
+            }
+            b.last_report = Some((now, load.step));
+        }
         b.step = b.step.max(load.step);
         if load.total_steps.is_some() {
             b.declared_total = load.total_steps;
@@ -260,6 +275,27 @@ impl Job {
             if fresher {
                 *slot = Some((rec, now));
             }
+        }
+    }
+
+    /// How much slower the job really steps than its weights and
+    /// capacities predict (MPI progress, throttling and contention the
+    /// model does not see): the weights are scaled by it, so that the
+    /// predicted step time now is the measured one and a move's gain is
+    /// counted in real seconds. 1 until the step time is measured.
+    fn calibration(&self) -> f64 {
+        let Some(measured) = self.balancer.measured_step_s else {
+            return 1.0;
+        };
+        let placement: Vec<u32> = self.state.placement.iter().map(|n| n.0).collect();
+        let nodes: Vec<NodeInfo> = (0..self.nodes.len())
+            .map(|i| self.node_info(NodeId::from_index(i)))
+            .collect();
+        let predicted = balance::step_time(self.state.weights.iter().copied(), &placement, &nodes);
+        if predicted > 0.0 && predicted.is_finite() {
+            (measured / predicted).clamp(0.1, 100.0)
+        } else {
+            1.0
         }
     }
 
@@ -320,6 +356,7 @@ impl Job {
             return;
         }
         self.sync_weights();
+        let calibration = self.calibration();
         let cfg = &self.balancer.est_cfg;
         let ranks: Vec<RankInfo> = (0..self.cfg.ranks)
             .map(|r| {
@@ -331,7 +368,7 @@ impl Job {
                     .committed_bytes
                     .map_or(0, |(_, w)| w / u64::from(self.cfg.ranks.max(1)));
                 RankInfo {
-                    weight: e.weight(),
+                    weight: e.weight() * calibration,
                     confidence: e.confidence(cfg),
                     state_bytes: self.balancer.state_bytes[i],
                     dirty_bytes: dirty,

@@ -202,6 +202,8 @@ impl Job {
         self.run_started = now;
         self.notice_at = (!self.said_no_pm).then_some(now + NO_PM_NOTICE);
         self.balancer.next_decision = Some(now + self.cfg.balance.every);
+        // Steps are timed within a run: a relaunch's freeze is no step.
+        self.balancer.last_report = None;
         self.finished.clear();
         self.stopped.clear();
         self.pids.clear();

@@ -595,7 +595,7 @@ impl Job {
             FromAgent::RanksKilled { ranks } => {
                 tracing::debug!(node = %self.name(node), ?ranks, "ranks killed");
             }
-            FromAgent::RankLoad { load, share } => self.rank_load(load, share),
+            FromAgent::RankLoad { load, share } => self.rank_load(load, share, now),
             FromAgent::Gossip { records } => self.gossip_records(records, now),
             FromAgent::CpusSet { cpus, enforced } => self.cpus_set(node, cpus, enforced),
         }
