@@ -19,20 +19,22 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Run an MPI job that survives node failures.
+/// Run an MPI job that survives node failures and runs where it is fastest.
 ///
 /// The application links pm (Rust crate or libpm.so). pmrun starts one pmd
 /// agent per node, launches the ranks with mpirun, and commits a checkpoint
 /// once every rank's snapshot is on its node and on --replicas partner
 /// nodes. When a node stops answering, its ranks restart on nodes that hold
-/// their replicas; `pmrun ctl drain NODE` moves every rank off a node. The
+/// their replicas; `pmrun ctl drain NODE` moves every rank off a node; ranks
+/// move off slow nodes when the gain over the remaining steps pays for the
+/// move (--balance). The
 /// exit status is the application's, or 75 when the ranks stopped at a
 /// checkpoint that pmrun did not ask for (SIGUSR1 to mpirun): run pmrun
 /// again with --job ID to resume.
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2"
+    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2\n  pmrun ctl balance           decide about balancing now"
 )]
 struct Cli {
     /// Number of ranks (also -np).
