@@ -55,6 +55,9 @@ pub trait LaunchBackend {
     fn command(&self, plan: &LaunchPlan) -> Result<Command, LaunchError>;
 }
 
+/// The PMIx setting that chooses how mpirun's PMIx server stores job data.
+pub const PMIX_GDS: &str = "PMIX_MCA_gds";
+
 /// Open MPI's `mpirun`.
 pub struct Mpirun {
     pub program: PathBuf,
@@ -97,6 +100,14 @@ impl LaunchBackend for Mpirun {
         }
         for (name, value) in &plan.env {
             cmd.env(name, value).args(["-x", name]);
+        }
+        // Open MPI 4.1's PMIx server keeps job data in shared memory behind
+        // a lock its clients take; a rank killed while it holds that lock
+        // (in MPI_Init, say) leaves mpirun hung in its finalize forever
+        // (openpmix#1233; seen here in 1 run of 8 under load). The hash
+        // store has no shared lock. A user's own choice wins.
+        if std::env::var_os(PMIX_GDS).is_none() {
+            cmd.env(PMIX_GDS, "hash");
         }
         cmd.args(&plan.app);
         Ok(cmd)
@@ -151,6 +162,14 @@ mod tests {
             cmd.get_envs()
                 .any(|(k, v)| k == "PM_JOB" && v == Some("j".as_ref()))
         );
+        // The PMIx store that a killed rank cannot leave locked, unless
+        // the user chose one.
+        if std::env::var_os(PMIX_GDS).is_none() {
+            assert!(
+                cmd.get_envs()
+                    .any(|(k, v)| k == PMIX_GDS && v == Some("hash".as_ref()))
+            );
+        }
         let fits = LaunchPlan::new(&[&here; 2], vec!["./a".into()], vec![]);
         assert!(!args(&mpirun.command(&fits).unwrap()).contains(&"--oversubscribe".to_string()));
     }

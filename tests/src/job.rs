@@ -2,6 +2,7 @@
 //! `pmrun ctl status --json` and disturbed the way nodes fail: the node's
 //! agent and ranks SIGKILLed.
 
+use crate::bounded::{Bounded, kill_group, processes_of_group};
 use crate::mpi::{checksum, mpirun, sigkill, text, workspace_bin};
 use serde_json::Value;
 use std::io::Read;
@@ -27,7 +28,7 @@ pub fn reference(ranks: u32) -> String {
         .arg(workspace_bin("heat"))
         .args(GRID)
         .arg("--no-pm")
-        .output()
+        .bounded_output()
         .unwrap();
     checksum(&text(&out)).expect("reference checksum")
 }
@@ -99,7 +100,7 @@ impl Job {
         cmd.envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn_grouped().unwrap();
         let output = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
         let pipes: [Box<dyn Read + Send>; 2] = [
@@ -154,7 +155,7 @@ impl Job {
             .arg(self.store_path())
             .args(["--job", &self.id])
             .args(args)
-            .output()
+            .bounded_output()
             .unwrap();
         (out.status.success(), text(&out))
     }
@@ -222,11 +223,30 @@ impl Job {
                 break s;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the job did not end within 3 minutes:\n{}", self.output());
+                let left = processes_of_group(self.group());
+                kill_group(self.group());
+                panic!(
+                    "the job did not end within 3 minutes; killed it and its process group.\n\
+                     Its processes:\n{left}\nIts output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        // Agents notice their launcher is gone within a heartbeat or two.
+        let outlive = Instant::now() + Duration::from_secs(20);
+        while !self.readers.iter().all(JoinHandle::is_finished) {
+            if Instant::now() > outlive {
+                let left = processes_of_group(self.group());
+                kill_group(self.group());
+                panic!(
+                    "pmrun ended ({status}) but processes it started still hold its output \
+                     20 s later:\n{left}\nIts output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for r in self.readers.drain(..) {
             r.join().unwrap();
         }
@@ -236,9 +256,20 @@ impl Job {
     }
 }
 
+impl Job {
+    /// pmrun's process group: pmrun and whatever it started.
+    fn group(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
 impl Drop for Job {
+    /// Whatever the test's outcome, nothing the job started lives on.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if self.store.is_some() {
+            kill_group(self.group());
+            let _ = self.child.wait();
+        }
     }
 }
 

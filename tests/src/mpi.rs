@@ -3,6 +3,8 @@
 //! `libpm.so` the way a user does (one `mpicc` or `mpif90` line with
 //! `pkg-config`).
 
+use crate::bounded;
+use crate::bounded::Bounded;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -41,6 +43,9 @@ pub fn mpirun(ranks: u32) -> Command {
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        // As pmrun does: a rank killed in MPI_Init can otherwise leave
+        // mpirun hung in PMIx's finalize (see launcher/src/backend.rs).
+        .env("PMIX_MCA_gds", "hash")
         .args(["-n", &ranks.to_string()]);
     cmd
 }
@@ -80,7 +85,7 @@ pub fn build_c(source: &Path, out_dir: &Path) -> PathBuf {
         .arg("-c")
         .arg(&script)
         .env("PKG_CONFIG_PATH", out_dir)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(
         out.status.success(),
@@ -157,7 +162,7 @@ pub fn sh(dir: &Path, pkg_config_path: &Path, script: &str) {
         .arg(script)
         .current_dir(dir)
         .env("PKG_CONFIG_PATH", pkg_config_path)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{script} failed:\n{}", text(&out));
 }
@@ -228,7 +233,7 @@ pub fn stop_with_sigusr1(mut child: std::process::Child) -> String {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
     stdout.read_to_string(&mut out).unwrap();
-    let rest = child.wait_with_output().unwrap();
+    let rest = bounded::wait_output(child, bounded::LIMIT, "mpirun");
     out.push_str(&text(&rest));
     assert!(rest.status.success(), "{out}");
     out

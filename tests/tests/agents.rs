@@ -6,6 +6,7 @@
 //! again, costs the job that node and nothing else. Every rank's load
 //! reaches its agent, and the agents gossip their nodes' load.
 
+use pm_tests::Bounded;
 use pm_tests::job::{self, Job, files_under, heat_args, node, reference, relaunch_epochs};
 use pm_tests::mpi::{checksum, resumed_step, sigkill, text, workspace_bin};
 use serde_json::Value;
@@ -118,7 +119,7 @@ fn a_job_whose_pmrun_is_killed_stops_everywhere_and_resumes_by_its_id() {
     }
 
     let resumed = job::command(store.path(), &id, &args, &heat, &app_args)
-        .output()
+        .bounded_output()
         .unwrap();
     let out = text(&resumed);
     assert!(resumed.status.success(), "{out}");

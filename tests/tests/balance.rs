@@ -6,6 +6,7 @@
 //! placement; a node lost during a move and a move waiting for a slow
 //! fill end bit-exact too.
 
+use pm_tests::Bounded;
 use pm_tests::job::{Job, files_under, node, placement};
 use pm_tests::mpi::{checksum, mpirun, text, workspace_bin};
 use serde_json::Value;
@@ -51,7 +52,7 @@ fn reference(steps: u32) -> String {
         .arg(workspace_bin("heat"))
         .args(heat_args(steps))
         .arg("--no-pm")
-        .output()
+        .bounded_output()
         .unwrap();
     checksum(&text(&out)).expect("reference checksum")
 }

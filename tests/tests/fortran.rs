@@ -5,6 +5,8 @@
 //! waits of `use mpi`, `mpif.h` and `use mpi_f08` programs count as MPI time,
 //! and pm's errors arrive as Fortran strings.
 
+use pm_tests::Bounded;
+use pm_tests::bounded;
 use pm_tests::mpi::{
     build_c, build_fortran, checksum, committed, find_processes, mpirun, repo_root, resumed_step,
     sigkill, stop_with_sigusr1, stopped_step, text, wait_for_commit,
@@ -52,13 +54,13 @@ fn run_alone(exe: &Path, ranks: u32, job: &str) -> String {
         .arg(exe)
         .env("PM_STORE", store.path())
         .env("PM_JOB", job)
-        .output()
+        .bounded_output()
         .unwrap();
     ok(out)
 }
 
 fn reference_checksum(exe: &Path, store: &Path) -> String {
-    let out = ok(heat(exe, 4, store, "reference").output().unwrap());
+    let out = ok(heat(exe, 4, store, "reference").bounded_output().unwrap());
     assert!(
         out.contains("heat: starting a 96x64 plate on 4 ranks"),
         "{out}"
@@ -80,13 +82,13 @@ fn fortran_heat_resumes_bit_exactly_after_sigkill() {
     let mut child = killed
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_grouped()
         .unwrap();
     wait_for_commit(&job_dir, 2, &mut child);
     let ranks = find_processes(&exe, "PM_JOB", "killed");
     assert_eq!(ranks.len(), 4, "rank processes: {ranks:?}");
     sigkill(ranks[2]);
-    let out = child.wait_with_output().unwrap();
+    let out = bounded::wait_output(child, bounded::LIMIT, "mpirun");
     assert!(!out.status.success(), "mpirun reports the killed rank");
     let record = committed(&job_dir).expect("the committed epoch survives the kill");
     assert!(
@@ -94,7 +96,7 @@ fn fortran_heat_resumes_bit_exactly_after_sigkill() {
         "{record:?}"
     );
 
-    let out = ok(killed.output().unwrap());
+    let out = ok(killed.bounded_output().unwrap());
     assert_eq!(resumed_step(&out), Some(record.step), "{out}");
     assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
     assert!(!job_dir.exists(), "a finished job leaves no checkpoints");
@@ -109,9 +111,11 @@ fn fortran_and_c_heat_compute_the_same_plate() {
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     for ranks in [1, 3] {
         let f = ok(heat(&fortran, ranks, store.path(), "same-f")
-            .output()
+            .bounded_output()
             .unwrap());
-        let c = ok(heat(&c, ranks, store.path(), "same-c").output().unwrap());
+        let c = ok(heat(&c, ranks, store.path(), "same-c")
+            .bounded_output()
+            .unwrap());
         assert!(checksum(&f).is_some(), "{f}");
         assert_eq!(checksum(&f), checksum(&c), "{ranks} ranks:\n{f}\n{c}");
     }
@@ -132,7 +136,7 @@ fn fortran_heat_stops_at_a_checkpoint_and_resumes() {
     let child = job
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_grouped()
         .unwrap();
     let out = stop_with_sigusr1(child);
     let stopped = stopped_step(&out)
@@ -144,7 +148,7 @@ fn fortran_heat_stops_at_a_checkpoint_and_resumes() {
     let job_dir = store.path().join("stopped");
     assert_eq!(committed(&job_dir).map(|r| r.step), Some(stopped));
 
-    let out = ok(job.output().unwrap());
+    let out = ok(job.bounded_output().unwrap());
     assert_eq!(resumed_step(&out), Some(stopped), "{out}");
     assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{out}");
 }

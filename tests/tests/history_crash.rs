@@ -4,6 +4,7 @@
 //! one being saved, if its rename had happened), and be internally consistent.
 
 use pm_core::history::{self, AppSignature};
+use pm_tests::Bounded;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,7 +30,7 @@ fn history_survives_sigkill_mid_write() {
             .arg(&path)
             .arg(RANKS.to_string())
             .stdout(Stdio::piped())
-            .spawn()
+            .spawn_grouped()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -41,7 +42,7 @@ fn history_survives_sigkill_mid_write() {
         state ^= state << 17;
         std::thread::sleep(Duration::from_micros(state % 40_000));
         child.kill().unwrap();
-        child.wait().unwrap();
+        pm_tests::bounded::wait_within(&mut child, pm_tests::bounded::LIMIT, "the workload");
         let mut rest = String::new();
         out.read_to_string(&mut rest).unwrap();
         for l in line.lines().chain(rest.lines()) {

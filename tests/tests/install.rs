@@ -2,6 +2,7 @@
 //! dev build into a temporary prefix: a C and a Fortran program built with
 //! nothing but the installed `pm.pc` run under the installed `pmrun`.
 
+use pm_tests::Bounded;
 use pm_tests::mpi::{checksum, repo_root, sh, target_dir, text, workspace_bin};
 use std::path::Path;
 use std::process::Command;
@@ -34,7 +35,7 @@ fn run_under_installed_pmrun(prefix: &Path, program: &Path) -> String {
         .arg(store.path())
         .arg(program)
         .args(["--rows", "96", "--cols", "64", "--steps", "120"])
-        .output()
+        .bounded_output()
         .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{}:\n{t}", program.display());
@@ -54,7 +55,7 @@ fn installed_pm_builds_and_runs_c_and_fortran_programs() {
         .arg(target_dir())
         .arg(prefix)
         .env_remove("DESTDIR")
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "install.sh:\n{}", text(&out));
     for f in INSTALLED {
@@ -96,7 +97,7 @@ fn installed_pm_builds_and_runs_c_and_fortran_programs() {
         let ldd = Command::new("ldd")
             .arg(work.join(program))
             .env_remove("LD_LIBRARY_PATH")
-            .output()
+            .bounded_output()
             .unwrap();
         let libpm = format!("libpm.so => {}/lib/libpm.so", prefix.display());
         assert!(

@@ -4,6 +4,8 @@
 //! says what a user needs (the job id, what protects the checkpoints), and
 //! turns bad input into clear errors.
 
+use pm_tests::Bounded;
+use pm_tests::bounded;
 use pm_tests::job::Job;
 use pm_tests::mpi::{
     checksum, find_processes, mpirun, repo_root, resumed_step, sigkill, text, workspace_bin,
@@ -44,7 +46,7 @@ fn reference(store: &Path) -> String {
         .arg("0")
         .env("PM_STORE", store)
         .env("PM_JOB", "reference")
-        .output()
+        .bounded_output()
         .unwrap();
     checksum(&text(&out)).expect("reference checksum")
 }
@@ -61,7 +63,7 @@ fn kill_one_rank(store: &Path, job: &str, extra: &[&str]) -> Output {
         .arg("15")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_grouped()
         .unwrap();
     let record = store.join(job).join("committed");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -73,7 +75,7 @@ fn kill_one_rank(store: &Path, job: &str, extra: &[&str]) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     sigkill(wait_for_ranks(&heat, job, 4)[1]);
-    child.wait_with_output().unwrap()
+    bounded::wait_output(child, bounded::LIMIT, "pmrun")
 }
 
 /// The `ranks` processes of `exe` that pmrun started for `job`.
@@ -135,7 +137,7 @@ fn gives_up_after_max_restarts_and_can_be_resumed_by_job_id() {
             .arg(workspace_bin("heat"))
             .args(HEAT)
             .arg("0")
-            .output()
+            .bounded_output()
             .unwrap();
         (out.status.success(), text(&out))
     };
@@ -157,7 +159,7 @@ fn exit_status_is_the_applications() {
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     let out = pmrun(store.path())
         .args(["-n", "1", "sh", "-c", "exit 3"])
-        .output()
+        .bounded_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("before committing any checkpoint"));
@@ -224,7 +226,7 @@ fn bad_input_is_a_clear_error() {
         ),
     ];
     for (args, expected) in cases {
-        let out = pmrun(store.path()).args(&args).output().unwrap();
+        let out = pmrun(store.path()).args(&args).bounded_output().unwrap();
         let t = text(&out);
         assert!(!out.status.success(), "{args:?} succeeded:\n{t}");
         assert!(
@@ -268,7 +270,7 @@ fn no_pm_program(dir: &Path) -> PathBuf {
         .arg(repo_root().join("tests/c/no_pm.c"))
         .arg("-o")
         .arg(&exe)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     exe
@@ -285,20 +287,28 @@ fn a_program_without_pm_runs_as_under_mpirun_and_restarts_from_the_beginning() {
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
 
     // Undisturbed: the same output as plain mpirun.
-    let plain = mpirun(4).arg(&exe).args(["20", "0"]).output().unwrap();
+    let plain = mpirun(4)
+        .arg(&exe)
+        .args(["20", "0"])
+        .bounded_output()
+        .unwrap();
     assert!(plain.status.success(), "{}", text(&plain));
     let under = pmrun(store.path())
         .args(["-n", "4"])
         .arg(&exe)
         .args(["20", "0"])
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(under.status.success(), "{}", text(&under));
     assert_eq!(
         String::from_utf8_lossy(&under.stdout),
         String::from_utf8_lossy(&plain.stdout)
     );
-    let reference = mpirun(4).arg(&exe).args(["60", "0"]).output().unwrap();
+    let reference = mpirun(4)
+        .arg(&exe)
+        .args(["60", "0"])
+        .bounded_output()
+        .unwrap();
     let expected = String::from_utf8_lossy(&reference.stdout).into_owned();
     assert!(
         expected.starts_with("no_pm: 4 ranks, 60 steps"),
@@ -312,10 +322,10 @@ fn a_program_without_pm_runs_as_under_mpirun_and_restarts_from_the_beginning() {
         .args(["60", "50"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_grouped()
         .unwrap();
     sigkill(wait_for_ranks(&exe, "no-pm-rank", 4)[1]);
-    let out = child.wait_with_output().unwrap();
+    let out = bounded::wait_output(child, bounded::LIMIT, "pmrun");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("starting it afresh, restart 1 of 3"), "{t}");
@@ -365,7 +375,7 @@ fn pmrun_tells_the_job_id_and_what_protects_the_checkpoints() {
         .arg(workspace_bin("heat"))
         .args(["--rows", "16", "--cols", "16", "--steps", "5"])
         .env("PM_LOG", "info")
-        .output()
+        .bounded_output()
         .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -381,13 +391,13 @@ fn pmrun_tells_the_job_id_and_what_protects_the_checkpoints() {
 
     let help = pmrun(store.path())
         .args(["ctl", "--help"])
-        .output()
+        .bounded_output()
         .unwrap();
     let help = text(&help);
     assert!(help.contains("Usage: pmrun ctl"), "{help}");
     let help = pmrun(store.path())
         .args(["ctl", "status", "--help"])
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(
         text(&help).contains("Usage: pmrun ctl status"),
@@ -409,7 +419,7 @@ fn ctl_takes_its_options_after_the_subcommand_too() {
     let out = pm_tests::job::pmrun()
         .args(["ctl", "status", "--json", "--job", "ctl-options", "--store"])
         .arg(job.store_path())
-        .output()
+        .bounded_output()
         .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");

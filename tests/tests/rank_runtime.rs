@@ -4,6 +4,8 @@
 //! checksum of an undisturbed one, and resume from the committed step.
 
 use pm_core::store::commit::read_record;
+use pm_tests::Bounded;
+use pm_tests::bounded;
 use pm_tests::mpi::{
     build_c, checksum, find_processes, mpirun, repo_root, resumed_step, sigkill, text,
     workspace_bin,
@@ -62,14 +64,14 @@ impl<'a> Job<'a> {
     }
 
     fn run(&self) -> Output {
-        self.command().output().unwrap()
+        self.command().bounded_output().unwrap()
     }
 
     fn spawn(&self) -> Child {
         self.command()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
+            .spawn_grouped()
             .unwrap()
     }
 
@@ -130,7 +132,7 @@ fn survives_sigkill_after_commit(exe: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     sigkill(job.rank_pids()[2]);
-    let killed = child.wait_with_output().unwrap();
+    let killed = bounded::wait_output(child, bounded::LIMIT, "mpirun");
     assert!(!killed.status.success(), "mpirun reports the killed rank");
     let record = job
         .committed()
@@ -176,7 +178,7 @@ fn survives_sigkill_during_checkpoint(exe: &Path) {
         );
     }
     sigkill(paused.rank_pids()[1]);
-    assert!(!child.wait().unwrap().success());
+    assert!(!bounded::wait_within(&mut child, bounded::LIMIT, "mpirun").success());
     let record = job.committed().unwrap();
     assert_eq!(
         (record.epoch, record.step),
@@ -256,7 +258,7 @@ fn interrupted_job<'a>(exe: &'a Path, store: &'a Path, name: &str) -> Job<'a> {
     let mut child = paused.spawn();
     wait_until_paused(&mut child, 2);
     sigkill(paused.rank_pids()[0]);
-    child.wait().unwrap();
+    bounded::wait_within(&mut child, bounded::LIMIT, "mpirun");
     assert_eq!(paused.committed().map(|r| r.epoch), Some(1));
     Job::new(exe, store, name)
 }
@@ -354,7 +356,7 @@ fn c_api_misuse_gets_error_codes_not_crashes() {
             .arg(mode)
             .env("PM_STORE", store.path())
             .env("PM_JOB", mode)
-            .output()
+            .bounded_output()
             .unwrap();
         let t = text(&out);
         assert!(
@@ -375,7 +377,7 @@ fn check_imbalance(program: &Path, args: &[&str]) {
         .args(args)
         .env("PM_STORE", store.path())
         .env("PM_JOB", "imbalance")
-        .output()
+        .bounded_output()
         .unwrap();
     let t = ok(&out);
     let stats: Vec<(u32, f64, f64)> = t
@@ -446,20 +448,20 @@ fn serde_values_and_regions_resume_exactly() {
         v.sort();
         v
     };
-    let reference = finals(&ok(&command("values-ref").output().unwrap()));
+    let reference = finals(&ok(&command("values-ref").bounded_output().unwrap()));
     assert_eq!(reference.len(), 2);
 
     let mut child = command("values")
         .env("PM_FAULT_PAUSE_BEFORE_COMMIT", "4")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_grouped()
         .unwrap();
     wait_until_paused(&mut child, 4);
     sigkill(find_processes(&probe, "PM_JOB", "values")[0]);
-    child.wait().unwrap();
+    bounded::wait_within(&mut child, bounded::LIMIT, "mpirun");
 
-    let t = ok(&command("values").output().unwrap());
+    let t = ok(&command("values").bounded_output().unwrap());
     assert!(t.contains("resumed from step 21"), "{t}");
     assert_eq!(finals(&t), reference);
 }
@@ -474,7 +476,7 @@ fn step_while_a_region_or_value_is_borrowed_is_an_error_and_takes_no_checkpoint(
         .env("PM_STORE", store.path())
         .env("PM_JOB", "borrowed")
         .env("PM_EVERY", "1")
-        .output()
+        .bounded_output()
         .unwrap();
     let t = ok(&out);
     assert!(!t.contains("panicked"), "{t}");
@@ -502,7 +504,7 @@ fn the_header_works_from_cxx() {
         .arg(&exe)
         .env("PM_STORE", store.path())
         .env("PM_JOB", "cxx")
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(ok(&out).contains("c++ ok"));
 }
@@ -530,7 +532,10 @@ fn sigusr1_to_mpirun_stops_the_job_at_a_checkpoint() {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
     std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
-    assert!(child.wait().unwrap().success(), "{out}");
+    assert!(
+        bounded::wait_within(&mut child, bounded::LIMIT, "mpirun").success(),
+        "{out}"
+    );
     let stopped: u64 = out
         .lines()
         .find_map(|l| l.strip_prefix("heat: stopping at step "))

@@ -4,6 +4,8 @@
 //! undisturbed run, and a run that stopped is never reported as the job's end.
 
 use pm_core::store::commit::read_record;
+use pm_tests::Bounded;
+use pm_tests::bounded;
 use pm_tests::header::{build_example, header_example, results};
 use pm_tests::job::{Job, files_under, pmrun, relaunch_epochs};
 use pm_tests::mpi::{mpirun, text};
@@ -66,7 +68,9 @@ fn app_args(pause_ms: u32) -> Vec<String> {
 /// The result of an undisturbed run under plain mpirun.
 fn reference(exe: &Path) -> String {
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
-    let out = plain(exe, store.path(), "reference", 0).output().unwrap();
+    let out = plain(exe, store.path(), "reference", 0)
+        .bounded_output()
+        .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     let r = results(&t);
@@ -159,7 +163,7 @@ fn stop_plain_run(exe: &Path, store: &Path, job: &str) -> Output {
     let mut child: Child = plain(exe, store, job, 20)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .spawn_grouped()
         .unwrap();
     let record = store.join(job).join("committed");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -169,7 +173,7 @@ fn stop_plain_run(exe: &Path, store: &Path, job: &str) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     signal(child.id(), libc::SIGUSR1);
-    let out = child.wait_with_output().unwrap();
+    let out = bounded::wait_output(child, bounded::LIMIT, "mpirun");
     let t = text(&out);
     assert!(out.status.success(), "the stopped run failed:\n{t}");
     let kept = read_record(&record).unwrap();
@@ -188,7 +192,9 @@ fn the_header_example_stopped_by_sigusr1_to_mpirun_keeps_its_checkpoint() {
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     let stopped = stop_plain_run(&p.example, store.path(), "usr1");
     assert!(results(&text(&stopped)).is_empty(), "{}", text(&stopped));
-    let out = plain(&p.example, store.path(), "usr1", 0).output().unwrap();
+    let out = plain(&p.example, store.path(), "usr1", 0)
+        .bounded_output()
+        .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert_eq!(results(&t), [reference.as_str()], "{t}");
@@ -206,7 +212,9 @@ fn a_program_that_finalizes_after_a_stop_loses_nothing() {
     // Plain mpirun: the partial result is printed, the checkpoint kept.
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     stop_plain_run(exe, store.path(), "usr1");
-    let out = plain(exe, store.path(), "usr1", 0).output().unwrap();
+    let out = plain(exe, store.path(), "usr1", 0)
+        .bounded_output()
+        .unwrap();
     let t = text(&out);
     assert_eq!(results(&t), [reference.as_str()], "{t}");
 
@@ -249,7 +257,7 @@ fn a_stop_pmrun_did_not_ask_for_keeps_the_job_for_its_resume() {
         .args(["--job", &id, "-n", "4", "--local-nodes", "3"])
         .arg(&p.example)
         .args(app_args(0))
-        .output()
+        .bounded_output()
         .unwrap();
     let t = text(&resumed);
     assert!(resumed.status.success(), "{t}");

@@ -12,6 +12,7 @@
 //!   are under way.
 
 use pm_core::{Store, StoreOptions, WritePhase};
+use pm_tests::Bounded;
 use pm_tests::store_workload::{CHUNK, JOB, KEEP, state};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -36,7 +37,7 @@ fn spawn(root: &Path, medium: &str, extra: &[String]) -> (Child, BufReader<Child
         .arg(medium)
         .args(extra)
         .stdout(Stdio::piped())
-        .spawn()
+        .spawn_grouped()
         .unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
     (child, out)
@@ -56,7 +57,7 @@ fn kill(
     mut published: Option<u64>,
 ) -> Option<u64> {
     child.kill().unwrap();
-    child.wait().unwrap();
+    pm_tests::bounded::wait_within(&mut child, pm_tests::bounded::LIMIT, "the workload");
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     for line in rest.lines() {
