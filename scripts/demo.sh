@@ -240,7 +240,6 @@ part3() {
             grep -E '^pmrun: (balance at step .*: moving|rebalanc)' "$log3" | indent
             say "   Per node now:"
             node_table
-            say "   Before the move: $(printf '%s\n' "${before[@]}" | mean_step) ms per step (over ${#before[@]} commit interval(s))."
             say "   Now letting the job finish."
         fi
         sleep 0.2
@@ -263,8 +262,15 @@ part3() {
     local b a
     b=$(printf '%s\n' "${before[@]}" | mean_step)
     a=$(printf '%s\n' "${after[@]}" | mean_step)
-    say "   step time with node1's ranks on it:  $b ms  (${#before[@]} commit interval(s) of $every3 steps)"
-    say "   step time after the move:            $a ms  (${#after[@]} commit interval(s))"
+    if [[ $b != - ]]; then
+        say "   step time with node1's ranks on it:  $b ms  (${#before[@]} commit interval(s) of $every3 steps)"
+    else
+        # The move came before a second commit: take the step time pmrun
+        # measured when it decided.
+        b=$(grep -m1 -o 'moving; step [0-9.]* s now' "$log3" | awk '{ printf "%.1f", 1000 * $3 }')
+        say "   step time with node1's ranks on it:  ${b:--} ms  (pmrun's measure when it decided)"
+    fi
+    say "   step time after the move:            $a ms  (${#after[@]} commit interval(s) of $every3 steps)"
     if [[ $b != - && $a != - ]]; then
         say "   $(awk -v b="$b" -v a="$a" 'BEGIN { printf "%.2fx as fast", b / a }') once the slow node's ranks had moved away."
     fi

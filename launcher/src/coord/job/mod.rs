@@ -629,17 +629,21 @@ impl Job {
             let elapsed = now.duration_since(ongoing.started).as_secs_f64();
             r.resume_s = (elapsed - r.stop_s - r.place_s).max(0.0);
             r.total_s = r.detect_s + elapsed;
+            let what = if r.nodes.is_empty() {
+                // A rebalance: nothing was lost, so nothing was detected.
+                format!("{} done:", r.kind)
+            } else {
+                format!(
+                    "{} of {} handled: detected in {:.2} s,",
+                    r.kind,
+                    r.nodes.join(", "),
+                    r.detect_s
+                )
+            };
             let text = format!(
-                "{} of {} handled: detected in {:.2} s, job stopped in {:.2} s, placed in {:.2} s, \
+                "{what} job stopped in {:.2} s, placed in {:.2} s, \
                  ranks resumed from epoch {} {:.2} s after the relaunch; {:.2} s in all",
-                r.kind,
-                r.nodes.join(", "),
-                r.detect_s,
-                r.stop_s,
-                r.place_s,
-                r.epoch,
-                r.resume_s,
-                r.total_s
+                r.stop_s, r.place_s, r.epoch, r.resume_s, r.total_s
             );
             self.say(text);
             self.learn_freeze(&ongoing.record);
