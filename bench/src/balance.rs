@@ -42,15 +42,14 @@
 //! scenario fails. Targets (reported, not enforced): speedup over static
 //! ≥ 1.25, step after balancing / ideal step ≤ 1.05, no move when balanced.
 
+use crate::pmjob::{Bins, Job, checksum, load_average, mpi_env, plain_heat, status};
 use crate::util::{median, timed};
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use serde_json::Value;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(ClapArgs)]
@@ -191,26 +190,6 @@ struct Report {
     runs: Vec<Run>,
 }
 
-/// Where pmbench's sibling binaries are: the same profile's target directory.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    ensure!(
-        path.exists(),
-        "{} not found: build it next to pmbench with `cargo build --release -p heat -p pm-launcher` \
-         (or the profile pmbench was built with)",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn mpi_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        // Every run starts without the history of earlier runs.
-        .env("PM_HISTORY", "none")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-}
-
 fn heat_args(args: &Args, steps: u64) -> Vec<String> {
     [
         "--rows",
@@ -224,99 +203,6 @@ fn heat_args(args: &Args, steps: u64) -> Vec<String> {
     .to_vec()
 }
 
-fn checksum(out: &str) -> Option<String> {
-    out.lines().find_map(|l| {
-        l.strip_prefix("heat: checksum ")
-            .and_then(|r| r.split_whitespace().next())
-            .map(String::from)
-    })
-}
-
-/// heat under plain mpirun without pm; returns its output.
-fn plain_heat(args: &Args, heat: &Path, steps: u64) -> anyhow::Result<String> {
-    let out = mpi_env(&mut Command::new("mpirun"))
-        .args(["-n", &args.ranks.to_string()])
-        .arg(heat)
-        .args(heat_args(args, steps))
-        .arg("--no-pm")
-        .output()
-        .context("cannot run mpirun (is Open MPI installed?)")?;
-    let text = crate::util::output_text(&out);
-    ensure!(out.status.success(), "plain mpirun heat failed:\n{text}");
-    Ok(text)
-}
-
-/// `pmrun ctl status --json` of a job, or None while it cannot be reached.
-fn status(pmrun: &Path, store: &Path, job: &str) -> Option<Value> {
-    let out = Command::new(pmrun)
-        .args(["ctl", "--store"])
-        .arg(store)
-        .args(["--job", job, "status", "--json"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn reader(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = from.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// A pmrun under way, its output collected in the background; stopped
-/// (SIGTERM, then SIGKILL) if dropped before it ended.
-struct Job {
-    child: Child,
-    out: Option<JoinHandle<String>>,
-    err: Option<JoinHandle<String>>,
-}
-
-impl Job {
-    fn output(&mut self) -> String {
-        let out = self.out.take().map(|h| h.join().unwrap_or_default());
-        let err = self.err.take().map(|h| h.join().unwrap_or_default());
-        format!("{}{}", out.unwrap_or_default(), err.unwrap_or_default())
-    }
-
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child by its pid.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The 1-minute load average (Linux).
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
@@ -325,11 +211,6 @@ fn strings(v: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-struct Bins {
-    pmrun: PathBuf,
-    heat: PathBuf,
 }
 
 /// How one run is launched.
@@ -370,11 +251,7 @@ fn pmrun_run(
     if let Some(p) = launch.placement {
         cmd.args(["--placement", &p.join(",")]);
     }
-    cmd.arg(&bins.heat)
-        .args(heat_args(args, args.steps))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg(&bins.heat).args(heat_args(args, args.steps));
     progress(&format!(
         "{}: pmrun -n {} --local-nodes {} --node-cpus {cpus} --every {} --balance {} --balance-every {}{} heat {}",
         launch.name,
@@ -390,10 +267,7 @@ fn pmrun_run(
     ));
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
     let started = Instant::now();
-    let mut child = cmd.spawn().context("cannot start pmrun")?;
-    let out = child.stdout.take().map(reader);
-    let err = child.stderr.take().map(reader);
-    let mut run = Job { child, out, err };
+    let mut run = Job::spawn(&mut cmd)?;
 
     // Commit intervals: (from step, to step, seconds) from the coordinator's
     // steps_per_s each time the committed epoch advanced by exactly one.
@@ -667,11 +541,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "pmbench balance needs enforced CPU quotas: root and a cgroup v1 cpu controller \
          (/sys/fs/cgroup/cpu/cpu.cfs_quota_us); without them the virtual nodes are equally fast"
     );
-    let bins = Bins {
-        pmrun: sibling("pmrun")?,
-        heat: sibling("heat")?,
-    };
-    sibling("pmd")?;
+    let bins = Bins::find()?;
     let store = args.store.clone().unwrap_or_else(|| {
         PathBuf::from(format!("/dev/shm/pmbench-balance-{}", std::process::id()))
     });
@@ -695,8 +565,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.ranks,
         heat_args(args, args.steps).join(" ")
     ));
-    let reference = checksum(&plain_heat(args, &bins.heat, args.steps)?)
-        .context("the reference run printed no checksum")?;
+    let reference = checksum(&plain_heat(
+        args.ranks,
+        &bins.heat,
+        &heat_args(args, args.steps),
+    )?)
+    .context("the reference run printed no checksum")?;
     progress(&format!("  checksum {reference}"));
 
     let equal = vec![args.equal_cpus; nodes];
@@ -720,7 +594,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.starts, args.ranks
         ));
         for _ in 0..args.starts {
-            starts.push(timed(|| plain_heat(args, &bins.heat, 0).map(drop))?);
+            starts.push(timed(|| {
+                plain_heat(args.ranks, &bins.heat, &heat_args(args, 0)).map(drop)
+            })?);
         }
         progress(&format!("  median {:.3} s", median(starts.clone())));
         let balanced = pmrun_run(

@@ -9,6 +9,7 @@ mod balance;
 mod ckpt;
 mod heap;
 mod overhead;
+mod pmjob;
 mod recovery;
 mod replicate;
 mod sim;
