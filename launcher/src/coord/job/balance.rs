@@ -538,22 +538,15 @@ impl Job {
             commit.step
         ));
         let stopped = now.saturating_duration_since(m.started).as_secs_f64();
-        self.recovering = Some(Ongoing {
-            record: Recovery {
-                kind: RecoveryKind::Rebalance,
-                nodes: Vec::new(),
-                detect_s: 0.0,
-                stop_s: stopped,
-                place_s: 0.0,
-                resume_s: 0.0,
-                total_s: 0.0,
-                epoch: commit.epoch,
-                step: commit.step,
-                moved,
-            },
-            started: m.started,
-            ctl: None,
-        });
+        self.recovering = Some(Ongoing::planned(
+            RecoveryKind::Rebalance,
+            Vec::new(),
+            stopped,
+            commit,
+            moved,
+            m.started,
+            None,
+        ));
         self.balancer.moving = None;
         self.balancer.move_bytes = m.bytes;
         self.place(now);

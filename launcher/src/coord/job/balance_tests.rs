@@ -7,6 +7,16 @@ use pm_core::proto::RecoveryKind;
 
 const LIMIT: Duration = Duration::from_secs(3600);
 
+/// How many ranks the job places on `node`.
+fn ranks_on(sim: &SimCluster, node: NodeId) -> usize {
+    sim.job
+        .state()
+        .placement
+        .iter()
+        .filter(|&&n| n == node)
+        .count()
+}
+
 fn moves(sim: &SimCluster) -> usize {
     sim.job
         .recoveries()
@@ -41,13 +51,7 @@ fn a_slow_node_s_ranks_move_away_and_the_job_finishes_sooner() {
     let mut sim = SimCluster::new(slow_node(BalanceMode::Auto));
     let balanced = done(&mut sim);
     assert!(moves(&sim) >= 1, "{}", log(&sim));
-    let on_slow = sim
-        .job
-        .state()
-        .placement
-        .iter()
-        .filter(|&&n| n == NodeId(0))
-        .count();
+    let on_slow = ranks_on(&sim, NodeId(0));
     assert!(on_slow < 2, "{:?}", sim.job.state().placement);
     let decision = sim.job.balancer.last.clone().unwrap();
     assert!(decision.lower_bound_s > 0.0 && decision.step_s > 0.0);
@@ -158,13 +162,7 @@ fn known_weights_give_a_weighted_first_placement_that_needs_no_move() {
     ]);
     cfg.balance.initial_source = "a test".into();
     let mut sim = SimCluster::new(cfg);
-    let on_slow = sim
-        .job
-        .state()
-        .placement
-        .iter()
-        .filter(|&&n| n == NodeId(0))
-        .count();
+    let on_slow = ranks_on(&sim, NodeId(0));
     assert!(on_slow < 2, "{:?}", sim.job.state().placement);
     done(&mut sim);
     assert_eq!(moves(&sim), 0, "{}", log(&sim));

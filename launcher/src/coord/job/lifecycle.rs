@@ -765,22 +765,15 @@ impl Job {
                 ));
                 let mut nodes = names;
                 nodes.extend(lost.into_iter().flatten());
-                self.recovering = Some(Ongoing {
-                    record: Recovery {
-                        kind: RecoveryKind::Drain,
-                        nodes,
-                        detect_s: 0.0,
-                        stop_s: stopped,
-                        place_s: 0.0,
-                        resume_s: 0.0,
-                        total_s: 0.0,
-                        epoch: commit.epoch,
-                        step: commit.step,
-                        moved,
-                    },
-                    started: drain.started,
-                    ctl: Some(drain.ctl),
-                });
+                self.recovering = Some(Ongoing::planned(
+                    RecoveryKind::Drain,
+                    nodes,
+                    stopped,
+                    commit,
+                    moved,
+                    drain.started,
+                    Some(drain.ctl),
+                ));
                 self.place(now);
             }
         }

@@ -23,7 +23,7 @@ use super::state::{Commit, Health, JobState, Node};
 use balance::Balancer;
 pub use balance::{BalanceMode, BalanceSettings};
 use pm_core::proto::{
-    CtlReply, CtlRequest, FromAgent, Inventory, NodeId, Recovery, ToAgent, Waiting,
+    CtlReply, CtlRequest, FromAgent, Inventory, NodeId, Recovery, RecoveryKind, ToAgent, Waiting,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -254,6 +254,37 @@ struct Ongoing {
     started: Instant,
     /// The drain's requester, answered once the job runs again.
     ctl: Option<u64>,
+}
+
+impl Ongoing {
+    /// A planned stop (a drain or a rebalance) that stopped the job in
+    /// `stop_s` at `commit` and is now resuming with `moved`.
+    fn planned(
+        kind: RecoveryKind,
+        nodes: Vec<String>,
+        stop_s: f64,
+        commit: Commit,
+        moved: Vec<(u32, String, String)>,
+        started: Instant,
+        ctl: Option<u64>,
+    ) -> Ongoing {
+        Ongoing {
+            record: Recovery {
+                kind,
+                nodes,
+                detect_s: 0.0,
+                stop_s,
+                place_s: 0.0,
+                resume_s: 0.0,
+                total_s: 0.0,
+                epoch: commit.epoch,
+                step: commit.step,
+                moved,
+            },
+            started,
+            ctl,
+        }
+    }
 }
 
 /// The job's coordinator.
