@@ -41,13 +41,13 @@
 ! them last) so that pm can time the program's blocking MPI calls.
 module pm
     use, intrinsic :: iso_c_binding, only: c_char, c_double, c_int, c_int64_t, &
-        c_null_char, c_ptr, c_size_t, c_associated, c_f_pointer
+        c_long_long, c_null_char, c_ptr, c_size_t, c_associated, c_f_pointer
     use, intrinsic :: iso_fortran_env, only: int32, int64
     implicit none
     private
 
     public :: pm_init, pm_init_f, pm_region, pm_restored_step, pm_step, pm_stats, &
-        pm_finalize, pm_strerror, pm_last_error, pm_stats_t
+        pm_set_total_steps, pm_finalize, pm_strerror, pm_last_error, pm_stats_t
 
     ! Return codes (pm.h).
     integer(c_int), parameter, public :: PM_OK = 0           ! success; also pm_step's "continue"
@@ -98,6 +98,14 @@ module pm
         integer(c_int) function pm_step() bind(C, name="pm_step")
             import :: c_int
         end function pm_step
+
+        ! pm_set_total_steps(steps): the job's steps in all (an integer of kind
+        ! int64: 100_int64), so that pmrun can judge whether moving ranks pays
+        ! off before the job ends. Local; call it on every rank after pm_init.
+        integer(c_int) function pm_set_total_steps(steps) bind(C, name="pm_set_total_steps")
+            import :: c_int, c_long_long
+            integer(c_long_long), value :: steps
+        end function pm_set_total_steps
 
         integer(c_int) function pm_stats(out) bind(C, name="pm_stats")
             import :: c_int, pm_stats_t

@@ -34,7 +34,9 @@
  * default /dev/shm/pmrun-<uid>), PM_JOB (job id; default derived from the
  * program, its arguments and the working directory), PM_INTERVAL (seconds
  * between checkpoints, default 60) or PM_EVERY (steps), PM_KEEP (committed
- * epochs kept, default 2), PM_SIGNALS=0 (no SIGUSR1/SIGUSR2 handlers).
+ * epochs kept, default 2), PM_SIGNALS=0 (no SIGUSR1/SIGUSR2 handlers),
+ * PM_LOAD_PERIOD (under pmrun: seconds between a rank's load reports to its
+ * node agent, at least; default 1).
  * SIGUSR1 asks for a checkpoint and PM_EXIT; SIGUSR2 for a checkpoint.
  *
  * Errors: functions return PM_OK (0) or a negative PM_ERR_* code;
@@ -113,6 +115,16 @@ int64_t pm_restored_step(void);
  * see the example above; every later call returns PM_EXIT again), or a
  * negative error. Collective. */
 int pm_step(void);
+
+/* Declare how many steps the job has in all, counting those before a
+ * restart (the loop's end, not what is left of it). Under pmrun it goes
+ * with the rank's load reports: pmrun uses it to judge whether moving ranks
+ * to balance the load pays off before the job ends (without it, pmrun
+ * guesses the remaining steps). Without pmrun it has no effect. Local, not
+ * collective: call it on every rank, after pm_init, e.g. once before the
+ * loop. Returns PM_OK, PM_ERR_STATE before pm_init, PM_ERR_ARGUMENT for a
+ * negative count. */
+int pm_set_total_steps(long long steps);
 
 /* Fill *out with this rank's step timing. */
 int pm_stats(pm_stats_t *out);

@@ -5,9 +5,11 @@
 //! shared machines are noisy; the ratios to a baseline measured seconds
 //! earlier on the same machine are what to compare.
 
+mod balance;
 mod ckpt;
 mod heap;
 mod overhead;
+mod pmjob;
 mod recovery;
 mod replicate;
 mod sim;
@@ -37,6 +39,8 @@ enum Scenario {
     Sim(sim::Sim),
     /// Replication of a snapshot to a partner over loopback against raw TCP.
     Replicate(replicate::Args),
+    /// Live balancing: heat with one slow node, static vs. balanced vs. the ideal placement.
+    Balance(balance::Args),
     /// Node failure under pmrun: detect, stop, place, resume against a plain mpirun start.
     Recovery(recovery::Args),
 }
@@ -53,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Sim(sim) => sim::run(&sim),
         Scenario::Replicate(args) => replicate::run(&args),
         Scenario::Recovery(args) => recovery::run(&args),
+        Scenario::Balance(args) => balance::run(&args),
     }
 }

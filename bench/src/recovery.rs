@@ -32,15 +32,14 @@
 //! scenario fails. The kill is repeated `--repeats` times, each with its own
 //! job id; medians and the per-run figures are reported.
 
+use crate::pmjob::{Bins, Job, checksum, load_average, mpi_env, plain_heat, status};
 use crate::util::{median, timed};
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use serde_json::Value;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(ClapArgs)]
@@ -168,24 +167,6 @@ struct Report {
     runs: Vec<Run>,
 }
 
-/// Where pmbench's sibling binaries are: the same profile's target directory.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    ensure!(
-        path.exists(),
-        "{} not found: build it next to pmbench with `cargo build --release -p heat -p pm-launcher` \
-         (or the profile pmbench was built with)",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn mpi_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-}
-
 fn heat_args(args: &Args, steps: u64) -> Vec<String> {
     [
         "--rows",
@@ -199,112 +180,6 @@ fn heat_args(args: &Args, steps: u64) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-fn checksum(out: &str) -> Option<String> {
-    out.lines().find_map(|l| {
-        l.strip_prefix("heat: checksum ")
-            .and_then(|r| r.split_whitespace().next())
-            .map(String::from)
-    })
-}
-
-/// heat under plain mpirun without pm; returns its output.
-fn plain_heat(args: &Args, heat: &Path, steps: u64) -> anyhow::Result<String> {
-    let out = mpi_env(&mut Command::new("mpirun"))
-        .args(["-n", &args.ranks.to_string()])
-        .arg(heat)
-        .args(heat_args(args, steps))
-        .arg("--no-pm")
-        .output()
-        .context("cannot run mpirun (is Open MPI installed?)")?;
-    let text = crate::util::output_text(&out);
-    ensure!(out.status.success(), "plain mpirun heat failed:\n{text}");
-    Ok(text)
-}
-
-/// `pmrun ctl status --json` of a job, or None while it cannot be reached.
-fn status(pmrun: &Path, store: &Path, job: &str) -> Option<Value> {
-    let out = Command::new(pmrun)
-        .args(["ctl", "--store"])
-        .arg(store)
-        .args(["--job", job, "status", "--json"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn reader(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = from.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// A pmrun under way, its output collected in the background.
-struct Job {
-    child: Child,
-    out: Option<JoinHandle<String>>,
-    err: Option<JoinHandle<String>>,
-}
-
-impl Job {
-    /// Waits for pmrun to exit (at most until `deadline`); returns whether it
-    /// succeeded and everything it and the ranks printed.
-    fn finish(&mut self, deadline: Instant) -> anyhow::Result<(bool, String)> {
-        let status = loop {
-            if let Some(s) = self.child.try_wait()? {
-                break s;
-            }
-            if Instant::now() > deadline {
-                self.stop();
-                bail!("pmrun did not finish in time; stopped it");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = self.out.take().map(|h| h.join().unwrap_or_default());
-        let err = self.err.take().map(|h| h.join().unwrap_or_default());
-        Ok((
-            status.success(),
-            format!("{}{}", out.unwrap_or_default(), err.unwrap_or_default()),
-        ))
-    }
-
-    /// SIGTERM (pmrun then stops its job and agents), SIGKILL if that does not do.
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child by its pid.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// Everything printed so far, once pmrun was stopped.
-    fn output_after_stop(&mut self) -> String {
-        self.stop();
-        let out = self.out.take().map(|h| h.join().unwrap_or_default());
-        let err = self.err.take().map(|h| h.join().unwrap_or_default());
-        format!("{}{}", out.unwrap_or_default(), err.unwrap_or_default())
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 fn f(v: &Value, key: &str) -> anyhow::Result<f64> {
@@ -338,14 +213,8 @@ fn killed_run(
         .args(["--heartbeat", &args.heartbeat.to_string()])
         .args(["--fail-after", &args.fail_after.to_string()])
         .arg(&bins.heat)
-        .args(heat_args(args, args.steps))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("cannot start pmrun")?;
-    let out = child.stdout.take().map(reader);
-    let err = child.stderr.take().map(reader);
-    let mut run = Job { child, out, err };
+        .args(heat_args(args, args.steps));
+    let mut run = Job::spawn(&mut cmd)?;
 
     // Wait for a committed checkpoint and the victim's process ids.
     let (committed, pids) = loop {
@@ -480,21 +349,6 @@ fn killed_run(
     })
 }
 
-/// The 1-minute load average (Linux).
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-struct Bins {
-    pmrun: PathBuf,
-    heat: PathBuf,
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.repeats > 0 && args.starts > 0,
@@ -504,11 +358,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.fail_after > args.heartbeat && args.heartbeat > 0.0,
         "--fail-after must be longer than --heartbeat, which must be positive"
     );
-    let bins = Bins {
-        pmrun: sibling("pmrun")?,
-        heat: sibling("heat")?,
-    };
-    sibling("pmd")?;
+    let bins = Bins::find()?;
     let store = args.store.clone().unwrap_or_else(|| {
         PathBuf::from(format!("/dev/shm/pmbench-recovery-{}", std::process::id()))
     });
@@ -520,8 +370,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.ranks,
         heat_args(args, args.steps).join(" ")
     ));
-    let reference = checksum(&plain_heat(args, &bins.heat, args.steps)?)
-        .context("the reference run printed no checksum")?;
+    let reference = checksum(&plain_heat(
+        args.ranks,
+        &bins.heat,
+        &heat_args(args, args.steps),
+    )?)
+    .context("the reference run printed no checksum")?;
     progress(&format!("  checksum {reference}"));
 
     let mut starts = Vec::new();
@@ -534,7 +388,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             ));
             let mut these = Vec::new();
             for _ in 0..args.starts {
-                these.push(timed(|| plain_heat(args, &bins.heat, 0).map(drop))?);
+                these.push(timed(|| {
+                    plain_heat(args.ranks, &bins.heat, &heat_args(args, 0)).map(drop)
+                })?);
             }
             starts.extend(&these);
             let plain = median(these);

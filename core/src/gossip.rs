@@ -206,8 +206,56 @@ impl Gossip {
         &self.window
     }
 
-    /// One gossip round: ages the records, expires silent ones, and builds the message.
+    /// One gossip round: ages the records, expires silent ones, and builds
+    /// the message for `fanout(N)` random peers among `0..N`.
     pub fn tick(&mut self, rng: &mut impl Rng) -> Round {
+        let (message, failure_hints) = self.age_and_build();
+        let fanout = self.cfg.policy.fanout(self.cluster_size);
+        let mut peers = Vec::with_capacity(fanout);
+        while peers.len() < fanout {
+            let p = rng.random_range(0..self.cluster_size as NodeId);
+            if p != self.own.node && !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+        Round {
+            peers,
+            message,
+            failure_hints,
+        }
+    }
+
+    /// A round like [`Gossip::tick`] whose peers are drawn from `members`
+    /// (node ids, this node's among them or not) instead of from `0..N`,
+    /// for a caller that knows only some nodes, by ids that are not dense
+    /// (a node agent knows the peers pmrun names it). The membership is
+    /// the cluster: the fan-out follows its size, this node included.
+    pub fn tick_among(&mut self, members: &[NodeId], rng: &mut impl Rng) -> Round {
+        let (message, failure_hints) = self.age_and_build();
+        let mut others: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|&m| m != self.own.node)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        self.cluster_size = others.len() + 1;
+        let fanout = self.cfg.policy.fanout(self.cluster_size);
+        // A partial Fisher-Yates shuffle: `fanout` distinct members.
+        for i in 0..fanout {
+            let j = rng.random_range(i..others.len());
+            others.swap(i, j);
+        }
+        others.truncate(fanout);
+        Round {
+            peers: others,
+            message,
+            failure_hints,
+        }
+    }
+
+    /// Ages the records, expires silent ones, and builds the round's message.
+    fn age_and_build(&mut self) -> (Message, Vec<FailureHint>) {
         let mut failure_hints = Vec::new();
         let expiry = self.cfg.expiry_rounds;
         self.window.retain_mut(|r| {
@@ -231,23 +279,11 @@ impl Gossip {
         let mut records = Vec::with_capacity(n + 1);
         records.push(self.own);
         records.extend(self.window.iter().take(n).copied());
-
-        let fanout = self.cfg.policy.fanout(self.cluster_size);
-        let mut peers = Vec::with_capacity(fanout);
-        while peers.len() < fanout {
-            let p = rng.random_range(0..self.cluster_size as NodeId);
-            if p != self.own.node && !peers.contains(&p) {
-                peers.push(p);
-            }
-        }
-        Round {
-            peers,
-            message: Message {
-                from: self.own.node,
-                records,
-            },
-            failure_hints,
-        }
+        let message = Message {
+            from: self.own.node,
+            records,
+        };
+        (message, failure_hints)
     }
 
     /// Merges a received message; returns the records that were news
@@ -492,6 +528,32 @@ mod tests {
             assert_eq!(p.len(), FanoutPolicy::Adaptive.fanout(12));
             assert!(!p.contains(&4) && p.iter().all(|&x| x < 12));
         }
+    }
+
+    #[test]
+    fn peers_among_a_membership_are_members_distinct_and_never_self() {
+        let mut g = Gossip::new(40, 1, GossipConfig::default());
+        let mut rng = SmallRng::seed_from_u64(3);
+        let members = [3, 40, 7, 12, 90, 41, 5, 8, 60, 61, 62];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let round = g.tick_among(&members, &mut rng);
+            let mut p = round.peers.clone();
+            p.sort();
+            p.dedup();
+            assert_eq!(p.len(), FanoutPolicy::Adaptive.fanout(members.len()));
+            assert!(p.iter().all(|x| *x != 40 && members.contains(x)), "{p:?}");
+            assert_eq!(round.message.from, 40);
+            seen.extend(p);
+        }
+        assert_eq!(
+            seen.len(),
+            members.len() - 1,
+            "every other member is chosen"
+        );
+        // Alone, or with one other node.
+        assert!(g.tick_among(&[40], &mut rng).peers.is_empty());
+        assert_eq!(g.tick_among(&[40, 2], &mut rng).peers, [2]);
     }
 
     /// All nodes gossip; one publishes a change: with either policy it reaches

@@ -60,12 +60,37 @@ pub struct Waiting {
     pub bytes_left: u64,
 }
 
+/// A rank's measurements over the window since its previous report, sent
+/// at a decision point (at most about once a second, never per step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankLoad {
+    pub rank: u32,
+    /// Steps the job has completed (the rank's current step).
+    pub step: u64,
+    /// Steps in the window, and their compute seconds (wall minus time
+    /// blocked in MPI) in all, and the sum of their squares.
+    pub window_steps: u64,
+    pub compute_s: f64,
+    pub compute_sq_s2: f64,
+    /// CPU seconds and block-I/O delay seconds of the process in the window.
+    pub cpu_s: f64,
+    pub io_wait_s: f64,
+    /// Bytes of registered state.
+    pub state_bytes: u64,
+    /// Steps the application says the job has in all (`pm_set_total_steps`).
+    pub total_steps: Option<u64>,
+}
+
+/// A node's load record as gossip carries it.
+pub use crate::gossip::LoadRecord;
+
 /// Where a node's agent takes replication requests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub node: NodeId,
-    /// TCP address of the agent's partner port.
-    pub control: String,
+    /// TCP address of the agent's partner port (shared: a placement at 10⁴
+    /// nodes names each one in many messages).
+    pub control: std::sync::Arc<str>,
 }
 
 /// What a node's store holds of the job (the answer to
@@ -101,6 +126,9 @@ pub enum ToAgent {
     DeleteJob,
     /// The job stops with its checkpoints kept: exit.
     Exit,
+    /// Give the node's ranks `cpus` CPUs from now on (`pmrun ctl set-cpus`),
+    /// answered by [`FromAgent::CpusSet`].
+    SetCpus { cpus: f64 },
 }
 
 /// Agent → launcher.
@@ -153,6 +181,21 @@ pub enum FromAgent {
     Inventory(Inventory),
     /// The answer to [`ToAgent::KillRanks`]: the ranks it killed.
     RanksKilled { ranks: Vec<u32> },
+    /// A local rank's measurements; `share` is the fraction of one core
+    /// the agent reckons the rank had over the window (the node's capacity
+    /// shared among its busy ranks), so that the coordinator can tell the
+    /// rank's work from its node's speed.
+    RankLoad { load: RankLoad, share: f64 },
+    /// The load records the agent's gossip holds (its own among them), once
+    /// a gossip round: the coordinator's view of the nodes' load and
+    /// capacity comes from gossip, while heartbeats stay the liveness signal.
+    Gossip { records: Vec<LoadRecord> },
+    /// The answer to [`ToAgent::SetCpus`]: the CPUs now in force and how
+    /// they are enforced (a cgroup quota, a duty cycle), or why not.
+    CpusSet {
+        cpus: f64,
+        enforced: Result<String, String>,
+    },
 }
 
 /// Rank → its node's agent.
@@ -172,6 +215,8 @@ pub enum FromRank {
     Stopped { rank: u32, epoch: u64, step: u64 },
     /// The rank completed the job (`pm_finalize`).
     Finished { rank: u32 },
+    /// The rank's measurements since its previous report.
+    Load(RankLoad),
 }
 
 /// A source agent → the partner agent that is to hold a replica.
@@ -194,6 +239,9 @@ pub enum ToPartner {
         data_keys: Vec<(u64, RegionKey)>,
         changed: Vec<(u64, u64)>,
     },
+    /// One gossip round's message (`pm_core::gossip::Message`, encoded, at
+    /// most 512 bytes); not answered.
+    Gossip { message: Vec<u8> },
 }
 
 /// Partner → source, one answer per [`ToPartner::SnapshotReady`].
@@ -206,7 +254,7 @@ pub enum FromPartner {
 }
 
 /// Operator (`pmrun ctl`) → launcher.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CtlRequest {
     /// Nodes, ranks, epochs, replicas, recoveries.
     Status,
@@ -214,6 +262,10 @@ pub enum CtlRequest {
     Checkpoint,
     /// Checkpoint, move every rank off `node`, continue without it.
     Drain { node: String },
+    /// Decide about balancing now (and move, if it pays and balancing is on).
+    Balance,
+    /// Give `node` `cpus` CPUs (virtual nodes: its cgroup quota).
+    SetCpus { node: String, cpus: f64 },
 }
 
 /// Launcher → operator; rendered for people (or as JSON) by `pmrun ctl`.
@@ -231,6 +283,39 @@ pub enum CtlReply {
     Refused {
         reason: String,
     },
+    /// A balancing decision, and what it led to.
+    Balanced(Decision),
+    /// A node's CPUs were changed; how they are enforced.
+    CpusSet {
+        node: String,
+        cpus: f64,
+        how: String,
+    },
+}
+
+/// One balancing decision, with the numbers behind it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Seconds since the job started.
+    pub at_s: f64,
+    /// The job's step when it was taken.
+    pub step: u64,
+    /// Predicted step time now, after the moves, and the lower bound (s).
+    pub step_s: f64,
+    pub predicted_s: f64,
+    pub lower_bound_s: f64,
+    /// Seconds the moves would save over the remaining steps (times the
+    /// estimates' confidence), and their predicted freeze.
+    pub gain_s: f64,
+    pub freeze_s: f64,
+    pub remaining_steps: u64,
+    /// Where the remaining steps come from: "declared", "history", "assumed".
+    pub remaining_from: String,
+    pub confidence: f64,
+    /// Ranks to move: (rank, from, to).
+    pub moves: Vec<(u32, String, String)>,
+    /// What was done: "balanced", "not worth it", "moving", "dry run", ….
+    pub outcome: String,
 }
 
 /// A node's condition.
@@ -261,6 +346,12 @@ pub struct NodeStatus {
     pub store: String,
     pub log: Option<String>,
     pub last_heard_s: f64,
+    /// CPUs the node offers, its capacity (CPUs × availability) and its
+    /// finish time per step, from gossip, with the record's age.
+    pub cpus: f64,
+    pub capacity: f64,
+    pub load_s: f64,
+    pub gossip_age_s: Option<f64>,
 }
 
 /// Bytes of an epoch over all ranks.
@@ -304,6 +395,8 @@ pub enum RecoveryKind {
     NodeFailure,
     #[serde(rename = "drain")]
     Drain,
+    #[serde(rename = "rebalance")]
+    Rebalance,
 }
 
 impl fmt::Display for RecoveryKind {
@@ -311,6 +404,7 @@ impl fmt::Display for RecoveryKind {
         f.write_str(match self {
             Self::NodeFailure => "node failure",
             Self::Drain => "drain",
+            Self::Rebalance => "rebalance",
         })
     }
 }
@@ -344,6 +438,12 @@ pub struct JobStatus {
     pub steps_per_s: Option<f64>,
     pub replication_lag_s: f64,
     pub recoveries: Vec<Recovery>,
+    /// Each rank's estimated compute seconds per step on one core, and
+    /// the estimate's confidence.
+    pub estimates: Vec<(f64, f64)>,
+    /// The balancing mode and the last decision.
+    pub balance: String,
+    pub last_decision: Option<Decision>,
 }
 
 #[cfg(test)]

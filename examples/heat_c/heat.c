@@ -72,6 +72,8 @@ int main(int argc, char **argv) {
     if (rc != PM_OK) fail(rank, "pm_init", rc);
     rc = pm_region("u", u, cells * sizeof *u);
     if (rc != PM_OK) fail(rank, "pm_region", rc);
+    rc = pm_set_total_steps(steps); /* pmrun weighs a move of ranks against the steps left */
+    if (rc != PM_OK) fail(rank, "pm_set_total_steps", rc);
 
     long long start = pm_restored_step();
     if (start >= 0) {

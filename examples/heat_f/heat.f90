@@ -54,6 +54,8 @@ program heat
     if (rc /= PM_OK) call fail('pm_init', rc)
     rc = pm_region('u', c_loc(u), size(u, kind=int64) * storage_size(u) / 8)
     if (rc /= PM_OK) call fail('pm_region', rc)
+    rc = pm_set_total_steps(steps)     ! pmrun weighs a move of ranks against the steps left
+    if (rc /= PM_OK) call fail('pm_set_total_steps', rc)
 
     start = pm_restored_step()
     if (start >= 0) then

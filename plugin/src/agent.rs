@@ -7,6 +7,9 @@
 //! into its node's store as always, then reports each one to the agent,
 //! which replicates it to partner nodes; `pmrun` commits an epoch once
 //! every rank's snapshot is held by its partners. Ranks never wait for that.
+//! About once a second each rank also reports its load (`FromRank::Load`,
+//! see `load`), with [`AgentLink::try_send`], which never waits for a
+//! slow agent.
 //!
 //! | variable | meaning |
 //! |---|---|
@@ -20,6 +23,8 @@
 use crate::PmError;
 use pm_core::proto::FromRank;
 use pm_core::wire::{JobSecret, Limits, Role, Session};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -134,8 +139,64 @@ impl AgentLink {
 
     pub fn send(&mut self, msg: &FromRank) -> Result<(), PmError> {
         self.session
-            .send(&mut self.stream, msg)
+            .send(&mut NoSigpipe(&self.stream), msg)
             .map_err(|e| PmError::Agent(e.to_string()))
+    }
+
+    /// Sends `msg` only if the socket takes it now without waiting;
+    /// `Ok(false)`: the agent is behind and nothing was sent. For reports
+    /// that must never hold up a step (load), unlike `send`, whose
+    /// messages the job cannot go on without.
+    pub fn try_send(&mut self, msg: &FromRank) -> Result<bool, PmError> {
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout only looks.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(PmError::Agent(format!(
+                "cannot poll the agent's socket: {e}"
+            )));
+        }
+        // A Unix socket is writable while at most a quarter of its send
+        // buffer is in use, far more room than one small frame needs, so
+        // the write below does not wait. (An error or hang-up shows in
+        // `revents` too: the write then reports it.)
+        if fd.revents == 0 {
+            return Ok(false);
+        }
+        self.send(msg).map(|()| true)
+    }
+}
+
+/// Writes to the agent's socket with `MSG_NOSIGNAL`: a C or Fortran
+/// program (which, unlike a Rust one, does not ignore SIGPIPE) whose agent
+/// died gets an error to report instead of being killed by the signal.
+struct NoSigpipe<'a>(&'a UnixStream);
+
+impl Write for NoSigpipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: `buf` is valid for `len` bytes; the fd is the stream's.
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::code;
 use crate::{Action, PmError, Runtime};
 use mpi::ffi::{self, MPI_Comm};
 use std::cell::RefCell;
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_longlong, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 thread_local! {
@@ -128,6 +128,21 @@ pub extern "C" fn pm_step() -> c_int {
                 Action::Continue => 0,
                 Action::Exit => 1,
             })
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn pm_set_total_steps(steps: c_longlong) -> c_int {
+    guarded(|| {
+        with_runtime("pm_set_total_steps was called before pm_init", |rt| {
+            let steps = u64::try_from(steps).map_err(|_| {
+                PmError::InvalidArgument(format!(
+                    "pm_set_total_steps: {steps} steps; expected 0 or more"
+                ))
+            })?;
+            rt.set_total_steps(steps);
+            Ok(code::OK)
         })
     })
 }

@@ -9,6 +9,7 @@
 //! | `PM_EVERY` | steps between checkpoints (instead of `PM_INTERVAL`) | |
 //! | `PM_KEEP` | committed epochs kept per rank | 2 |
 //! | `PM_SIGNALS` | `0` disables the SIGUSR1/SIGUSR2 handlers | `1` |
+//! | `PM_LOAD_PERIOD` | under `pmrun`: seconds between a rank's load reports to its agent, at least | 1 |
 //! | `PM_FAULT_PAUSE_BEFORE_COMMIT` | test hook: rank 0 stops before committing this epoch | |
 //!
 //! `pmrun` also sets the placement variables read by [`crate::agent`].
@@ -35,10 +36,13 @@ pub struct Config {
     pub schedule: Schedule,
     pub keep: usize,
     pub signals: bool,
+    /// Under `pmrun`, the least time between two load reports of a rank.
+    pub load_period: Duration,
     pub pause_before_commit: Option<u64>,
 }
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_LOAD_PERIOD: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Reads the configuration from the process environment.
@@ -66,6 +70,14 @@ impl Config {
                 })
                 .transpose()
         };
+        let seconds = |name: &'static str| -> Result<Option<Duration>, PmError> {
+            get(name)
+                .map(|v| match v.trim().parse::<f64>() {
+                    Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+                    _ => Err(bad(name, &v, "a number of seconds greater than 0")),
+                })
+                .transpose()
+        };
         let schedule = match (get("PM_EVERY"), get("PM_INTERVAL")) {
             (Some(_), Some(_)) => {
                 return Err(PmError::ConfigConflict(
@@ -73,10 +85,7 @@ impl Config {
                 ));
             }
             (Some(_), None) => Schedule::Every(positive("PM_EVERY")?.unwrap()),
-            (None, Some(v)) => match v.trim().parse::<f64>() {
-                Ok(s) if s > 0.0 && s.is_finite() => Schedule::Interval(Duration::from_secs_f64(s)),
-                _ => return Err(bad("PM_INTERVAL", &v, "a number of seconds greater than 0")),
-            },
+            (None, Some(_)) => Schedule::Interval(seconds("PM_INTERVAL")?.unwrap()),
             (None, None) => Schedule::Interval(DEFAULT_INTERVAL),
         };
         let signals = match get("PM_SIGNALS").as_deref().map(str::trim) {
@@ -97,6 +106,7 @@ impl Config {
             schedule,
             keep: positive("PM_KEEP")?.map_or(DEFAULT_KEEP, |k| k as usize),
             signals,
+            load_period: seconds("PM_LOAD_PERIOD")?.unwrap_or(DEFAULT_LOAD_PERIOD),
             pause_before_commit: positive("PM_FAULT_PAUSE_BEFORE_COMMIT")?,
         })
     }
@@ -160,6 +170,7 @@ mod tests {
             (DEFAULT_KEEP, true, "derived")
         );
         assert_eq!(c.store, default_root());
+        assert_eq!(c.load_period, DEFAULT_LOAD_PERIOD);
     }
 
     #[test]
@@ -170,8 +181,10 @@ mod tests {
             ("PM_EVERY", "25"),
             ("PM_KEEP", "3"),
             ("PM_SIGNALS", "0"),
+            ("PM_LOAD_PERIOD", "2.5"),
         ])
         .unwrap();
+        assert_eq!(c.load_period, Duration::from_millis(2500));
         assert_eq!(c.store, PathBuf::from("/tmp/s"));
         assert_eq!(
             (c.job.as_str(), c.schedule, c.keep, c.signals),
@@ -191,6 +204,10 @@ mod tests {
             ("PM_INTERVAL", "-1"),
             ("PM_KEEP", "0"),
             ("PM_SIGNALS", "yes"),
+            ("PM_LOAD_PERIOD", "0"),
+            ("PM_LOAD_PERIOD", "-2"),
+            ("PM_LOAD_PERIOD", "inf"),
+            ("PM_LOAD_PERIOD", "soon"),
         ] {
             let err = parse(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var) && err.contains(value), "{err}");

@@ -28,6 +28,11 @@
 //!
 //! Under `pmrun`, each rank also reports its snapshots to its node's agent,
 //! which replicates them to partner nodes; `pmrun` then commits ([`agent`]).
+//! About once a second (`PM_LOAD_PERIOD`) each rank also reports its load:
+//! its steps' compute time, CPU time and I/O delay since the last report,
+//! its state's size and, once the application declared it with
+//! [`Runtime::set_total_steps`], the job's length, from which `pmrun` judges
+//! whether moving ranks pays off before the job ends.
 //!
 //! Blocking MPI calls are timed through the PMPI interface ([`pmpi`]; for
 //! Fortran programs [`pmpi_fortran`]) so that a step's compute time excludes
@@ -40,6 +45,7 @@ mod capi;
 mod comm;
 pub mod config;
 mod error;
+mod load;
 pub mod pmpi;
 pub mod pmpi_fortran;
 mod region;

@@ -225,6 +225,17 @@ impl Entry {
             _ => Ok(()),
         }
     }
+
+    /// Bytes this entry puts into a snapshot (a value: its encoding now;
+    /// 0 while it is borrowed mutably or does not encode).
+    pub fn bytes(&self) -> u64 {
+        let len = match &self.source {
+            Source::Owned(slot) => slot.try_borrow().map_or(0, |b| b.len()),
+            Source::Raw { len, .. } => *len,
+            Source::Value(value) => value.encode().and_then(Result::ok).map_or(0, |v| v.len()),
+        };
+        len as u64
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,13 @@ use crate::PmError;
 use crate::agent::{AgentConfig, AgentLink};
 use crate::comm::Comm;
 use crate::config::{Config, Schedule};
+use crate::load::{Counters, LoadWindow};
 use crate::region::{Entry, Region, Slot, Source, Value};
 use crate::timing::{StepStats, StepTimer};
 use bytemuck::Pod;
 use mpi::ffi::MPI_Comm;
 use mpi::raw::AsRaw;
+use pm_core::proto::{FromRank, RankLoad};
 use pm_core::store::commit::{self, CommitRecord};
 use pm_core::{RegionBuf, RegionRef, Snapshot, Store, StoreOptions};
 use serde::Serialize;
@@ -78,6 +80,12 @@ pub struct Runtime {
     last_checkpoint: Instant,
     last_report: Option<CheckpointReport>,
     timer: StepTimer,
+    /// Under `pmrun`: the steps since the last load report to the agent.
+    load: LoadWindow,
+    /// A load report failed (logged once as a warning).
+    load_failed: bool,
+    /// Steps the job has in all, as the application declared them.
+    total_steps: Option<u64>,
     exit_requested: Arc<AtomicBool>,
     checkpoint_requested: Arc<AtomicBool>,
     /// The epoch and step this rank stopped at after [`Action::Exit`].
@@ -172,6 +180,9 @@ impl Runtime {
             last_checkpoint: Instant::now(),
             last_report: None,
             timer: StepTimer::new(),
+            load: LoadWindow::new(Instant::now(), Counters::now()),
+            load_failed: false,
+            total_steps: None,
             exit_requested,
             checkpoint_requested,
             stopped: None,
@@ -249,6 +260,14 @@ impl Runtime {
     /// What the newest checkpoint did on this rank.
     pub fn last_checkpoint(&self) -> Option<CheckpointReport> {
         self.last_report
+    }
+
+    /// Declares how many steps the job has in all (counting those before a
+    /// restart). Under `pmrun` it goes with the rank's load reports, so
+    /// that pmrun can judge whether moving a rank pays off before the job
+    /// ends; otherwise it has no effect. Local: call it on every rank.
+    pub fn set_total_steps(&mut self, steps: u64) {
+        self.total_steps = Some(steps);
     }
 
     /// Asks for a checkpoint at the next decision point. Only rank 0's
@@ -365,6 +384,7 @@ impl Runtime {
             return Ok(Action::Exit);
         }
         self.timer.end_step();
+        self.load.record(self.timer.last_compute());
         if let Some(snapshot) = self.restore.take() {
             let unregistered = snapshot
                 .manifest()
@@ -382,6 +402,7 @@ impl Runtime {
         let mut action = Action::Continue;
         if self.step >= self.next_poll {
             let decision = self.decide()?;
+            self.report_load();
             if decision & CHECKPOINT != 0 {
                 self.checkpoint()?;
             }
@@ -423,7 +444,7 @@ impl Runtime {
         } = self;
         if let Some(mut agent) = agent {
             let rank = comm.rank;
-            let told = agent.send(&pm_core::proto::FromRank::Finished { rank });
+            let told = agent.send(&FromRank::Finished { rank });
             comm.agree("tell its node agent it finished", told)?;
             return Ok(());
         }
@@ -453,7 +474,7 @@ impl Runtime {
     fn stop(&mut self) -> Result<(), PmError> {
         self.stopped = Some((self.epoch, self.step));
         if let Some(agent) = &mut self.agent {
-            let told = agent.send(&pm_core::proto::FromRank::Stopped {
+            let told = agent.send(&FromRank::Stopped {
                 rank: self.comm.rank,
                 epoch: self.epoch,
                 step: self.step,
@@ -488,6 +509,48 @@ impl Runtime {
         self.comm.bcast(&mut words)?;
         self.next_poll = words[1];
         Ok(words[0])
+    }
+
+    /// At a decision point under `pmrun`: the load window goes to the agent
+    /// once `PM_LOAD_PERIOD` has passed since it began. Each rank reports
+    /// on its own clock and nothing here is collective or an error of the
+    /// step: a report the socket cannot take at once (the agent is behind)
+    /// waits for the next decision point, with the window still open; one
+    /// that fails is logged and its window dropped.
+    fn report_load(&mut self) {
+        let now = Instant::now();
+        if self.agent.is_none() || !self.load.due(now, self.cfg.load_period) {
+            return;
+        }
+        let counters = Counters::now();
+        let sums = self.load.sums(counters);
+        let load = FromRank::Load(RankLoad {
+            rank: self.comm.rank,
+            step: self.step,
+            window_steps: sums.steps,
+            compute_s: sums.compute_s,
+            compute_sq_s2: sums.compute_sq_s2,
+            cpu_s: sums.cpu_s,
+            io_wait_s: sums.io_wait_s,
+            state_bytes: self.entries.iter().map(Entry::bytes).sum(),
+            total_steps: self.total_steps,
+        });
+        let Some(agent) = &mut self.agent else {
+            return;
+        };
+        match agent.try_send(&load) {
+            Ok(true) => self.load.reset(now, counters),
+            Ok(false) => {
+                tracing::debug!("the node agent is behind; the load report waits a window");
+            }
+            Err(e) => {
+                if !self.load_failed {
+                    tracing::warn!(error = %e, "cannot report the rank's load to its node agent");
+                }
+                self.load_failed = true;
+                self.load.reset(now, counters);
+            }
+        }
     }
 
     /// Whether this rank's newest epoch is still waiting for `pmrun` to
@@ -529,7 +592,7 @@ impl Runtime {
         let written = self.write_snapshot(epoch);
         let report = self.comm.agree("write its snapshot", written)?;
         if let Some(agent) = &mut self.agent {
-            let published = pm_core::proto::FromRank::Published {
+            let published = FromRank::Published {
                 rank: self.comm.rank,
                 epoch,
                 step: self.step,

@@ -1,6 +1,7 @@
 //! Per-step timing: wall time, and compute time = wall time minus the time
-//! blocked in MPI (see `pmpi`). The summary is what the node agent and the
-//! balancer will consume.
+//! blocked in MPI (see `pmpi`). Under `pmrun` the steps' compute times and
+//! the process's counters also go to the node agent, window by window
+//! (`load`).
 
 use crate::pmpi;
 use std::time::{Duration, Instant};
@@ -75,6 +76,11 @@ impl StepTimer {
         self.mpi_at_start = pmpi::mpi_time();
     }
 
+    /// Compute time of the step [`StepTimer::end_step`] closed last.
+    pub fn last_compute(&self) -> Duration {
+        self.stats.last_compute
+    }
+
     /// Moving mean of wall seconds per step.
     pub fn wall_mean(&self) -> f64 {
         self.stats.wall_mean
@@ -90,7 +96,8 @@ impl StepTimer {
     }
 }
 
-fn process_cpu_time() -> Duration {
+/// CPU time (user + system) of the whole process so far.
+pub(crate) fn process_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -103,7 +110,7 @@ fn process_cpu_time() -> Duration {
 }
 
 /// Aggregated block-I/O delay (field 42 of /proc/self/stat), in clock ticks.
-fn io_wait() -> Option<Duration> {
+pub(crate) fn io_wait() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is parenthesised and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -28,6 +28,7 @@ int main(int argc, char **argv) {
         status = report("pm_step", pm_step()) == PM_ERR_STATE;
         status &= report("pm_region", pm_region("a", a, sizeof a)) == PM_ERR_STATE;
         status &= report("pm_finalize", pm_finalize()) == PM_ERR_STATE;
+        status &= report("pm_set_total_steps", pm_set_total_steps(10)) == PM_ERR_STATE;
         status &= pm_restored_step() == -1;
     } else if (!strcmp(mode, "duplicate-region")) {
         report("pm_init", pm_init(MPI_COMM_WORLD));
@@ -39,6 +40,8 @@ int main(int argc, char **argv) {
         status = report("pm_region", pm_region(NULL, a, sizeof a)) == PM_ERR_ARGUMENT;
         status &= report("pm_region", pm_region("bad/name", a, sizeof a)) == PM_ERR_ARGUMENT;
         status &= report("pm_region", pm_region("null-ptr", NULL, 8)) == PM_ERR_ARGUMENT;
+        status &= report("pm_set_total_steps", pm_set_total_steps(-1)) == PM_ERR_ARGUMENT;
+        status &= report("pm_set_total_steps", pm_set_total_steps(10)) == PM_OK;
         status &= report("pm_finalize", pm_finalize()) == PM_OK;
     } else if (!strcmp(mode, "init-twice")) {
         report("pm_init", pm_init(MPI_COMM_WORLD));

@@ -38,6 +38,8 @@ pub fn pmrun() -> Command {
     let mut cmd = Command::new(workspace_bin("pmrun"));
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Each test starts without the history of earlier runs.
+        .env("PM_HISTORY", "none")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env_remove("PM_STORE");
     cmd

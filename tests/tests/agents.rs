@@ -3,12 +3,14 @@
 //! then ends with its ranks), the checkpoints stay, and `pmrun --job`
 //! resumes the job to the undisturbed result. An agent SIGKILLed alone (its
 //! ranks live on), or stopped for longer than `--fail-after` and woken
-//! again, costs the job that node and nothing else.
+//! again, costs the job that node and nothing else. Every rank's load
+//! reaches its agent, and the agents gossip their nodes' load.
 
 use pm_tests::Bounded;
 use pm_tests::job::{self, Job, files_under, heat_args, node, reference, relaunch_epochs};
 use pm_tests::mpi::{checksum, resumed_step, sigkill, text, workspace_bin};
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -192,4 +194,69 @@ fn an_agent_stopped_past_fail_after_is_dead_to_the_job_and_harmless_when_woken()
         ended.output
     );
     assert_lost_one_node(&ended, store.path(), "node3", &reference);
+}
+
+/// The value of `name=` in a log line (`rank=3`, `from=#2`).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+#[test]
+fn every_ranks_load_reaches_its_agent_and_the_agents_gossip() {
+    let _serial = serial();
+    // The agents log at debug (pmrun passes its environment to them).
+    let env = [("PM_LOG", "info,pm_launcher::agent=debug")];
+    let args = ["-n", "8", "--local-nodes", "4"];
+    let job = Job::start("load-path", &args, &heat_args(40), &env);
+    let status = job.wait_for_ranks(8);
+    let logs: Vec<(u32, String)> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as u32, n["log"].as_str().unwrap().to_owned()))
+        .collect();
+    // Read while the job runs: pmrun removes the logs with its run directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (loaded, heard) = loop {
+        let mut loaded = BTreeSet::new();
+        let mut heard: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for (node, log) in &logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            for line in text.lines() {
+                if line.contains("rank load") && line.contains("total_steps=Some(300)") {
+                    loaded.extend(field(line, "rank").and_then(|r| r.parse::<u32>().ok()));
+                }
+                if line.contains("gossip received") {
+                    let from = field(line, "from")
+                        .and_then(|f| f.trim_start_matches('#').parse::<u32>().ok());
+                    heard
+                        .entry(*node)
+                        .or_default()
+                        .extend(from.filter(|f| f != node));
+                }
+            }
+        }
+        let all_heard = logs
+            .iter()
+            .all(|(n, _)| heard.get(n).is_some_and(|h| !h.is_empty()));
+        if loaded.len() == 8 && all_heard {
+            break (loaded, heard);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a minute on, loads from ranks {loaded:?} and gossip {heard:?}; output:\n{}",
+            job.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(loaded, (0..8).collect());
+    assert_eq!(heard.len(), 4, "{heard:?}");
+    let (ended, _store) = job.finish();
+    assert!(ended.status.success(), "{}", ended.output);
+    assert_eq!(
+        checksum(&ended.output).as_deref(),
+        Some(reference(8).as_str())
+    );
 }

@@ -24,6 +24,8 @@ fn run_under_installed_pmrun(prefix: &Path, program: &Path) -> String {
     let out = Command::new(prefix.join("bin/pmrun"))
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Each test starts without the history of earlier runs.
+        .env("PM_HISTORY", "none")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env_remove("PM_STORE")
         .env_remove("LD_LIBRARY_PATH")

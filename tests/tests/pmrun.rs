@@ -33,6 +33,8 @@ fn pmrun(store: &Path) -> Command {
     let mut cmd = Command::new(workspace_bin("pmrun"));
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Each test starts without the history of earlier runs.
+        .env("PM_HISTORY", "none")
         .env("PM_STORE", store);
     cmd
 }

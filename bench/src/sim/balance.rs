@@ -138,6 +138,7 @@ fn cluster(args: &Args, rng: &mut SmallRng) -> (Vec<RankInfo>, Vec<NodeInfo>) {
                 confidence: 0.9,
                 state_bytes: state,
                 dirty_bytes: state / 10,
+                needs_replica: false,
                 class: if rng.random_bool(args.io_fraction) {
                     RankClass::Io
                 } else {

@@ -97,6 +97,7 @@ fn config(args: &Args) -> SimConfig {
         steps_per_checkpoint: 10,
         steps: 150,
         max_restarts: 3,
+        ..SimConfig::small(args.nodes, args.ranks, args.replicas)
     }
 }
 
@@ -245,6 +246,8 @@ fn coordinator_heap(args: &Args) -> usize {
             addr: String::new(),
             store: String::new(),
             log: None,
+            cpus: 1.0,
+            memory_bytes: u64::MAX,
         })
         .collect();
     let mut job = Job::new(
@@ -258,6 +261,8 @@ fn coordinator_heap(args: &Args) -> usize {
             max_restarts: 0,
             verbose: false,
             store: String::new(),
+            balance: Default::default(),
+            placement: None,
         },
         now,
     )

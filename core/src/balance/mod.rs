@@ -25,7 +25,7 @@ mod tests;
 
 pub use cost::MoveCostModel;
 pub use place::place;
-pub use rebalance::rebalance;
+pub use rebalance::{evacuate, rebalance};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,9 @@ pub struct RankInfo {
     /// The node it last moved away from: optional moves never send it back
     /// there (no ping-pong); only an evacuation may.
     pub left_node: Option<NodeId>,
+    /// Its state exists only on `replicas` (its node is lost): a forced move
+    /// may take it nowhere else.
+    pub needs_replica: bool,
 }
 
 impl RankInfo {
@@ -84,6 +87,7 @@ impl RankInfo {
             replicas: Vec::new(),
             last_moved_round: None,
             left_node: None,
+            needs_replica: false,
         }
     }
 }

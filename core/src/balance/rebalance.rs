@@ -75,6 +75,9 @@ impl State<'_> {
                 )
             })
             .min_by(|a, b| a.1.total_cmp(&b.1));
+        if rank.needs_replica {
+            return replica.map(|(h, fh)| (h, fh, true));
+        }
         match (best, replica) {
             (Some((_, fb)), Some((h, fh)))
                 if fh <= fb + self.cfg.replica_slack * self.lower_bound =>
@@ -108,6 +111,77 @@ impl State<'_> {
             to_replica,
         }
     }
+}
+
+/// The forced moves of [`rebalance`] alone, for a re-placement after nodes
+/// were lost or drained: `staying` are the ranks that keep their node (its
+/// id, their weight, state bytes and class), `homeless` the ranks that need
+/// one, with their global ids. Each homeless rank goes, heaviest first, to
+/// the node that finishes it first — a replica holder when it
+/// `needs_replica`. Cost: one pass over `staying`, then `O(log N)` per
+/// homeless rank, so a job of 10⁵ ranks that lost 10³ is re-placed in
+/// milliseconds.
+pub fn evacuate(
+    nodes: &[NodeInfo],
+    staying: impl IntoIterator<Item = (NodeId, f64, u64, super::RankClass)>,
+    homeless: &[(u32, RankInfo)],
+) -> Result<Vec<Move>, BalanceError> {
+    let infos: Vec<RankInfo> = homeless.iter().map(|(_, r)| r.clone()).collect();
+    check_weights(&infos, nodes)?;
+    let mut loads = Loads::new(nodes);
+    let (mut sum_w, mut max_w) = (0.0f64, 0.0f64);
+    for (n, weight, state_bytes, class) in staying {
+        if (n as usize) < nodes.len() {
+            let rank = RankInfo {
+                state_bytes,
+                class,
+                ..RankInfo::with_weight(weight)
+            };
+            loads.add(n, &rank);
+        }
+        sum_w += weight;
+        max_w = max_w.max(weight);
+    }
+    for r in &infos {
+        sum_w += r.weight;
+        max_w = max_w.max(r.weight);
+    }
+    let caps = nodes.iter().map(NodeInfo::effective_capacity);
+    let (sum_c, max_c) = caps.fold((0.0, 0.0f64), |(s, m), c| (s + c, m.max(c)));
+    let lower_bound = if max_c > 0.0 {
+        (sum_w / sum_c).max(max_w / max_c)
+    } else {
+        f64::INFINITY
+    };
+    let targets = Targets::new(&loads);
+    let cfg = BalanceConfig::default();
+    let mut st = State {
+        ranks: &infos,
+        nodes,
+        cfg: &cfg,
+        lower_bound,
+        loads,
+        targets,
+    };
+    let mut order: Vec<u32> = (0..infos.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        infos[b as usize]
+            .weight
+            .total_cmp(&infos[a as usize].weight)
+    });
+    let mut moves = Vec::with_capacity(order.len());
+    for i in order {
+        let (rank_id, rank) = &homeless[i as usize];
+        let (to, _, to_replica) = st
+            .choose(rank, [None, None])
+            .ok_or(BalanceError::NoFeasibleNode { rank: *rank_id })?;
+        let m = st.apply(i, rank.node, to, to_replica);
+        moves.push(Move {
+            rank: *rank_id,
+            ..m
+        });
+    }
+    Ok(moves)
 }
 
 /// Plans one balancing round. `round` counts rounds (for the cooldown);

@@ -422,3 +422,89 @@ fn bad_input_is_an_error_not_a_panic() {
         Err(BalanceError::NoFeasibleNode { rank: 0 })
     );
 }
+
+#[test]
+fn a_rank_whose_state_is_only_on_its_replicas_goes_only_to_them() {
+    // Node 0 is dead; node 2 holds the replica although node 1 is emptier.
+    let nodes = vec![
+        NodeInfo {
+            state: NodeState::Dead,
+            ..NodeInfo::up(1.0)
+        },
+        NodeInfo::up(4.0),
+        NodeInfo::up(1.0),
+    ];
+    let lost = RankInfo {
+        node: Some(0),
+        replicas: vec![2],
+        needs_replica: true,
+        ..RankInfo::with_weight(1.0)
+    };
+    let plan = rebalance(
+        std::slice::from_ref(&lost),
+        &nodes,
+        &MoveCostModel::default(),
+        10,
+        0,
+        &BalanceConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.forced.len(), 1);
+    assert_eq!(plan.forced[0].to, 2);
+    // With its only holder dead too, no node can take it.
+    let orphan = RankInfo {
+        replicas: vec![0],
+        ..lost
+    };
+    let err = rebalance(
+        &[orphan],
+        &nodes,
+        &MoveCostModel::default(),
+        10,
+        0,
+        &BalanceConfig::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err, BalanceError::NoFeasibleNode { rank: 0 });
+}
+
+proptest! {
+    /// `evacuate` makes exactly `rebalance`'s forced moves.
+    #[test]
+    fn evacuate_makes_the_forced_moves_of_rebalance(
+        weights in proptest::collection::vec(0.1f64..5.0, 1..40),
+        caps in proptest::collection::vec(0.5f64..4.0, 2..8),
+        lost in any::<u64>(),
+    ) {
+        let mut nodes: Vec<NodeInfo> = caps.iter().map(|&c| NodeInfo::up(c)).collect();
+        let dead = (lost as usize) % nodes.len();
+        nodes[dead].state = NodeState::Dead;
+        let ranks: Vec<RankInfo> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| RankInfo {
+                node: Some((i % nodes.len()) as u32),
+                ..RankInfo::with_weight(w)
+            })
+            .collect();
+        let forced_only = BalanceConfig { max_moves: 0, ..BalanceConfig::default() };
+        let plan = rebalance(&ranks, &nodes, &MoveCostModel::default(), 0, 0, &forced_only).unwrap();
+        let staying = ranks
+            .iter()
+            .filter(|r| r.node != Some(dead as u32))
+            .map(|r| (r.node.unwrap(), r.weight, r.state_bytes, r.class));
+        let homeless: Vec<(u32, RankInfo)> = ranks
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.node == Some(dead as u32))
+            .map(|(i, r)| (i as u32, RankInfo { node: None, ..r.clone() }))
+            .collect();
+        let moves = evacuate(&nodes, staying, &homeless).unwrap();
+        let key = |m: &Move| (m.rank, m.to);
+        let mut a: Vec<_> = plan.forced.iter().map(key).collect();
+        let mut b: Vec<_> = moves.iter().map(key).collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        prop_assert_eq!(a, b);
+    }
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"PMHIST\0\0";
 /// Bumped on an incompatible change of the payload.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +160,7 @@ mod tests {
             RunRecord {
                 weights: vec![1.5, 2.5],
                 state_bytes: vec![10, 20],
+                steps: 100,
             },
             &HistoryLimits::default(),
         );
@@ -179,6 +180,7 @@ mod tests {
             RunRecord {
                 weights: vec![1.0; 64],
                 state_bytes: vec![1; 64],
+                steps: 100,
             },
             &HistoryLimits::default(),
         );

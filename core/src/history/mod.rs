@@ -41,6 +41,8 @@ pub struct RunRecord {
     /// Compute seconds per step, per rank.
     pub weights: Vec<f32>,
     pub state_bytes: Vec<u64>,
+    /// Steps the run had in all (what a later run expects, unless told).
+    pub steps: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,6 +145,11 @@ impl History {
         )
     }
 
+    /// Steps the most recent run of `sig` had.
+    pub fn total_steps(&self, sig: AppSignature) -> Option<u64> {
+        self.runs(sig).last().map(|r| r.steps).filter(|&s| s > 0)
+    }
+
     /// The most recent state sizes of `sig`'s ranks.
     pub fn state_bytes(&self, sig: AppSignature) -> Option<&[u64]> {
         self.runs(sig).last().map(|r| &r.state_bytes[..])
@@ -183,6 +190,7 @@ mod tests {
         RunRecord {
             weights: vec![w; ranks],
             state_bytes: vec![1000; ranks],
+            steps: 100,
         }
     }
 
@@ -207,6 +215,7 @@ mod tests {
             RunRecord {
                 weights: vec![1.0, 2.0, 3.0],
                 state_bytes: vec![1, 2, 3],
+                steps: 100,
             },
             &limits,
         );
@@ -215,6 +224,7 @@ mod tests {
             RunRecord {
                 weights: vec![3.0, 2.0, 3.0],
                 state_bytes: vec![4, 5, 6],
+                steps: 100,
             },
             &limits,
         );

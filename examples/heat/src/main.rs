@@ -75,6 +75,10 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
     } else {
         Some(Runtime::init(world)?)
     };
+    if let Some(rt) = rt.as_mut() {
+        // pmrun weighs a move of ranks against the steps left.
+        rt.set_total_steps(args.steps);
+    }
     // Local rows 1..=local are this rank's; rows 0 and local+1 are halos
     // (or, at the plate's edges, the fixed boundary).
     let cells = (local + 2) * cols;

@@ -5,12 +5,14 @@
 //! Heartbeats come from the core's timer, so an agent whose loop is stuck
 //! stops heartbeating.
 
-use super::core::{Action, AgentCore, ConnId, Event};
+use super::core::{Action, AgentCore, ConnId, Event, FileJob, RankSignal};
+use super::gossip_sender::{GossipRound, GossipSender};
 use super::launcher::LauncherWriter;
 use super::partners::PartnerCommand;
 use super::ranks::RankHandle;
 use super::replicate::ReplicateJob;
 use super::{Resources, lock, replicate};
+use rustix::process::Signal;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -43,16 +45,26 @@ const IDLE: Duration = Duration::from_secs(1);
 /// How long pending messages to pmrun may take to go out at exit.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(1);
 
+/// The workers that live as long as the agent, by what they are handed.
+pub(super) struct Workers {
+    pub(super) files: Sender<FileJob>,
+    pub(super) gossip: GossipSender,
+    /// The ranks' processes, once a heartbeat period.
+    pub(super) availability: Sender<Vec<u32>>,
+}
+
 pub(super) struct EventLoop {
     core: AgentCore,
     res: Arc<Resources>,
     /// For the threads the loop starts.
     tx: Sender<Input>,
     launcher: Option<LauncherWriter>,
-    files: Sender<super::core::FileJob>,
+    workers: Workers,
     ranks: HashMap<ConnId, RankHandle>,
     partners: HashMap<ConnId, Sender<PartnerCommand>>,
     replicators: HashMap<u32, Sender<ReplicateJob>>,
+    /// The duty cycle stopped ranks at some point (see `Drop`).
+    stopped_ranks: bool,
 }
 
 impl EventLoop {
@@ -61,17 +73,18 @@ impl EventLoop {
         res: Arc<Resources>,
         tx: Sender<Input>,
         launcher: LauncherWriter,
-        files: Sender<super::core::FileJob>,
+        workers: Workers,
     ) -> Self {
         Self {
             core,
             res,
             tx,
             launcher: Some(launcher),
-            files,
+            workers,
             ranks: HashMap::new(),
             partners: HashMap::new(),
             replicators: HashMap::new(),
+            stopped_ranks: false,
         }
     }
 
@@ -177,8 +190,28 @@ impl EventLoop {
                 Action::Files(job) => {
                     // The worker lives as long as the process; if it died,
                     // the core's exit deadline still ends the agent.
-                    if self.files.send(job).is_err() {
+                    if self.workers.files.send(job).is_err() {
                         tracing::error!("the file worker is gone");
+                    }
+                }
+                Action::Gossip { to, message } => {
+                    self.workers.gossip.send(GossipRound { to, message });
+                }
+                Action::MeasureAvailability { pids } => {
+                    if self.workers.availability.send(pids).is_err() {
+                        tracing::error!("the availability worker is gone");
+                    }
+                }
+                Action::Signal { conns, signal } => {
+                    let sig = match signal {
+                        RankSignal::Stop => Signal::STOP,
+                        RankSignal::Continue => Signal::CONT,
+                    };
+                    self.stopped_ranks |= signal == RankSignal::Stop;
+                    for conn in conns {
+                        if let Some(h) = self.ranks.get(&conn) {
+                            h.signal(sig);
+                        }
                     }
                 }
                 Action::Exit => {
@@ -201,6 +234,18 @@ impl EventLoop {
             self.partners.remove(&conn);
             self.core
                 .handle(Event::PartnerClosed { conn }, Instant::now());
+        }
+    }
+}
+
+/// The core resumes every rank it stopped before it exits; should the loop
+/// end otherwise (a panic), the ranks are resumed here all the same.
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        if self.stopped_ranks {
+            for h in self.ranks.values() {
+                h.signal(Signal::CONT);
+            }
         }
     }
 }

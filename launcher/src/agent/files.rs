@@ -1,5 +1,5 @@
-//! The file worker: commit records, inventory scans and the job's
-//! deletion, one job after the other (so that a later commit record never
+//! The file worker: commit records, inventory scans, the job's deletion
+//! and the node's cgroup quota, one job after the other (so that a later commit record never
 //! loses to an earlier one, and a deletion comes after every write), each
 //! reported back to the core when done.
 
@@ -8,6 +8,7 @@ use super::event_loop::Input;
 use super::{Resources, error_chain};
 use pm_core::proto::Inventory;
 use pm_core::store::commit::{CommitRecord, read_record, write_record};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 
@@ -44,7 +45,36 @@ fn run(res: &Resources, job: FileJob) -> FileDone {
             }
             FileDone::Deleted
         }
+        FileJob::SetQuota { cpus } => FileDone::Quota(set_quota(res.opts.cgroup.as_deref(), cpus)),
     }
+}
+
+/// The kernel's least CFS quota, µs (as pmrun sets it: coord/cgroup.rs).
+const MIN_QUOTA_US: u64 = 1000;
+
+/// Sets the CFS quota of the node's cgroup (the group pmrun made for it,
+/// whose period pmrun set) to `cpus` × its period; how it is enforced now,
+/// or why not. Only the group's own quota file is written.
+fn set_quota(cgroup: Option<&Path>, cpus: f64) -> Result<String, String> {
+    let dir = cgroup.ok_or("this node has no CPU cgroup")?;
+    let period_file = dir.join("cpu.cfs_period_us");
+    let text = std::fs::read_to_string(&period_file)
+        .map_err(|e| format!("cannot read {}: {e}", period_file.display()))?;
+    let period: u64 = text.trim().parse().map_err(|_| {
+        format!(
+            "{} holds {:?}, not a period in µs",
+            period_file.display(),
+            text.trim()
+        )
+    })?;
+    let quota = ((cpus * period as f64).round() as u64).max(MIN_QUOTA_US);
+    let quota_file = dir.join("cpu.cfs_quota_us");
+    std::fs::write(&quota_file, quota.to_string())
+        .map_err(|e| format!("cannot write {}: {e}", quota_file.display()))?;
+    Ok(format!(
+        "cgroup quota {quota} µs of every {period} µs in {}",
+        dir.display()
+    ))
 }
 
 /// Records the epoch as the job's committed epoch on this node, and as
@@ -107,5 +137,31 @@ fn inventory(res: &Resources) -> Inventory {
     Inventory {
         committed: record.map(|r| (r.epoch, r.step, r.ranks)),
         ranks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quota_is_the_cpus_times_the_groups_period() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.cfs_period_us"), "50000\n").unwrap();
+        let how = set_quota(Some(dir.path()), 1.5).unwrap();
+        let quota = std::fs::read_to_string(dir.path().join("cpu.cfs_quota_us")).unwrap();
+        assert_eq!(quota, "75000");
+        assert!(
+            how.contains("cgroup quota 75000 µs of every 50000 µs"),
+            "{how}"
+        );
+        // Never below the kernel's least quota.
+        set_quota(Some(dir.path()), 0.001).unwrap();
+        let quota = std::fs::read_to_string(dir.path().join("cpu.cfs_quota_us")).unwrap();
+        assert_eq!(quota, "1000");
+        assert!(set_quota(None, 1.0).is_err());
+        let missing = dir.path().join("gone");
+        let err = set_quota(Some(&missing), 1.0).unwrap_err();
+        assert!(err.contains("cpu.cfs_period_us"), "{err}");
     }
 }

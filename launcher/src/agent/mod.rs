@@ -13,11 +13,15 @@
 //! block runs on threads of its own that report back as events: the
 //! launcher link ([`launcher`]), rank connections ([`ranks`]), partners'
 //! requests and the imports they lead to ([`partners`]), outgoing
-//! replication ([`replicate`]) and file work ([`files`]).
+//! replication ([`replicate`]), file work ([`files`]), outgoing gossip
+//! ([`gossip_sender`]) and the measurement of what the node's CPUs leave its
+//! ranks ([`availability`]).
 
+mod availability;
 pub mod core;
 mod event_loop;
 mod files;
+mod gossip_sender;
 mod launcher;
 mod partners;
 mod ranks;
@@ -52,7 +56,7 @@ pub struct AgentOptions {
     pub heartbeat: Duration,
     /// CPU cgroup the node's ranks are moved into (virtual nodes).
     pub cgroup: Option<PathBuf>,
-    /// CPUs the node offers (reported in heartbeats).
+    /// CPUs the node offers (its cgroup quota or the machine's cores).
     pub cpus: f64,
     /// Test hook: every replica import waits this long before it moves data.
     pub import_delay: Duration,
@@ -194,16 +198,23 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     ranks::listen(rank_listener, res.clone(), tx.clone()).map_err(io_err("start serving ranks"))?;
     partners::listen(partner_listener, res.clone(), tx.clone())
         .map_err(io_err("start serving partners"))?;
-    let files = files::start(res.clone(), tx.clone()).map_err(io_err("start the file worker"))?;
+    let workers = event_loop::Workers {
+        files: files::start(res.clone(), tx.clone()).map_err(io_err("start the file worker"))?,
+        gossip: gossip_sender::start(res.clone()).map_err(io_err("start the gossip sender"))?,
+        availability: availability::start(tx.clone())
+            .map_err(io_err("start the availability worker"))?,
+    };
     let core = core::AgentCore::new(
         core::Config {
             job: res.opts.job.clone(),
+            node: res.opts.node_id,
             heartbeat: res.opts.heartbeat,
             cpus: res.opts.cpus,
+            cgroup: res.opts.cgroup.is_some(),
         },
         std::time::Instant::now(),
     );
-    event_loop::EventLoop::new(core, res.clone(), tx, writer, files).run(rx);
+    event_loop::EventLoop::new(core, res.clone(), tx, writer, workers).run(rx);
     let _ = std::fs::remove_file(&res.opts.socket);
     Ok(())
 }

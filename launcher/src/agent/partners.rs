@@ -2,7 +2,9 @@
 //! address, say where their transport listens and send `SnapshotReady`
 //! requests. One thread per connection reads a request, asks the event
 //! loop (the core decides whether to import it), runs the import when told
-//! to, and writes the answer; it then reads the next request. The snapshot
+//! to, and writes the answer; it then reads the next request. Peers'
+//! gossip rounds (`Gossip`, not answered) come on the same port, usually on
+//! connections of their own, and go to the core as they arrive. The snapshot
 //! is pulled into this node's store one-sidedly with a [`Puller`], which
 //! keeps the store's files registered between pulls.
 
@@ -106,6 +108,12 @@ fn serve(
             Err(e) if matches!(e.kind, WireErrorKind::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        if let ToPartner::Gossip { message } = msg {
+            if tx.send(Event::Gossip { message }.into()).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
         let snapshot = ExposedSnapshot::from_announcement(&msg);
         let request = match &snapshot {
             Ok(s) => Ok(ImportRequest {

@@ -1,12 +1,13 @@
 //! The ranks' side of the agent: a Unix socket on which each rank of the
-//! node introduces itself and reports its published snapshots. One reader
+//! node introduces itself and reports its published snapshots and its load. One reader
 //! thread per connection authenticates it and posts its messages to the
 //! event loop.
 //!
 //! The connecting process is known from the kernel (SO_PEERCRED), not
 //! from what it says: the core rejects a `Hello` whose pid disagrees, and
 //! a kill goes through a pidfd opened for that process while its connection
-//! was open, so a pid that was reused meanwhile is never signalled.
+//! was open, so a pid that was reused meanwhile is never signalled (nor
+//! stopped or resumed by the duty cycle).
 
 use super::core::{ConnId, Event};
 use super::event_loop::Input;
@@ -35,17 +36,22 @@ impl RankHandle {
 
     /// SIGKILLs the process behind the connection.
     pub(super) fn kill(&self) {
-        let killed = match &self.pidfd {
-            Some(fd) => rustix::process::pidfd_send_signal(fd, Signal::KILL),
+        self.signal(Signal::KILL);
+    }
+
+    /// Sends `sig` to the process behind the connection.
+    pub(super) fn signal(&self, sig: Signal) {
+        let sent = match &self.pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, sig),
             // No pidfds (an old kernel): the connection is still open, so
             // the pid is still the rank's.
             None => match Pid::from_raw(self.pid as i32) {
-                Some(pid) => rustix::process::kill_process(pid, Signal::KILL),
+                Some(pid) => rustix::process::kill_process(pid, sig),
                 None => Ok(()),
             },
         };
-        if let Err(e) = killed {
-            tracing::warn!(pid = self.pid, error = %e, "cannot kill the rank");
+        if let Err(e) = sent {
+            tracing::warn!(pid = self.pid, signal = ?sig, error = %e, "cannot signal the rank");
         }
     }
 }

@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Duration;
 
 /// One replication: the rank's snapshot of `epoch` to these partners.
 pub(super) struct ReplicateJob {
@@ -29,9 +30,10 @@ pub(super) struct ReplicateJob {
 /// (a partner that timed out may still be reading).
 const KEEP_EXPOSED: usize = 2;
 
-/// Why one partner did not store the replica.
+/// Why one partner did not store the replica (or a gossip round did not
+/// reach a peer).
 #[derive(Debug, thiserror::Error)]
-enum SendError {
+pub(super) enum SendError {
     #[error("pmrun named no address for partner node {0}")]
     NoAddress(NodeId),
     #[error("partner address {addr}: {source}")]
@@ -134,13 +136,18 @@ fn open(
 }
 
 /// A connection to a partner agent, used request by request.
-struct Partner {
-    stream: TcpStream,
-    session: Session,
+pub(super) struct Partner {
+    pub(super) stream: TcpStream,
+    pub(super) session: Session,
 }
 
-/// An authenticated connection to the agent of a partner.
-fn connect(res: &Resources, target: &Target) -> Result<Partner, SendError> {
+/// An authenticated connection to the agent of a partner (or a gossip
+/// peer: the same port), every wait on it bounded by `timeout`.
+pub(super) fn connect(
+    res: &Resources,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Partner, SendError> {
     let addr = target
         .addr
         .as_deref()
@@ -149,9 +156,9 @@ fn connect(res: &Resources, target: &Target) -> Result<Partner, SendError> {
         addr: addr.to_owned(),
         source,
     })?;
-    let mut stream = TcpStream::connect_timeout(&sock, PARTNER_TIMEOUT)?;
-    stream.set_read_timeout(Some(PARTNER_TIMEOUT))?;
-    stream.set_write_timeout(Some(PARTNER_TIMEOUT))?;
+    let mut stream = TcpStream::connect_timeout(&sock, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
     let mut session = Session::connect(
         &mut stream,
@@ -180,7 +187,9 @@ fn send_to(
 ) -> Result<(), SendError> {
     let p = match partners.entry(target.node) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => e.insert(connect(res, target)?),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(connect(res, target, PARTNER_TIMEOUT)?)
+        }
     };
     p.session.send(&mut p.stream, announcement)?;
     match p.session.recv(&mut p.stream)? {

@@ -5,30 +5,36 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use pm_core::history::AppSignature;
+use pm_core::proto::NodeId;
 use pm_core::proto::{CtlReply, CtlRequest};
 use pm_launcher::backend::Mpirun;
 use pm_launcher::coord::agents::{LocalAgents, NodeSpec};
+use pm_launcher::coord::job::{BalanceMode, BalanceSettings};
 use pm_launcher::coord::{self, JobSpec, cgroup, control};
 use pm_launcher::hosts::{self, Host};
+use pm_launcher::options;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Run an MPI job that survives node failures.
+/// Run an MPI job that survives node failures and runs where it is fastest.
 ///
 /// The application links pm (Rust crate or libpm.so). pmrun starts one pmd
 /// agent per node, launches the ranks with mpirun, and commits a checkpoint
 /// once every rank's snapshot is on its node and on --replicas partner
 /// nodes. When a node stops answering, its ranks restart on nodes that hold
-/// their replicas; `pmrun ctl drain NODE` moves every rank off a node. The
+/// their replicas; `pmrun ctl drain NODE` moves every rank off a node; ranks
+/// move off slow nodes when the gain over the remaining steps pays for the
+/// move (--balance). The
 /// exit status is the application's, or 75 when the ranks stopped at a
 /// checkpoint that pmrun did not ask for (SIGUSR1 to mpirun): run pmrun
 /// again with --job ID to resume.
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2"
+    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2\n  pmrun ctl balance           decide about balancing now"
 )]
 struct Cli {
     /// Number of ranks (also -np).
@@ -56,10 +62,10 @@ struct Cli {
     /// each with its own store directory).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=250))]
     local_nodes: Option<u32>,
-    /// CPUs each virtual node may use, enforced with a cgroup v1 CPU quota
-    /// (needs root).
-    #[arg(long, value_name = "CPUS", requires = "local_nodes")]
-    node_cpus: Option<f64>,
+    /// CPUs each virtual node may use: one value for all, or one per node
+    /// (0.5,1,1,1); enforced with a cgroup v1 CPU quota (needs root).
+    #[arg(long, value_name = "CPUS[,CPUS...]", requires = "local_nodes")]
+    node_cpus: Option<String>,
     /// Partner nodes that hold a replica of every checkpoint.
     #[arg(long, default_value_t = 1, value_name = "R")]
     replicas: usize,
@@ -86,6 +92,34 @@ struct Cli {
     /// The mpirun to use.
     #[arg(long, default_value = "mpirun", value_name = "PATH")]
     mpirun: PathBuf,
+    /// Move ranks to where they run fastest: `auto` (when the gain over the
+    /// remaining steps pays for the move), `dry-run` (log the plans, move
+    /// nothing) or `off`.
+    #[arg(long, default_value = "auto", value_name = "MODE", value_parser = ["auto", "dry-run", "off"])]
+    balance: String,
+    /// Seconds between balancing decisions.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    balance_every: f64,
+    /// Each rank's expected compute seconds per step (W,W,... or a file of
+    /// numbers), for a weighted first placement.
+    #[arg(long, value_name = "LIST|FILE")]
+    weights: Option<String>,
+    /// The node of every rank (NODE,NODE,...) instead of placing by slots
+    /// or weights.
+    #[arg(long, value_name = "NODES")]
+    placement: Option<String>,
+    /// Steps the job has in all, if the application does not say
+    /// (pm_set_total_steps): whether a move pays off depends on it.
+    #[arg(long = "steps", value_name = "N")]
+    total_steps: Option<u64>,
+    /// At most this share of a node's ranks may be I/O-bound (0 to 1).
+    #[arg(long, value_name = "SHARE")]
+    io_mix: Option<f64>,
+    /// The history of earlier runs of the same application (weights for the
+    /// first placement, steps), or `none`
+    /// [default: $XDG_STATE_HOME/pmrun/history, else ~/.local/state/pmrun/history].
+    #[arg(long, value_name = "FILE", env = "PM_HISTORY")]
+    history: Option<String>,
     /// Say what is launched where and when epochs commit.
     #[arg(short, long)]
     verbose: bool,
@@ -102,7 +136,7 @@ struct Cli {
 /// Open MPI spells `--np` as `-np`; accept that among pmrun's own options
 /// (never in the application's arguments) before clap sees it.
 fn normalise_args(mut args: Vec<String>) -> Vec<String> {
-    const TAKES_VALUE: [&str; 20] = [
+    const TAKES_VALUE: [&str; 26] = [
         "-n",
         "--np",
         "-np",
@@ -122,7 +156,13 @@ fn normalise_args(mut args: Vec<String>) -> Vec<String> {
         "--spare",
         "--heartbeat",
         "--fail-after",
-        "--job",
+        "--balance",
+        "--balance-every",
+        "--weights",
+        "--placement",
+        "--steps",
+        "--io-mix",
+        "--history",
     ];
     let mut i = 1;
     while i < args.len() {
@@ -198,23 +238,29 @@ fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
         }
         let workers = k - cli.spare;
         let slots = cli.ranks.div_ceil(workers).max(1);
-        let quota = match cli.node_cpus {
-            Some(c) if !(c > 0.0 && c.is_finite()) => {
-                bail!("--node-cpus {c}: expected a number of CPUs greater than 0")
-            }
-            Some(c) => match cgroup::available() {
-                Ok(()) => Some(c),
-                Err(why) => {
-                    eprintln!("pmrun: --node-cpus is not enforced: {why}");
-                    None
-                }
-            },
+        let node_cpus = match &cli.node_cpus {
+            Some(list) => Some(options::node_cpus(list, k as usize).map_err(anyhow::Error::msg)?),
             None => None,
         };
+        let enforced = match &node_cpus {
+            Some(_) => match cgroup::available() {
+                Ok(()) => true,
+                Err(why) => {
+                    eprintln!("pmrun: --node-cpus is not enforced: {why}");
+                    false
+                }
+            },
+            None => false,
+        };
+        let memory = options::mem_available() / u64::from(k);
         return (0..k)
             .map(|i| {
                 let name = format!("node{}", i + 1);
-                let cgroup = quota.map(|c| cgroup::create(job, &name, c)).transpose()?;
+                let node_cpu = node_cpus.as_ref().map(|c| c[i as usize]);
+                let cgroup = match node_cpu {
+                    Some(c) if enforced => Some(cgroup::create(job, &name, c)?),
+                    _ => None,
+                };
                 Ok(NodeSpec {
                     // Every virtual node's ranks run on this machine: mpirun
                     // is offered its real cores, so that it oversubscribes
@@ -225,7 +271,8 @@ fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
                     slots,
                     spare: i >= workers,
                     cgroup,
-                    cpus: cli.node_cpus.unwrap_or(cpus),
+                    cpus: node_cpu.unwrap_or(cpus),
+                    memory_bytes: memory,
                     name,
                 })
             })
@@ -255,7 +302,64 @@ fn nodes(cli: &Cli, store: &Path, job: &str) -> anyhow::Result<Vec<NodeSpec>> {
         spare: false,
         cgroup: None,
         cpus,
+        memory_bytes: options::mem_available(),
     }])
+}
+
+/// The balancing settings, with what the history remembers of this
+/// application (and where to record this run).
+fn balancing(
+    cli: &Cli,
+    app: &[String],
+) -> anyhow::Result<(BalanceSettings, Option<(PathBuf, AppSignature)>)> {
+    let mode = match cli.balance.as_str() {
+        "off" => BalanceMode::Off,
+        "dry-run" => BalanceMode::DryRun,
+        _ => BalanceMode::Auto,
+    };
+    if let Some(mix) = cli.io_mix
+        && !(0.0..=1.0).contains(&mix)
+    {
+        bail!("--io-mix {mix}: expected a share between 0 and 1");
+    }
+    let mut settings = BalanceSettings {
+        mode,
+        every: seconds("--balance-every", cli.balance_every)?,
+        total_steps_hint: cli.total_steps,
+        io_mix: cli.io_mix,
+        ..BalanceSettings::default()
+    };
+    if let Some(w) = &cli.weights {
+        let weights = options::weights(w, cli.ranks).map_err(anyhow::Error::msg)?;
+        settings.initial = Some(
+            weights
+                .into_iter()
+                .map(|w| pm_core::estimate::Estimate::from_history(w, 0.0, 5))
+                .collect(),
+        );
+        settings.initial_source = "--weights".into();
+    }
+    let history = match options::history_path(cli.history.as_deref()) {
+        Some(path) => match coord::history::signature(app, cli.ranks) {
+            Ok(sig) => Some((path, sig)),
+            Err(e) => {
+                eprintln!("pmrun: no history: cannot read {}: {e}", app[0]);
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some((path, sig)) = &history {
+        let recalled = coord::history::recall(path, *sig, cli.ranks, |w| eprintln!("pmrun: {w}"));
+        settings.total_steps_history = recalled.steps;
+        if settings.initial.is_none()
+            && let Some(estimates) = recalled.estimates
+        {
+            settings.initial = Some(estimates);
+            settings.initial_source = format!("the history of earlier runs, {}", path.display());
+        }
+    }
+    Ok((settings, history))
 }
 
 fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
@@ -324,7 +428,7 @@ fn environment(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
     name = "pmrun ctl",
     bin_name = "pmrun ctl",
     version,
-    after_help = "Examples:\n  pmrun ctl status\n  pmrun ctl status --json --job heat-1700000000-4242\n  pmrun ctl checkpoint\n  pmrun ctl drain node2"
+    after_help = "Examples:\n  pmrun ctl status\n  pmrun ctl status --json --job heat-1700000000-4242\n  pmrun ctl checkpoint\n  pmrun ctl drain node2\n  pmrun ctl balance\n  pmrun ctl set-cpus node2 0.25"
 )]
 struct CtlCli {
     /// The job's store directory [default: /dev/shm/pmrun-<uid>].
@@ -349,6 +453,23 @@ enum CtlCommand {
     Checkpoint,
     /// Checkpoint, move every rank off NODE, and continue without it.
     Drain { node: String },
+    /// Decide about balancing now: move ranks if it pays (and balancing is
+    /// on), else say why not.
+    Balance,
+    /// Give NODE CPUS CPUs from now on (virtual nodes: their CPU quota), as
+    /// if it slowed down or got faster.
+    SetCpus {
+        node: String,
+        #[arg(value_parser = positive_cpus)]
+        cpus: f64,
+    },
+}
+
+fn positive_cpus(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
+        _ => Err(format!("{s:?} is not a number of CPUs greater than 0")),
+    }
 }
 
 fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
@@ -358,6 +479,8 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
         CtlCommand::Status { json } => (CtlRequest::Status, json),
         CtlCommand::Checkpoint => (CtlRequest::Checkpoint, false),
         CtlCommand::Drain { node } => (CtlRequest::Drain { node }, false),
+        CtlCommand::Balance => (CtlRequest::Balance, false),
+        CtlCommand::SetCpus { node, cpus } => (CtlRequest::SetCpus { node, cpus }, false),
     };
     // The reply is typed; it becomes text (or JSON) only here.
     let (ok, text) = match control::request(&store, cli.job.as_deref(), req)? {
@@ -368,6 +491,10 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
         }
         CtlReply::Drained(r) => (true, coord::render::drained(&r)),
         CtlReply::Refused { reason } => (false, reason),
+        CtlReply::Balanced(d) => (true, coord::render::decision(&d)),
+        CtlReply::CpusSet { node, cpus, how } => {
+            (true, format!("node {node} now has {cpus} CPU(s) ({how})"))
+        }
     };
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
@@ -414,7 +541,19 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(pm_core::store::default_root);
     let nodes = nodes(cli, &store, &job)?;
+    let (balance, history) = balancing(cli, &app)?;
+    let placement = match &cli.placement {
+        Some(list) => {
+            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+            let map = options::placement(list, &names, cli.ranks).map_err(anyhow::Error::msg)?;
+            Some(map.into_iter().map(NodeId::from_index).collect())
+        }
+        None => None,
+    };
     let spec = JobSpec {
+        balance,
+        placement,
+        history,
         job,
         ranks: cli.ranks,
         app,

@@ -32,6 +32,8 @@ pub struct NodeSpec {
     /// CPU cgroup for the node's ranks (virtual nodes with `--node-cpus`).
     pub cgroup: Option<PathBuf>,
     pub cpus: f64,
+    /// Bytes of rank state the node may hold.
+    pub memory_bytes: u64,
 }
 
 /// Everything agents are started with.

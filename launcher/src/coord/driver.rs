@@ -142,6 +142,8 @@ pub fn run(
                 log: starter
                     .log(NodeId::from_index(i))
                     .map(|p| p.display().to_string()),
+                cpus: n.cpus,
+                memory_bytes: n.memory_bytes,
             })
             .collect(),
         replicas: spec.replicas,
@@ -150,6 +152,8 @@ pub fn run(
         max_restarts: spec.max_restarts,
         verbose: spec.verbose,
         store: spec.store.display().to_string(),
+        balance: spec.balance.clone(),
+        placement: spec.placement.clone(),
     };
     let job = match Job::new(cfg, Instant::now()) {
         Ok(job) => job,
@@ -317,6 +321,9 @@ impl Driver {
                     tracing::debug!("{text}");
                 }
                 Action::Exit { code, delete } => {
+                    if code == 0 {
+                        self.remember();
+                    }
                     self.shut_down(delete);
                     return Some(code);
                 }
@@ -418,6 +425,18 @@ impl Driver {
         // SAFETY: kill has no memory-safety preconditions; the pid is our
         // own child's, which is not reaped before its exit is reported.
         unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// A finished job's weights and steps go into the history, for the
+    /// next run's first placement.
+    fn remember(&mut self) {
+        let (Some((path, sig)), Some(run)) = (&self.spec.history, self.job.run_record()) else {
+            return;
+        };
+        if let Err(e) = super::history::record(path, *sig, run) {
+            self.console
+                .say(&format!("cannot record this run in the history: {e}"));
+        }
     }
 
     /// Ends the job: the agents got `DeleteJob` or `Exit` from the core;

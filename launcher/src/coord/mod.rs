@@ -17,6 +17,7 @@ pub mod cgroup;
 mod console;
 pub mod control;
 pub mod driver;
+pub mod history;
 pub mod job;
 mod links;
 pub mod render;
@@ -53,4 +54,11 @@ pub struct JobSpec {
     /// Root under which the job's run directory lives.
     pub store: PathBuf,
     pub verbose: bool,
+    /// Balancing: mode, period, starting weights, what is known of the steps.
+    pub balance: job::BalanceSettings,
+    /// The node of every rank, as the user gave it (`--placement`).
+    pub placement: Option<Vec<pm_core::proto::NodeId>>,
+    /// Where the history of earlier runs is kept, and this application's
+    /// signature in it: the run's weights are recorded there at its end.
+    pub history: Option<(PathBuf, pm_core::history::AppSignature)>,
 }

@@ -1,6 +1,6 @@
 //! Typed replies rendered for people, at the edge (`pmrun ctl`).
 
-use pm_core::proto::{Health, JobStatus, Recovery};
+use pm_core::proto::{Decision, Health, JobStatus, Recovery};
 
 /// `pmrun ctl status` for people.
 pub fn text(s: &JobStatus) -> String {
@@ -72,5 +72,30 @@ pub fn drained(r: &Recovery) -> String {
         moved.join(" "),
         r.epoch,
         r.step
+    )
+}
+
+/// A balancing decision, with its numbers.
+pub fn decision(d: &Decision) -> String {
+    let moves: Vec<String> = d
+        .moves
+        .iter()
+        .map(|(r, from, to)| format!("{r}:{from}→{to}"))
+        .collect();
+    format!(
+        "balance at step {}: {}; step {:.4} s now, {:.4} s after {} move(s) [{}], lower bound {:.4} s; \
+         gain {:.1} s over {} remaining steps ({}), confidence {:.2}, against a freeze of {:.2} s",
+        d.step,
+        d.outcome,
+        d.step_s,
+        d.predicted_s,
+        d.moves.len(),
+        moves.join(" "),
+        d.lower_bound_s,
+        d.gain_s,
+        d.remaining_steps,
+        d.remaining_from,
+        d.confidence,
+        d.freeze_s
     )
 }

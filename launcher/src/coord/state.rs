@@ -4,6 +4,7 @@
 //! for 10⁵ ranks on 10⁴ nodes: every update is incremental, and nothing is
 //! O(ranks × nodes).
 
+use pm_core::balance::{self, NodeInfo, NodeState, RankClass, RankInfo};
 use pm_core::proto::NodeId;
 use std::collections::BTreeMap;
 
@@ -100,6 +101,14 @@ pub struct JobState {
     want: usize,
     /// Ranks placed on each node.
     counts: Vec<u32>,
+    /// A partner each rank must have besides the chosen ones: the target of
+    /// a planned move, filled before the move so that it carries only the
+    /// change since the last checkpoint.
+    pinned: Vec<Option<NodeId>>,
+    /// Each rank's expected compute seconds per step on one core, and each
+    /// node's capacity (CPUs × availability): what re-placement weighs.
+    pub weights: Vec<f64>,
+    pub capacity: Vec<f64>,
 }
 
 impl JobState {
@@ -137,10 +146,50 @@ impl JobState {
             in_flight: BTreeMap::new(),
             want: 0,
             counts: Vec::new(),
+            pinned: vec![None; ranks as usize],
+            weights: vec![1.0; ranks as usize],
+            capacity: Vec::new(),
         };
+        state.capacity = state
+            .nodes
+            .iter()
+            .map(|n| f64::from(n.slots.max(1)))
+            .collect();
         state.count_ranks();
         state.nodes_changed();
         Ok(state)
+    }
+
+    /// Replaces the placement (a weighted initial one, or one given by the user).
+    pub fn set_placement(&mut self, placement: Vec<NodeId>) {
+        debug_assert_eq!(placement.len(), self.ranks as usize);
+        self.placement = placement;
+        self.count_ranks();
+        self.choose_partners();
+    }
+
+    /// Moves ranks where a balancing plan says; their pins go.
+    pub fn apply_moves(&mut self, moves: &[(u32, NodeId)]) {
+        for &(r, to) in moves {
+            self.placement[r as usize] = to;
+        }
+        self.pinned.iter_mut().for_each(|p| *p = None);
+        self.count_ranks();
+        self.choose_partners();
+    }
+
+    /// Makes `node` a partner of `rank` (the target of a planned move).
+    pub fn pin_partner(&mut self, rank: u32, node: NodeId) {
+        self.pinned[rank as usize] = Some(node);
+        self.choose_partners();
+    }
+
+    /// Forgets every pin (a planned move that will not happen).
+    pub fn unpin_all(&mut self) {
+        if self.pinned.iter().any(Option::is_some) {
+            self.pinned.iter_mut().for_each(|p| *p = None);
+            self.choose_partners();
+        }
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -231,6 +280,10 @@ impl JobState {
             let mut chosen: Vec<NodeId> = std::mem::take(&mut self.partners[r]);
             chosen.retain(|p| p.index() != home && self.nodes[p.index()].can_be_partner());
             chosen.truncate(want);
+            // A pinned partner comes on top of the wanted ones.
+            let pin = self.pinned[r].filter(|p| {
+                p.index() != home && self.nodes[p.index()].can_be_partner() && !chosen.contains(p)
+            });
             for list in [&spares, &capable] {
                 // The list in ring order from the rank's node.
                 let start = list.partition_point(|&i| i <= home);
@@ -245,6 +298,7 @@ impl JobState {
                     }
                 }
             }
+            chosen.extend(pin);
             self.partners[r] = chosen;
         }
     }
@@ -407,70 +461,71 @@ impl JobState {
     }
 
     /// Moves every rank off nodes that are not usable (or, after a resume,
-    /// that lack its committed snapshot), onto usable nodes that hold its
-    /// committed snapshot (any usable node before the first commit), the
-    /// least loaded first and spares before busy nodes; then chooses
-    /// partners again. Returns the ranks moved.
+    /// that lack its committed snapshot) with the balancer's forced moves:
+    /// heaviest first, each to the node that finishes it first, and once a
+    /// checkpoint is committed only to a usable node that holds the rank's
+    /// snapshot of it (its state is nowhere else). Then chooses partners
+    /// again. Returns the ranks moved.
     pub fn replace_lost_ranks(&mut self) -> Result<Vec<Move>, PlacementError> {
         if !self.nodes.iter().any(Node::usable) {
             return Err(PlacementError::NoNodes);
         }
-        let mut load: Vec<u32> = vec![0; self.nodes.len()];
-        for n in &self.placement {
-            if self.nodes[n.index()].usable() {
-                load[n.index()] += 1;
+        let committed = self.committed;
+        let mut staying = Vec::with_capacity(self.ranks as usize);
+        let mut homeless = Vec::new();
+        for r in 0..self.ranks {
+            let home = self.placement[r as usize];
+            let holders = self.holders_of_committed(r);
+            let weight = self.weights[r as usize];
+            if self.node(home).usable() && (committed.is_none() || holders.contains(&home)) {
+                staying.push((home.0, weight, 0, RankClass::Cpu));
+            } else {
+                let info = RankInfo {
+                    replicas: holders.iter().map(|n| n.0).collect(),
+                    needs_replica: committed.is_some(),
+                    ..RankInfo::with_weight(weight)
+                };
+                homeless.push((r, info));
             }
         }
-        let usable: Vec<NodeId> = (0..self.nodes.len())
-            .filter(|&n| self.nodes[n].usable())
-            .map(NodeId::from_index)
+        let nodes: Vec<NodeInfo> = self
+            .nodes
+            .iter()
+            .zip(&self.capacity)
+            .map(|(n, &c)| NodeInfo {
+                state: match n.health {
+                    Health::Alive => NodeState::Up,
+                    Health::Drained => NodeState::Draining,
+                    Health::Dead => NodeState::Dead,
+                },
+                ..NodeInfo::up(c.max(1e-6))
+            })
             .collect();
-        let mut moves = Vec::new();
-        for r in 0..self.ranks {
-            let from = self.placement[r as usize];
-            let committed = self.committed;
-            let holders = self.holders_of_committed(r);
-            let holds = committed.is_none() || holders.contains(&from);
-            if self.node(from).usable() && holds {
-                continue;
-            }
-            if self.node(from).usable() {
-                load[from.index()] -= 1;
-            }
-            let candidates: Vec<NodeId> = match committed {
-                Some(c) => {
-                    let live: Vec<NodeId> = holders
-                        .iter()
-                        .copied()
-                        .filter(|&n| self.node(n).usable())
-                        .collect();
-                    if live.is_empty() {
-                        let names: Vec<&str> = holders
-                            .iter()
-                            .map(|&n| self.node(n).name.as_str())
-                            .collect();
-                        return Err(PlacementError::Lost {
-                            rank: r,
-                            epoch: c.epoch,
-                            holders: names.join(", "),
-                        });
-                    }
-                    live
+        let forced = balance::evacuate(&nodes, staying, &homeless).map_err(|e| match e {
+            balance::BalanceError::NoFeasibleNode { rank } => {
+                let names: Vec<&str> = self
+                    .holders_of_committed(rank)
+                    .iter()
+                    .map(|&n| self.node(n).name.as_str())
+                    .collect();
+                PlacementError::Lost {
+                    rank,
+                    epoch: committed.map_or(0, |c| c.epoch),
+                    holders: names.join(", "),
                 }
-                None => usable.clone(),
-            };
-            let to = *candidates
-                .iter()
-                .min_by_key(|&&n| {
-                    let node = self.node(n);
-                    let share =
-                        u64::from(load[n.index()]) * 1_000_000 / u64::from(node.slots.max(1));
-                    (share, !node.spare, n)
-                })
-                .expect("candidates are not empty");
-            load[to.index()] += 1;
-            self.placement[r as usize] = to;
-            moves.push(Move { rank: r, from, to });
+            }
+            _ => PlacementError::NoNodes,
+        })?;
+        let moves: Vec<Move> = forced
+            .iter()
+            .map(|m| Move {
+                rank: m.rank,
+                from: self.placement[m.rank as usize],
+                to: NodeId(m.to),
+            })
+            .collect();
+        for m in &moves {
+            self.placement[m.rank as usize] = m.to;
         }
         self.count_ranks();
         self.choose_partners();

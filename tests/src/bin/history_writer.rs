@@ -25,6 +25,7 @@ fn main() {
         let run = RunRecord {
             weights: vec![generation as f32; ranks],
             state_bytes: vec![generation; ranks],
+            steps: 100,
         };
         h.record(SIGNATURE, run, &limits);
         history::save(&path, &h).unwrap();

@@ -9,17 +9,27 @@
 //! rank; which replication runs next and when a failed partner is asked
 //! again ([`outgoing`]); whether an import is acceptable and when a
 //! placement that waits for imports is applied ([`imports`]); heartbeats;
-//! and how the agent ends (`Exit`, `DeleteJob`, or the launcher lost).
+//! the node's capacity and the share of it each rank's load report is
+//! given ([`load`]); gossip of node load among the agents ([`spread`]); the
+//! node's CPUs, as a cgroup quota or a duty cycle ([`cpus`]); and how the
+//! agent ends (`Exit`, `DeleteJob`, or the launcher lost).
 
+mod cpus;
 mod imports;
+mod load;
+#[cfg(test)]
+mod load_tests;
 mod outgoing;
 mod placement;
+mod spread;
 #[cfg(test)]
 mod tests;
 
+pub use cpus::{DUTY_PERIOD, RankSignal};
 use imports::Imports;
+pub use load::MIN_AVAILABILITY;
 use outgoing::Outgoing;
-use pm_core::proto::{FromAgent, FromPartner, FromRank, Inventory, Load, NodeId, ToAgent};
+use pm_core::proto::{FromAgent, FromPartner, FromRank, Inventory, NodeId, ToAgent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -39,9 +49,15 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Config {
     pub job: String,
+    /// This node's id in the job.
+    pub node: NodeId,
+    /// Heartbeats, gossip rounds and availability measurements.
     pub heartbeat: Duration,
-    /// CPUs the node offers (reported in heartbeats).
+    /// CPUs the node offers (`--cpus`: its cgroup quota or its cores).
     pub cpus: f64,
+    /// Whether the node's ranks run in a CPU cgroup: its quota is what they
+    /// get (availability 1), and `SetCpus` rewrites it.
+    pub cgroup: bool,
 }
 
 /// A partner's request to import a snapshot, as far as the rules need it
@@ -66,7 +82,7 @@ pub struct Commit {
 }
 
 /// Work on the node's files, done in order by one worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum FileJob {
     /// The job's commit record, and the rank record in every rank
     /// directory that holds the epoch.
@@ -77,6 +93,8 @@ pub enum FileJob {
     Inventory,
     /// Delete the job's directory on the node.
     DeleteJob,
+    /// Set the node's cgroup CFS quota to `cpus` × its period.
+    SetQuota { cpus: f64 },
 }
 
 /// A file job's result.
@@ -85,6 +103,8 @@ pub enum FileDone {
     Written,
     Inventory(Inventory),
     Deleted,
+    /// How the quota is enforced now, or why it could not be set.
+    Quota(Result<String, String>),
 }
 
 /// Everything the agent reacts to.
@@ -144,6 +164,15 @@ pub enum Event {
     },
     /// The oldest pending [`Action::Files`] job is done.
     Files(FileDone),
+    /// A peer agent's gossip message (`pm_core::gossip::Message`, encoded).
+    Gossip {
+        message: Vec<u8>,
+    },
+    /// The fraction of the node's CPUs its ranks could have over the last
+    /// heartbeat period, as measured after [`Action::MeasureAvailability`].
+    Availability {
+        value: f64,
+    },
 }
 
 /// A replication target: the partner and where its agent listens (`None`:
@@ -194,6 +223,21 @@ pub enum Action {
         ranks: Vec<u32>,
     },
     Files(FileJob),
+    /// Send one gossip round's message to these peers, fire-and-forget.
+    Gossip {
+        to: Vec<Target>,
+        message: Vec<u8>,
+    },
+    /// Measure what the node's CPUs leave its ranks (these processes)
+    /// since the last measurement ([`Event::Availability`]).
+    MeasureAvailability {
+        pids: Vec<u32>,
+    },
+    /// Send the processes behind these rank connections SIGSTOP or SIGCONT.
+    Signal {
+        conns: Vec<ConnId>,
+        signal: RankSignal,
+    },
     /// Stop the agent (its files stay unless a `DeleteJob` ran).
     Exit,
 }
@@ -240,6 +284,11 @@ pub struct AgentCore {
     files: VecDeque<FileJob>,
     next_heartbeat: Instant,
     heartbeat_seq: u64,
+    /// The node's capacity and its ranks' work.
+    load: load::NodeLoad,
+    spread: spread::Spread,
+    /// The duty cycle that enforces `SetCpus` without a cgroup.
+    duty: Option<cpus::DutyCycle>,
     ending: Ending,
     actions: VecDeque<Action>,
 }
@@ -248,6 +297,9 @@ impl AgentCore {
     /// A core that starts at `now` (its first heartbeat is due at once).
     pub fn new(cfg: Config, now: Instant) -> Self {
         Self {
+            load: load::NodeLoad::new(&cfg),
+            spread: spread::Spread::new(cfg.node),
+            duty: None,
             cfg,
             local: BTreeSet::new(),
             partners: HashMap::new(),
@@ -273,7 +325,10 @@ impl AgentCore {
     /// When [`AgentCore::handle_timeout`] is due next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ending = match self.ending {
-            Ending::Running => Some(self.next_heartbeat),
+            Ending::Running => {
+                let duty = self.duty.as_ref().map(cpus::DutyCycle::switch_at);
+                Some(duty.map_or(self.next_heartbeat, |d| d.min(self.next_heartbeat)))
+            }
             Ending::LauncherLost { kill_at } => Some(kill_at),
             Ending::Exiting { deadline } => Some(deadline),
             Ending::Exited => return None,
@@ -290,11 +345,17 @@ impl AgentCore {
         matches!(self.ending, Ending::Exited)
     }
 
-    /// Heartbeats, retries and the end of a lost launcher's grace.
+    /// Heartbeats (with gossip rounds), the duty cycle, retries and the
+    /// end of a lost launcher's grace.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.ending, Ending::Running) {
+            self.duty_timeout(now);
+        }
         match self.ending {
             Ending::Running if now >= self.next_heartbeat => {
                 self.heartbeat();
+                self.gossip_round();
+                self.measure_availability();
                 // A loop that fell behind sends one heartbeat, not a burst.
                 let next = self.next_heartbeat + self.cfg.heartbeat;
                 self.next_heartbeat = if next > now {
@@ -341,6 +402,7 @@ impl AgentCore {
             Event::LauncherLost { reason } => {
                 if matches!(self.ending, Ending::Running) {
                     tracing::warn!(%reason, "lost pmrun");
+                    self.end_duty_cycle();
                     self.ending = Ending::LauncherLost {
                         kill_at: now + LAUNCHER_GRACE,
                     };
@@ -382,6 +444,8 @@ impl AgentCore {
                 self.pump(rank, now);
             }
             Event::Files(done) => self.file_done(done),
+            Event::Gossip { message } => self.gossip_received(&message),
+            Event::Availability { value } => self.availability_measured(value),
         }
     }
 
@@ -393,7 +457,11 @@ impl AgentCore {
                 partners,
                 peers,
             } => {
-                self.peers = peers.into_iter().map(|p| (p.node, p.control)).collect();
+                self.peers = peers
+                    .into_iter()
+                    .map(|p| (p.node, p.control.to_string()))
+                    .collect();
+                self.spread.set_members(self.peers.keys().copied());
                 self.placement(generation, local, partners, now);
             }
             ToAgent::Commit { epoch, step, ranks } => {
@@ -403,6 +471,7 @@ impl AgentCore {
                 tracing::debug!(epoch, "epoch committed");
             }
             ToAgent::KillRanks => {
+                self.resume_ranks(now);
                 let (conns, ranks) = self.open_ranks();
                 tracing::info!(?ranks, "killing the node's ranks");
                 self.actions.push_back(Action::Kill { conns });
@@ -417,6 +486,7 @@ impl AgentCore {
                 tracing::info!("job stopped; its checkpoints on this node are kept");
                 self.start_exit(now);
             }
+            ToAgent::SetCpus { cpus } => self.set_cpus(cpus, now),
         }
     }
 
@@ -481,6 +551,7 @@ impl AgentCore {
             (FromRank::Finished { rank }, Some(me)) if rank == me => {
                 self.send(FromAgent::Finished { rank });
             }
+            (FromRank::Load(load), Some(me)) if load.rank == me => self.rank_load(load),
             (other, _) => {
                 self.reject_rank(
                     conn,
@@ -502,15 +573,8 @@ impl AgentCore {
         let seq = self.heartbeat_seq;
         self.heartbeat_seq += 1;
         let waiting = self.imports.waiting();
-        self.send(FromAgent::Heartbeat {
-            seq,
-            load: Load {
-                ranks: self.local.len() as u32,
-                step_seconds: 0.0,
-                cpus: self.cfg.cpus,
-            },
-            waiting,
-        });
+        let load = self.heartbeat_load();
+        self.send(FromAgent::Heartbeat { seq, load, waiting });
     }
 
     /// Messages to pmrun go out only while there is a pmrun to read them.
@@ -534,6 +598,9 @@ impl AgentCore {
             (Some(FileJob::DeleteJob), FileDone::Deleted) => {
                 tracing::info!("job ended; its checkpoints on this node are deleted");
             }
+            (Some(FileJob::SetQuota { cpus }), FileDone::Quota(result)) => {
+                self.quota_set(cpus, result);
+            }
             (Some(_), FileDone::Written) => {}
             (job, done) => tracing::error!(?job, ?done, "a file job's result does not match it"),
         }
@@ -543,6 +610,7 @@ impl AgentCore {
     }
 
     fn start_exit(&mut self, now: Instant) {
+        self.end_duty_cycle();
         self.ending = Ending::Exiting {
             deadline: now + EXIT_WAIT,
         };

@@ -5,20 +5,27 @@ use super::outgoing::{MAX_RETRIES, RETRY_DELAY};
 use super::*;
 use pm_core::proto::Peer;
 
-const HB: Duration = Duration::from_millis(200);
+pub(super) const HB: Duration = Duration::from_millis(200);
 
-struct Fake {
-    core: AgentCore,
+pub(super) struct Fake {
+    pub(super) core: AgentCore,
     t0: Instant,
 }
 
 impl Fake {
-    fn new() -> Self {
+    /// Node 0 of a job, offering 2 CPUs, without a cgroup.
+    pub(super) fn new() -> Self {
+        Self::with_cgroup(false)
+    }
+
+    pub(super) fn with_cgroup(cgroup: bool) -> Self {
         let t0 = Instant::now();
         let cfg = Config {
             job: "job".into(),
+            node: NodeId(0),
             heartbeat: HB,
             cpus: 2.0,
+            cgroup,
         };
         let mut f = Self {
             core: AgentCore::new(cfg, t0),
@@ -31,7 +38,7 @@ impl Fake {
     }
 
     /// Rank 0 runs here (connection 1) with `partners`.
-    fn with_rank_0(partners: &[u32]) -> Self {
+    pub(super) fn with_rank_0(partners: &[u32]) -> Self {
         let mut f = Self::new();
         f.place(0, 1, &[0], &[(0, partners)]);
         f.rank(0, 1, 0, 100);
@@ -39,7 +46,7 @@ impl Fake {
     }
 
     /// Rank 0 runs here with partner 1, which failed to store epoch 1.
-    fn with_a_failed_partner() -> Self {
+    pub(super) fn with_a_failed_partner() -> Self {
         let mut f = Self::with_rank_0(&[1]);
         f.publish(0, 1, 0, 1);
         f.replicated(10, 0, 1, 1, false);
@@ -47,38 +54,38 @@ impl Fake {
         f
     }
 
-    fn at(&self, ms: u64) -> Instant {
+    pub(super) fn at(&self, ms: u64) -> Instant {
         self.t0 + Duration::from_millis(ms)
     }
 
-    fn on(&mut self, ms: u64, ev: Event) -> Vec<Action> {
+    pub(super) fn on(&mut self, ms: u64, ev: Event) -> Vec<Action> {
         self.core.handle(ev, self.at(ms));
         self.actions()
     }
 
-    fn tick(&mut self, ms: u64) -> Vec<Action> {
+    pub(super) fn tick(&mut self, ms: u64) -> Vec<Action> {
         self.core.handle_timeout(self.at(ms));
         self.actions()
     }
 
-    fn actions(&mut self) -> Vec<Action> {
+    pub(super) fn actions(&mut self) -> Vec<Action> {
         std::iter::from_fn(|| self.core.poll_action()).collect()
     }
 
-    fn launcher(&mut self, ms: u64, msg: ToAgent) -> Vec<Action> {
+    pub(super) fn launcher(&mut self, ms: u64, msg: ToAgent) -> Vec<Action> {
         self.on(ms, Event::Launcher(msg))
     }
 
-    fn commit(&mut self, ms: u64, epoch: u64, step: u64, ranks: u32) -> Vec<Action> {
+    pub(super) fn commit(&mut self, ms: u64, epoch: u64, step: u64, ranks: u32) -> Vec<Action> {
         self.launcher(ms, ToAgent::Commit { epoch, step, ranks })
     }
 
-    fn lost(&mut self, ms: u64, reason: &str) -> Vec<Action> {
+    pub(super) fn lost(&mut self, ms: u64, reason: &str) -> Vec<Action> {
         let reason = reason.into();
         self.on(ms, Event::LauncherLost { reason })
     }
 
-    fn place(
+    pub(super) fn place(
         &mut self,
         ms: u64,
         generation: u64,
@@ -95,7 +102,7 @@ impl Fake {
             peers: (0..4)
                 .map(|n| Peer {
                     node: NodeId(n),
-                    control: format!("127.0.0.{}:4000", n + 1),
+                    control: format!("127.0.0.{}:4000", n + 1).into(),
                 })
                 .collect(),
         };
@@ -103,7 +110,7 @@ impl Fake {
     }
 
     /// A rank connection `conn` of process `pid` that said Hello.
-    fn rank(&mut self, ms: u64, conn: ConnId, rank: u32, pid: u32) -> Vec<Action> {
+    pub(super) fn rank(&mut self, ms: u64, conn: ConnId, rank: u32, pid: u32) -> Vec<Action> {
         self.on(
             ms,
             Event::RankConnected {
@@ -120,7 +127,7 @@ impl Fake {
         )
     }
 
-    fn publish(&mut self, ms: u64, conn: ConnId, rank: u32, epoch: u64) -> Vec<Action> {
+    pub(super) fn publish(&mut self, ms: u64, conn: ConnId, rank: u32, epoch: u64) -> Vec<Action> {
         let msg = FromRank::Published {
             rank,
             epoch,
@@ -131,7 +138,14 @@ impl Fake {
         self.on(ms, Event::Rank { conn, msg })
     }
 
-    fn import(&mut self, ms: u64, conn: ConnId, job: &str, rank: u32, epoch: u64) -> Vec<Action> {
+    pub(super) fn import(
+        &mut self,
+        ms: u64,
+        conn: ConnId,
+        job: &str,
+        rank: u32,
+        epoch: u64,
+    ) -> Vec<Action> {
         let request = Ok(ImportRequest {
             job: job.into(),
             rank,
@@ -141,7 +155,7 @@ impl Fake {
         self.on(ms, Event::ImportRequested { conn, request })
     }
 
-    fn replicated(
+    pub(super) fn replicated(
         &mut self,
         ms: u64,
         rank: u32,
@@ -159,7 +173,7 @@ impl Fake {
         self.on(ms, ev)
     }
 
-    fn finished(&mut self, ms: u64, rank: u32, epoch: u64) -> Vec<Action> {
+    pub(super) fn finished(&mut self, ms: u64, rank: u32, epoch: u64) -> Vec<Action> {
         self.on(
             ms,
             Event::ReplicationFinished {
@@ -171,7 +185,7 @@ impl Fake {
     }
 }
 
-fn heartbeats(actions: &[Action]) -> Vec<(u64, Option<Waiting>)> {
+pub(super) fn heartbeats(actions: &[Action]) -> Vec<(u64, Option<Waiting>)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -182,7 +196,7 @@ fn heartbeats(actions: &[Action]) -> Vec<(u64, Option<Waiting>)> {
 }
 
 /// The (rank, epoch, partners) of every replication started.
-fn replications(actions: &[Action]) -> Vec<(u32, u64, Vec<u32>)> {
+pub(super) fn replications(actions: &[Action]) -> Vec<(u32, u64, Vec<u32>)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -194,7 +208,7 @@ fn replications(actions: &[Action]) -> Vec<(u32, u64, Vec<u32>)> {
         .collect()
 }
 
-fn sent(actions: &[Action]) -> Vec<&FromAgent> {
+pub(super) fn sent(actions: &[Action]) -> Vec<&FromAgent> {
     actions
         .iter()
         .filter_map(|a| match a {

@@ -18,6 +18,8 @@ impl Job {
                 }
             },
             CtlRequest::Drain { node } => self.drain(id, &node, now),
+            CtlRequest::Balance => self.decide_balance(Some(id), now),
+            CtlRequest::SetCpus { node, cpus } => self.set_cpus(id, &node, cpus),
         }
     }
 
@@ -77,6 +79,24 @@ impl Job {
             ctl: id,
         });
         self.signal(RunSignal::Stop);
+    }
+
+    fn set_cpus(&mut self, id: u64, node: &str, cpus: f64) {
+        let Some(i) = self.cfg.nodes.iter().position(|n| n.name == node) else {
+            return self.refuse(id, format!("no node {node:?} in this job"));
+        };
+        if !(cpus > 0.0 && cpus.is_finite()) {
+            return self.refuse(
+                id,
+                format!("{cpus}: expected a number of CPUs greater than 0"),
+            );
+        }
+        let n = NodeId::from_index(i);
+        if self.state.node(n).health != Health::Alive {
+            return self.refuse(id, format!("node {node} is not in service"));
+        }
+        self.pending_cpus.push((n, id));
+        self.send(n, ToAgent::SetCpus { cpus });
     }
 
     fn signal(&mut self, signal: RunSignal) {

@@ -110,24 +110,39 @@ impl Job {
     }
 
     /// The placement every live agent gets: its ranks, their partners, and
-    /// where those partners listen (only those: at 10⁴ nodes a full peer
-    /// list per message would be 10⁸ entries per placement).
+    /// where those partners and its gossip peers listen. Only those: at 10⁴
+    /// nodes a full peer list per message would be 10⁸ entries per
+    /// placement. Gossip peers are the nodes at distances 1, 2, 4, … round
+    /// the ring: about log2 N of them, through which news reaches every
+    /// node in about log2 N rounds.
     fn placement_messages(&mut self) {
         self.generation += 1;
-        let by_node = self.state.ranks_by_node();
+        let mut by_node = self.state.ranks_by_node();
         let alive: Vec<NodeId> = self.alive().collect();
+        let count = self.nodes.len();
+        let mut peers: Vec<NodeId> = Vec::new();
         for n in alive {
-            let local = by_node[n.index()].clone();
+            let local = std::mem::take(&mut by_node[n.index()]);
             let partners: Vec<(u32, Vec<NodeId>)> = local
                 .iter()
                 .map(|&r| (r, self.state.partners[r as usize].clone()))
                 .collect();
-            let mut peers: BTreeSet<NodeId> =
-                partners.iter().flat_map(|(_, p)| p).copied().collect();
-            peers.remove(&n);
+            peers.clear();
+            peers.extend(partners.iter().flat_map(|(_, p)| p).copied());
+            let mut d = 1;
+            while d < count {
+                let p = NodeId::from_index((n.index() + d) % count);
+                if self.state.node(p).health != Health::Dead {
+                    peers.push(p);
+                }
+                d *= 2;
+            }
+            peers.sort_unstable();
+            peers.dedup();
             let peers = peers
-                .into_iter()
-                .filter_map(|p| {
+                .iter()
+                .filter(|&&p| p != n)
+                .filter_map(|&p| {
                     let control = self.nodes[p.index()].control.clone()?;
                     Some(Peer { node: p, control })
                 })
@@ -186,6 +201,9 @@ impl Job {
         self.run_pid = None;
         self.run_started = now;
         self.notice_at = (!self.said_no_pm).then_some(now + NO_PM_NOTICE);
+        self.balancer.next_decision = Some(now + self.cfg.balance.every);
+        // Steps are timed within a run: a relaunch's freeze is no step.
+        self.balancer.last_report = None;
         self.finished.clear();
         self.stopped.clear();
         self.pids.clear();
@@ -358,8 +376,19 @@ impl Job {
             }
             Phase::Inventory { .. } => self.inventory_arrived(now),
             Phase::Placing { .. } => self.relaunch_after_loss(now),
-            Phase::Running => self.stop_run(StopWhy::NodeLost, now),
+            Phase::Running => {
+                self.cancel_move();
+                self.stop_run(StopWhy::NodeLost, now)
+            }
             Phase::Settling { .. } => self.settle(now),
+            // A move is off: recover instead, from the committed epoch.
+            Phase::AwaitingCommit {
+                then: AfterCommit::Rebalance,
+                ..
+            } => {
+                self.cancel_move();
+                self.relaunch_after_loss(now);
+            }
             // The stop's epoch may never commit now: go on with the committed one.
             Phase::AwaitingCommit { .. } => self.commit_arrived(now),
             Phase::Stopping { .. } | Phase::Done => {}
@@ -455,7 +484,15 @@ impl Job {
             }
             Phase::AwaitingCommit { deadline, .. } if now >= deadline => self.commit_arrived(now),
             Phase::Settling { .. } => self.settle(now),
-            Phase::Running => self.no_pm_notice(now, false),
+            Phase::Running => {
+                self.no_pm_notice(now, false);
+                let due = self.balancer.next_decision.is_some_and(|t| now >= t);
+                if due && self.cfg.balance.mode != BalanceMode::Off {
+                    self.decide_balance(None, now);
+                } else if due {
+                    self.balancer.next_decision = None;
+                }
+            }
             _ => {}
         }
     }
@@ -515,6 +552,7 @@ impl Job {
         let target = self.state.newest_published().unwrap_or(0);
         let then = match &self.drain {
             Some(_) if !all_finished => AfterCommit::Drain,
+            None if !all_finished && self.balancer.moving.is_some() => AfterCommit::Rebalance,
             None if !self.stopped.is_empty() => AfterCommit::Unasked,
             _ => return self.finished(now),
         };
@@ -668,10 +706,21 @@ impl Job {
     /// drained nodes' ranks and relaunches; a stop nobody asked pmrun for
     /// ends the job with its checkpoints kept.
     pub(super) fn commit_arrived(&mut self, now: Instant) {
-        let Phase::AwaitingCommit { then, .. } = self.phase else {
+        let Phase::AwaitingCommit {
+            then,
+            target,
+            deadline,
+        } = self.phase
+        else {
             return;
         };
         match then {
+            AfterCommit::Rebalance => {
+                let late = now >= deadline;
+                if late || self.state.committed.is_some_and(|c| c.epoch >= target) {
+                    self.move_committed(now, late);
+                }
+            }
             AfterCommit::Unasked => {
                 self.answer_pending("the job stopped first");
                 let resume = match self.state.committed {
@@ -716,22 +765,15 @@ impl Job {
                 ));
                 let mut nodes = names;
                 nodes.extend(lost.into_iter().flatten());
-                self.recovering = Some(Ongoing {
-                    record: Recovery {
-                        kind: RecoveryKind::Drain,
-                        nodes,
-                        detect_s: 0.0,
-                        stop_s: stopped,
-                        place_s: 0.0,
-                        resume_s: 0.0,
-                        total_s: 0.0,
-                        epoch: commit.epoch,
-                        step: commit.step,
-                        moved,
-                    },
-                    started: drain.started,
-                    ctl: Some(drain.ctl),
-                });
+                self.recovering = Some(Ongoing::planned(
+                    RecoveryKind::Drain,
+                    nodes,
+                    stopped,
+                    commit,
+                    moved,
+                    drain.started,
+                    Some(drain.ctl),
+                ));
                 self.place(now);
             }
         }

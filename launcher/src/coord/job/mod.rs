@@ -9,6 +9,9 @@
 //! The lifecycle is one explicit [`Phase`]; failure detection runs in every
 //! phase, and each phase says what a lost node means to it.
 
+mod balance;
+#[cfg(test)]
+mod balance_tests;
 mod ctl;
 mod lifecycle;
 pub mod sim;
@@ -17,8 +20,10 @@ mod status;
 mod tests;
 
 use super::state::{Commit, Health, JobState, Node};
+use balance::Balancer;
+pub use balance::{BalanceMode, BalanceSettings};
 use pm_core::proto::{
-    CtlReply, CtlRequest, FromAgent, Inventory, NodeId, Recovery, ToAgent, Waiting,
+    CtlReply, CtlRequest, FromAgent, Inventory, NodeId, Recovery, RecoveryKind, ToAgent, Waiting,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -40,6 +45,10 @@ pub struct Config {
     pub verbose: bool,
     /// The store root, for messages.
     pub store: String,
+    /// Balancing: mode, period, starting weights, what is known of the steps.
+    pub balance: BalanceSettings,
+    /// The node of every rank, as the user gave it (`--placement`).
+    pub placement: Option<Vec<NodeId>>,
 }
 
 /// One node of the job.
@@ -55,6 +64,10 @@ pub struct NodeConfig {
     pub store: String,
     /// The agent's log, for people.
     pub log: Option<String>,
+    /// CPUs the node offers its ranks (its quota, or its cores).
+    pub cpus: f64,
+    /// Bytes of rank state the node may hold.
+    pub memory_bytes: u64,
 }
 
 /// What happens to the job.
@@ -202,6 +215,8 @@ enum StopWhy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AfterCommit {
     Drain,
+    /// A balancing move.
+    Rebalance,
     /// A stop nobody asked pmrun for (SIGUSR1 to mpirun).
     Unasked,
 }
@@ -212,7 +227,7 @@ struct NodeRt {
     last_heard: Instant,
     ready: bool,
     pid: Option<u32>,
-    control: Option<String>,
+    control: Option<std::sync::Arc<str>>,
     /// Replications the node failed since it last stored one.
     replica_failures: u32,
     /// While a placement waits for the node: its deadline, and the work it
@@ -220,6 +235,8 @@ struct NodeRt {
     placement_deadline: Option<Instant>,
     waiting: Option<Waiting>,
     inventory: Option<Inventory>,
+    /// CPUs the node offers now (changed by `pmrun ctl set-cpus`).
+    cpus: f64,
 }
 
 /// A drain in progress: the nodes, since when, and who asked.
@@ -237,6 +254,37 @@ struct Ongoing {
     started: Instant,
     /// The drain's requester, answered once the job runs again.
     ctl: Option<u64>,
+}
+
+impl Ongoing {
+    /// A planned stop (a drain or a rebalance) that stopped the job in
+    /// `stop_s` at `commit` and is now resuming with `moved`.
+    fn planned(
+        kind: RecoveryKind,
+        nodes: Vec<String>,
+        stop_s: f64,
+        commit: Commit,
+        moved: Vec<(u32, String, String)>,
+        started: Instant,
+        ctl: Option<u64>,
+    ) -> Ongoing {
+        Ongoing {
+            record: Recovery {
+                kind,
+                nodes,
+                detect_s: 0.0,
+                stop_s,
+                place_s: 0.0,
+                resume_s: 0.0,
+                total_s: 0.0,
+                epoch: commit.epoch,
+                step: commit.step,
+                moved,
+            },
+            started,
+            ctl,
+        }
+    }
 }
 
 /// The job's coordinator.
@@ -275,6 +323,9 @@ pub struct Job {
     waiting_on: usize,
     next_health_check: Instant,
     started: Instant,
+    balancer: Balancer,
+    /// `pmrun ctl set-cpus` requests waiting for their node's answer.
+    pending_cpus: Vec<(NodeId, u64)>,
     /// Counters for the simulator and `ctl status`.
     pub stats: Stats,
 }
@@ -302,7 +353,8 @@ impl Job {
                 holds_replicas: true,
             })
             .collect();
-        let state = JobState::new(nodes, cfg.ranks, cfg.replicas)?;
+        let mut state = JobState::new(nodes, cfg.ranks, cfg.replicas)?;
+        state.capacity = cfg.nodes.iter().map(|n| n.cpus).collect();
         let rt = NodeRt {
             last_heard: now,
             ready: false,
@@ -312,9 +364,16 @@ impl Job {
             placement_deadline: None,
             waiting: None,
             inventory: None,
+            cpus: 0.0,
         };
-        Ok(Self {
-            nodes: vec![rt; cfg.nodes.len()],
+        let mut nodes = vec![rt; cfg.nodes.len()];
+        for (rt, n) in nodes.iter_mut().zip(&cfg.nodes) {
+            rt.cpus = n.cpus;
+        }
+        let balancer = Balancer::new(cfg.ranks, cfg.nodes.len(), cfg.balance.initial.clone());
+        let placement = cfg.placement.clone();
+        let mut job = Self {
+            nodes,
             state,
             phase: Phase::Starting {
                 deadline: now + AGENT_START,
@@ -341,9 +400,13 @@ impl Job {
             waiting_on: cfg.nodes.len(),
             next_health_check: now + health_tick(cfg.fail_after),
             started: now,
+            balancer,
+            pending_cpus: Vec::new(),
             stats: Stats::default(),
             cfg,
-        })
+        };
+        job.initial_placement(placement);
+        Ok(job)
     }
 
     pub fn config(&self) -> &Config {
@@ -391,7 +454,10 @@ impl Job {
             | Phase::Inventory { deadline }
             | Phase::AwaitingCommit { deadline, .. } => at(Some(*deadline)),
             Phase::Stopping { next, .. } => at(next.map(|(t, _)| t)),
-            Phase::Running => at(self.notice_at),
+            Phase::Running => {
+                at(self.notice_at);
+                at(self.balancer.next_decision);
+            }
             _ => {}
         }
         t.into()
@@ -484,7 +550,7 @@ impl Job {
                 let rt = &mut self.nodes[node.index()];
                 let first = !rt.ready;
                 rt.ready = true;
-                rt.control = Some(control);
+                rt.control = Some(control.into());
                 rt.pid = Some(pid);
                 if first && matches!(self.phase, Phase::Starting { .. }) {
                     self.waiting_on -= 1;
@@ -526,6 +592,14 @@ impl Job {
                     self.nodes[holder.index()].replica_failures = 0;
                     self.state.replica_stored(rank, epoch, holder);
                     self.try_commit(now);
+                    // A move waits for its targets to hold the stop's epoch.
+                    if let Phase::AwaitingCommit {
+                        then: AfterCommit::Rebalance,
+                        ..
+                    } = self.phase
+                    {
+                        self.commit_arrived(now);
+                    }
                 }
             }
             FromAgent::ReplicaFailed {
@@ -552,6 +626,9 @@ impl Job {
             FromAgent::RanksKilled { ranks } => {
                 tracing::debug!(node = %self.name(node), ?ranks, "ranks killed");
             }
+            FromAgent::RankLoad { load, share } => self.rank_load(load, share, now),
+            FromAgent::Gossip { records } => self.gossip_records(records, now),
+            FromAgent::CpusSet { cpus, enforced } => self.cpus_set(node, cpus, enforced),
         }
     }
 
@@ -583,19 +660,24 @@ impl Job {
             let elapsed = now.duration_since(ongoing.started).as_secs_f64();
             r.resume_s = (elapsed - r.stop_s - r.place_s).max(0.0);
             r.total_s = r.detect_s + elapsed;
+            let what = if r.nodes.is_empty() {
+                // A rebalance: nothing was lost, so nothing was detected.
+                format!("{} done:", r.kind)
+            } else {
+                format!(
+                    "{} of {} handled: detected in {:.2} s,",
+                    r.kind,
+                    r.nodes.join(", "),
+                    r.detect_s
+                )
+            };
             let text = format!(
-                "{} of {} handled: detected in {:.2} s, job stopped in {:.2} s, placed in {:.2} s, \
+                "{what} job stopped in {:.2} s, placed in {:.2} s, \
                  ranks resumed from epoch {} {:.2} s after the relaunch; {:.2} s in all",
-                r.kind,
-                r.nodes.join(", "),
-                r.detect_s,
-                r.stop_s,
-                r.place_s,
-                r.epoch,
-                r.resume_s,
-                r.total_s
+                r.stop_s, r.place_s, r.epoch, r.resume_s, r.total_s
             );
             self.say(text);
+            self.learn_freeze(&ongoing.record);
             self.recoveries.push(ongoing.record);
         }
     }

@@ -6,7 +6,7 @@
 //! `pmbench sim job` drive the very same [`Job`] that `pmrun` does.
 
 use super::*;
-use pm_core::proto::Load;
+use pm_core::proto::{Load, LoadRecord, RankLoad};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -34,6 +34,17 @@ pub struct SimConfig {
     pub steps_per_checkpoint: u64,
     pub steps: u64,
     pub max_restarts: u32,
+    /// Each node's capacity (CPUs), and each rank's work per step on one
+    /// core (seconds). With work given, the run's speed follows the
+    /// placement, and ranks report their loads every `load_every`.
+    pub speeds: Vec<f64>,
+    pub work: Vec<f64>,
+    pub load_every: Duration,
+    /// Relative noise on every reported compute time (0.05: ±5 %).
+    pub noise: f64,
+    /// Whether the ranks declare the job's total steps.
+    pub declare_steps: bool,
+    pub balance: BalanceSettings,
 }
 
 impl SimConfig {
@@ -54,7 +65,27 @@ impl SimConfig {
             steps_per_checkpoint: 10,
             steps: 100,
             max_restarts: 3,
+            speeds: Vec::new(),
+            work: Vec::new(),
+            load_every: Duration::from_secs(1),
+            noise: 0.0,
+            declare_steps: true,
+            balance: BalanceSettings::default(),
         }
+    }
+
+    /// `small`, with unequal node speeds and equal work: ranks report their
+    /// loads, and the run goes as fast as its placement allows.
+    pub fn balancing(speeds: &[f64], ranks: u32, work: f64) -> Self {
+        let mut cfg = Self::small(speeds.len(), ranks, 1);
+        cfg.speeds = speeds.to_vec();
+        cfg.work = vec![work; ranks as usize];
+        cfg.balance.every = Duration::from_secs(2);
+        cfg
+    }
+
+    fn speed(&self, n: usize) -> f64 {
+        self.speeds.get(n).copied().unwrap_or(1.0)
     }
 }
 
@@ -88,6 +119,12 @@ enum Ev {
     /// ranks dies on a live node.
     Outside(RunSignal),
     RankDies,
+    /// Ranks report their loads, nodes their gossip records.
+    Loads {
+        run: u64,
+    },
+    /// A node's speed changes.
+    Speed(NodeId, f64),
 }
 
 /// Why a run checkpoints.
@@ -121,6 +158,9 @@ struct Run {
     run: u64,
     placement: Vec<NodeId>,
     step: u64,
+    /// Steps done, with their fraction, and seconds per step now.
+    steps_done: f64,
+    step_time: f64,
     next_epoch: u64,
     /// mpirun is ending it (a rank died, or it was signalled).
     ending: bool,
@@ -164,8 +204,14 @@ pub struct SimCluster {
     pub exit: Option<i32>,
     pub stats: SimStats,
     next_ctl: u64,
-    /// A node to fail when the next relaunch's placement reaches agents.
+    /// A node to fail when the next relaunch's placement reaches agents,
+    /// and one to fail when the next balancing move stops the run.
     fail_when_placing: Option<(NodeId, Failure)>,
+    fail_when_moving: Option<(NodeId, Failure)>,
+    /// Each node's speed now, and its gossip version.
+    speeds: Vec<f64>,
+    gossip_version: u32,
+    noise_seed: u64,
 }
 
 impl SimCluster {
@@ -179,6 +225,8 @@ impl SimCluster {
                 addr: format!("sim:{i}"),
                 store: format!("/sim/node{}", i + 1),
                 log: None,
+                cpus: cfg.speed(i),
+                memory_bytes: u64::MAX,
             })
             .collect();
         let job = Job::new(
@@ -192,6 +240,8 @@ impl SimCluster {
                 max_restarts: cfg.max_restarts,
                 verbose: false,
                 store: "/sim".into(),
+                balance: cfg.balance.clone(),
+                placement: None,
             },
             now,
         )
@@ -221,6 +271,10 @@ impl SimCluster {
             stats: SimStats::default(),
             next_ctl: 0,
             fail_when_placing: None,
+            fail_when_moving: None,
+            speeds: (0..cfg.nodes).map(|i| cfg.speed(i)).collect(),
+            gossip_version: 0,
+            noise_seed: 1,
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -260,6 +314,11 @@ impl SimCluster {
         self.fail_when_placing = Some((node, failure));
     }
 
+    /// Fails `node` as soon as a balancing move stops the run.
+    pub fn fail_during_next_move(&mut self, node: NodeId, failure: Failure) {
+        self.fail_when_moving = Some((node, failure));
+    }
+
     /// `node` applies placements only after imports of `bytes`, which move
     /// `rate` bytes per heartbeat (0: they never move).
     pub fn stall_placements(&mut self, node: NodeId, bytes: u64, rate: u64) {
@@ -281,6 +340,84 @@ impl SimCluster {
     /// One rank of the current run dies on its (live) node, after `after`.
     pub fn rank_dies(&mut self, after: Duration) {
         self.at(after, Ev::RankDies);
+    }
+
+    /// `node`'s speed becomes `speed` after `after` (it slows down).
+    pub fn slow_down(&mut self, node: NodeId, speed: f64, after: Duration) {
+        self.at(after, Ev::Speed(node, speed));
+    }
+
+    fn set_speed(&mut self, node: NodeId, speed: f64) {
+        self.speeds[node.index()] = speed;
+        if let Some(run) = &mut self.run {
+            run.step_time = step_time(&self.cfg, &self.speeds, &run.placement);
+        }
+    }
+
+    /// A deterministic factor within ±`noise`.
+    fn noise(&mut self) -> f64 {
+        self.noise_seed = self
+            .noise_seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let u = (self.noise_seed >> 11) as f64 / (1u64 << 53) as f64;
+        1.0 + self.cfg.noise * (2.0 * u - 1.0)
+    }
+
+    /// Every rank reports its window; every node its gossip record.
+    fn report_loads(&mut self, run_id: u64) {
+        let Some(run) = self.run.as_ref().filter(|r| r.run == run_id && !r.ending) else {
+            return;
+        };
+        let placement = run.placement.clone();
+        let (step, step_time) = (run.step, run.step_time);
+        let window = (self.cfg.load_every.as_secs_f64() / step_time).max(1.0) as u64;
+        let mut count = vec![0u32; self.cfg.nodes];
+        for n in &placement {
+            count[n.index()] += 1;
+        }
+        for (r, &n) in placement.iter().enumerate() {
+            if !self.agents[n.index()].ranks_alive {
+                continue;
+            }
+            let share = (self.speeds[n.index()] / f64::from(count[n.index()])).min(1.0);
+            let per_step = self.cfg.work[r] / share * self.noise();
+            let load = RankLoad {
+                rank: r as u32,
+                step,
+                window_steps: window,
+                compute_s: per_step * window as f64,
+                compute_sq_s2: per_step * per_step * window as f64,
+                cpu_s: per_step * window as f64,
+                io_wait_s: 0.0,
+                state_bytes: 1 << 20,
+                total_steps: self.cfg.declare_steps.then_some(self.cfg.steps),
+            };
+            self.reply_from(n, FromAgent::RankLoad { load, share });
+        }
+        self.gossip_version += 1;
+        for i in 0..self.cfg.nodes {
+            let node = NodeId::from_index(i);
+            let work: f64 = (0..placement.len())
+                .filter(|&r| placement[r] == node)
+                .map(|r| self.cfg.work[r])
+                .sum();
+            let record = LoadRecord {
+                node: i as u32,
+                version: self.gossip_version,
+                version_age: 0,
+                age: 0,
+                load: (work / self.speeds[i]) as f32,
+                capacity: self.speeds[i] as f32,
+            };
+            self.reply_from(
+                node,
+                FromAgent::Gossip {
+                    records: vec![record],
+                },
+            );
+        }
+        self.at(self.cfg.load_every, Ev::Loads { run: run_id });
     }
 
     /// Sends a `pmrun ctl` request after `after`; its id.
@@ -375,6 +512,8 @@ impl SimCluster {
                     self.signal(run, signal);
                 }
             }
+            Ev::Loads { run } => self.report_loads(run),
+            Ev::Speed(node, speed) => self.set_speed(node, speed),
             Ev::RankDies => {
                 if let Some(run) = self.run.as_mut().filter(|r| !r.ending) {
                     run.ending = true;
@@ -512,6 +651,11 @@ impl SimCluster {
                 self.reply_from(node, FromAgent::RanksKilled { ranks: killed });
             }
             ToAgent::Commit { .. } => {}
+            ToAgent::SetCpus { cpus } => {
+                self.set_speed(node, cpus);
+                let enforced = Ok("simulated".to_owned());
+                self.reply_from(node, FromAgent::CpusSet { cpus, enforced });
+            }
             ToAgent::Exit | ToAgent::DeleteJob => self.agents[node.index()].alive = false,
         }
     }
@@ -541,7 +685,8 @@ impl SimCluster {
             return;
         }
         if kind == Kind::Scheduled {
-            run.step = (run.step + cfg.steps_per_checkpoint).min(cfg.steps);
+            run.steps_done += cfg.checkpoint_every.as_secs_f64() / run.step_time;
+            run.step = (run.steps_done as u64).min(cfg.steps);
         }
         let (epoch, step) = (run.next_epoch, run.step);
         run.next_epoch += 1;
@@ -654,10 +799,15 @@ impl SimCluster {
                 kind: Kind::Scheduled,
             },
         );
+        if !self.cfg.work.is_empty() {
+            self.at(self.cfg.start_delay, Ev::Loads { run });
+        }
         self.run = Some(Run {
             run,
+            step_time: step_time(&self.cfg, &self.speeds, &plan.placement),
             placement: plan.placement,
             step,
+            steps_done: step as f64,
             next_epoch: plan.first_epoch,
             ending: false,
         });
@@ -675,13 +825,20 @@ impl SimCluster {
                     kind: Kind::Requested,
                 },
             ),
-            RunSignal::Stop => self.at(
-                self.cfg.latency,
-                Ev::Checkpoint {
-                    run: run_id,
-                    kind: Kind::Stop,
-                },
-            ),
+            RunSignal::Stop => {
+                if self.job.balancer.moving.is_some()
+                    && let Some((victim, failure)) = self.fail_when_moving.take()
+                {
+                    self.at(Duration::ZERO, Ev::Fail(victim, failure));
+                }
+                self.at(
+                    self.cfg.latency,
+                    Ev::Checkpoint {
+                        run: run_id,
+                        kind: Kind::Stop,
+                    },
+                )
+            }
             RunSignal::Terminate | RunSignal::Kill => {
                 run.ending = true;
                 let code = if signal == RunSignal::Kill { 137 } else { 143 };
@@ -692,4 +849,21 @@ impl SimCluster {
             }
         }
     }
+}
+
+/// Seconds per step of a placement: the slowest node's work over its
+/// speed; without work given, the configured steps per checkpoint.
+fn step_time(cfg: &SimConfig, speeds: &[f64], placement: &[NodeId]) -> f64 {
+    if cfg.work.is_empty() {
+        return cfg.checkpoint_every.as_secs_f64() / cfg.steps_per_checkpoint as f64;
+    }
+    let mut load = vec![0.0; speeds.len()];
+    for (r, n) in placement.iter().enumerate() {
+        load[n.index()] += cfg.work[r];
+    }
+    load.iter()
+        .zip(speeds)
+        .map(|(l, s)| l / s)
+        .fold(0.0, f64::max)
+        .max(1e-9)
 }

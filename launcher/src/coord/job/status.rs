@@ -77,10 +77,15 @@ impl Job {
                     ranks,
                     rank_pids,
                     agent_pid: rt.pid,
-                    control: rt.control.clone(),
+                    control: rt.control.as_deref().map(str::to_owned),
                     store: n.store.clone(),
                     log: n.log.clone(),
                     last_heard_s: now.saturating_duration_since(rt.last_heard).as_secs_f64(),
+                    cpus: rt.cpus,
+                    capacity: self.capacity_of(NodeId::from_index(i)),
+                    load_s: self.balancer.gossip[i].map_or(0.0, |(r, _)| f64::from(r.load)),
+                    gossip_age_s: self.balancer.gossip[i]
+                        .map(|(_, t)| now.saturating_duration_since(t).as_secs_f64()),
                 }
             })
             .collect();
@@ -126,6 +131,14 @@ impl Job {
             steps_per_s: self.steps_per_second(),
             replication_lag_s: self.replication_lag(now),
             recoveries: self.recoveries.clone(),
+            estimates: self
+                .balancer
+                .estimates
+                .iter()
+                .map(|e| (e.weight(), e.confidence(&self.balancer.est_cfg)))
+                .collect(),
+            balance: self.cfg.balance.mode.name().into(),
+            last_decision: self.balancer.last.clone(),
         }
     }
 }
