@@ -26,9 +26,10 @@ set -euo pipefail
 #   libclang-dev clang          bindgen, used by the `mpi` (rsmpi) crate's build script
 #   libudev-dev pkg-config      needed to build/link `hwlocality`; library discovery
 #   gfortran                    the compiler behind Open MPI's mpif90 (`use pm`, heat_f, make install)
+#   slurm-wlm munge libslurm-dev a real Slurm that the tests start themselves (slurm/cluster.sh)
 BASE_PACKAGES="openmpi-bin libopenmpi-dev hwloc libhwloc-dev libclang-dev libudev-dev pkg-config clang"
 BUILD_PACKAGES="$BASE_PACKAGES gfortran"
-TEST_PACKAGES="$BASE_PACKAGES gfortran"
+TEST_PACKAGES="$BASE_PACKAGES gfortran slurm-wlm munge libslurm-dev"
 DEMO_PACKAGES="$BASE_PACKAGES gfortran"
 BENCH_PACKAGES="$BASE_PACKAGES"
 

@@ -47,6 +47,12 @@ pub enum LaunchError {
         host: String,
         ranks: Vec<u32>,
     },
+    #[error("cannot write the hostfile {path}: {source}")]
+    Hostfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub trait LaunchBackend {
@@ -114,6 +120,61 @@ impl LaunchBackend for Mpirun {
     }
 }
 
+/// Slurm's `srun`, inside an allocation: every rank on the node the plan
+/// says (`--distribution=arbitrary` with a `SLURM_HOSTFILE` of one node
+/// per rank, in rank order), MPI through PMIx. The step overlaps the
+/// agents' steps and may put more ranks on a node than it has CPUs
+/// allocated (`--overcommit`), as mpirun's `--oversubscribe` does;
+/// `--kill-on-bad-exit` ends every rank when one dies, so the step ends
+/// and pmrun recovers.
+pub struct Srun {
+    pub program: PathBuf,
+    /// Where the hostfile of each launch is written (pmrun's run directory).
+    pub hostfile: PathBuf,
+}
+
+impl LaunchBackend for Srun {
+    fn name(&self) -> &'static str {
+        "srun"
+    }
+
+    fn command(&self, plan: &LaunchPlan) -> Result<Command, LaunchError> {
+        let mut by_rank: Vec<&str> = vec![""; plan.ranks as usize];
+        for (host, ranks) in &plan.hosts {
+            for &r in ranks {
+                by_rank[r as usize] = &host.name;
+            }
+        }
+        let mut text = by_rank.join("\n");
+        text.push('\n');
+        std::fs::write(&self.hostfile, text).map_err(|e| LaunchError::Hostfile {
+            path: self.hostfile.clone(),
+            source: e,
+        })?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args([
+            "--overlap",
+            "--overcommit",
+            "--kill-on-bad-exit=1",
+            "--distribution=arbitrary",
+            "--ntasks",
+            &plan.ranks.to_string(),
+        ]);
+        // A user's own choice (SLURM_MPI_TYPE, or MpiDefault) would not
+        // reach the ranks' PMIx otherwise.
+        if std::env::var_os("SLURM_MPI_TYPE").is_none() {
+            cmd.arg("--mpi=pmix");
+        }
+        cmd.env("SLURM_HOSTFILE", &self.hostfile);
+        // srun passes its whole environment to the ranks.
+        for (name, value) in &plan.env {
+            cmd.env(name, value);
+        }
+        cmd.args(&plan.app);
+        Ok(cmd)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +233,39 @@ mod tests {
         }
         let fits = LaunchPlan::new(&[&here; 2], vec!["./a".into()], vec![]);
         assert!(!args(&mpirun.command(&fits).unwrap()).contains(&"--oversubscribe".to_string()));
+    }
+
+    #[test]
+    fn srun_places_every_rank_through_its_hostfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (host("n1", 2), host("n2", 2));
+        let srun = Srun {
+            program: "srun".into(),
+            hostfile: dir.path().join("hosts"),
+        };
+        let plan = LaunchPlan::new(
+            &[&a, &b, &a],
+            vec!["./x".into(), "-v".into()],
+            vec![("PM_JOB".into(), "j".into())],
+        );
+        let cmd = srun.command(&plan).unwrap();
+        let args = args(&cmd);
+        assert!(args.contains(&"--distribution=arbitrary".to_string()));
+        assert!(args.ends_with(&["./x".to_string(), "-v".to_string()]));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("hosts")).unwrap(),
+            "n1\nn2\nn1\n"
+        );
+        assert!(
+            cmd.get_envs()
+                .any(|(k, v)| k == "PM_JOB" && v == Some("j".as_ref()))
+        );
+        let bad = Srun {
+            program: "srun".into(),
+            hostfile: dir.path().join("no/such/dir/hosts"),
+        };
+        let err = bad.command(&plan).unwrap_err().to_string();
+        assert!(err.contains("cannot write the hostfile"), "{err}");
     }
 
     #[test]

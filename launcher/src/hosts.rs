@@ -29,6 +29,8 @@ pub enum HostError {
     BadHostList(String),
     #[error("Slurm node list {0:?} cannot be expanded")]
     BadSlurmList(String),
+    #[error("SLURM_TASKS_PER_NODE {0:?}: expected counts such as 2(x3),1")]
+    BadSlurmTasks(String),
     #[error("{0} lists no hosts")]
     Empty(String),
 }
@@ -113,6 +115,26 @@ pub fn parse_host_list(list: &str) -> Result<Vec<Host>, HostError> {
             })
         })
         .collect()
+}
+
+/// Expands Slurm's per-node counts such as `2(x3),1` (SLURM_TASKS_PER_NODE,
+/// SLURM_JOB_CPUS_PER_NODE) into one count per node.
+pub fn expand_slurm_counts(list: &str) -> Result<Vec<u32>, HostError> {
+    let bad = || HostError::BadSlurmTasks(list.to_owned());
+    let mut counts = Vec::new();
+    for item in list.trim().split(',') {
+        let (count, times) = match item.split_once("(x") {
+            Some((c, t)) => (c, t.strip_suffix(')').ok_or_else(bad)?),
+            None => (item, "1"),
+        };
+        let count: u32 = count.parse().map_err(|_| bad())?;
+        let times: usize = times.parse().map_err(|_| bad())?;
+        if times == 0 || counts.len() + times > 1_000_000 {
+            return Err(bad());
+        }
+        counts.extend(std::iter::repeat_n(count, times));
+    }
+    Ok(counts)
 }
 
 /// Expands a Slurm hostlist such as `n[01-03,7],gpu1` into host names,
@@ -232,6 +254,15 @@ mod tests {
         assert_eq!((hosts[0].slots, hosts[1].slots), (2, 1));
         for bad in ["a:0", "a:x", "", "a,,b", "a b"] {
             assert!(parse_host_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn slurm_counts_expand() {
+        assert_eq!(expand_slurm_counts("2(x3),1").unwrap(), [2, 2, 2, 1]);
+        assert_eq!(expand_slurm_counts("4").unwrap(), [4]);
+        for bad in ["", "x", "2(x", "2(x0)", "2(3)", "-1"] {
+            assert!(expand_slurm_counts(bad).is_err(), "{bad:?}");
         }
     }
 

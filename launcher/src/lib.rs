@@ -6,3 +6,4 @@ pub mod backend;
 pub mod coord;
 pub mod hosts;
 pub mod options;
+pub mod slurm;

@@ -16,7 +16,7 @@
 //! | `PM_NODE_MAP` | node index of every rank, comma-separated |
 //! | `PM_NODE_STORES` | store root of every node, `:`-separated |
 //! | `PM_NODE_AGENTS` | agent socket of every node, `:`-separated |
-//! | `PM_SECRET_FILE` | the job's 32-byte secret (readable by the user only) |
+//! | `PM_SECRET_FILE` | the job's 32-byte secret (readable by the user only): one file, or one per node, `:`-separated |
 //! | `PM_RESTORE_EPOCH` | committed epoch to restore; 0 for a fresh start |
 //! | `PM_FIRST_EPOCH` | lowest epoch number the run may write (default 1) |
 
@@ -76,9 +76,16 @@ impl AgentConfig {
         Ok(Some(Self {
             store: pick("PM_NODE_STORES")?,
             socket: pick("PM_NODE_AGENTS")?,
-            secret_file: var("PM_SECRET_FILE")
-                .map(PathBuf::from)
-                .ok_or_else(|| bad("PM_SECRET_FILE", "", "the path of the job's secret"))?,
+            // One file for every node (agents on this machine), or one per
+            // node (agents on other hosts write it where their ranks are).
+            secret_file: {
+                let list = var("PM_SECRET_FILE").unwrap_or_default();
+                let files: Vec<&str> = list.split(':').collect();
+                match files.as_slice() {
+                    [one] if !one.is_empty() => PathBuf::from(one),
+                    _ => pick("PM_SECRET_FILE")?,
+                }
+            },
             restore_epoch: restore
                 .trim()
                 .parse()
@@ -228,6 +235,12 @@ mod tests {
         assert_eq!(c.store, PathBuf::from("/s/b"));
         assert_eq!(c.socket, PathBuf::from("/r/b.sock"));
         assert_eq!((c.restore_epoch, c.first_epoch), (4, 9));
+        assert_eq!(c.secret_file, PathBuf::from("/r/secret"));
+        // One secret file per node (agents on other hosts).
+        let mut per_node = vars;
+        per_node[3] = ("PM_SECRET_FILE", "/a/secret:/b/secret");
+        let c = parse(&per_node, 2).unwrap().unwrap();
+        assert_eq!(c.secret_file, PathBuf::from("/b/secret"));
         let err = parse(&vars, 3).unwrap_err().to_string();
         assert!(err.contains("PM_NODE_MAP"), "{err}");
         let short = [vars[0], ("PM_NODE_STORES", "/s/a"), vars[2], vars[3]];

@@ -6,6 +6,7 @@ pub mod bounded;
 pub mod header;
 pub mod job;
 pub mod mpi;
+pub mod slurm;
 pub mod store_workload;
 
 pub use bounded::Bounded;

@@ -77,6 +77,10 @@ pub enum AgentError {
     Launcher(#[from] WireError),
     #[error("the job's secret {path} has {len} bytes, not 32")]
     SecretLength { path: PathBuf, len: usize },
+    #[error(
+        "no --secret-file and no job secret in PM_SECRET (64 hex digits): pmd is started by pmrun"
+    )]
+    NoSecret,
 }
 
 /// Why a connection to one of the agent's sockets was rejected or ended.
@@ -257,4 +261,72 @@ pub fn read_secret(path: &Path) -> Result<JobSecret, AgentError> {
         });
     };
     Ok(JobSecret::from_bytes(bytes))
+}
+
+/// The variable that carries the job's secret to agents on other nodes.
+pub const SECRET_VAR: &str = "PM_SECRET";
+
+/// The job's secret from [`SECRET_VAR`] (64 hex digits), also written,
+/// readable by the user only, as `secret` in the directory of the rank
+/// socket `socket` (created if missing), where the node's ranks read it.
+pub fn secret_from_env(socket: &Path) -> Result<JobSecret, AgentError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let text = std::env::var(SECRET_VAR).unwrap_or_default();
+    let secret = parse_hex_secret(&text).ok_or(AgentError::NoSecret)?;
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!(
+            "create the run directory {}",
+            dir.display()
+        )))?;
+    let path = dir.join("secret");
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .map_err(io_err(format!("write the job's secret {}", path.display())))?;
+    Ok(secret)
+}
+
+/// Undoes [`secret_from_env`]: the secret file beside `socket`, then the
+/// run directory and its parents up to the store root, as far as they are
+/// empty.
+pub fn remove_written_secret(socket: &Path) {
+    let Some(dir) = socket.parent() else { return };
+    let _ = std::fs::remove_file(dir.join("secret"));
+    // <root>/.pmrun/<job>: the job's run directory, `.pmrun`, the root.
+    for d in dir.ancestors().take(3) {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+    }
+}
+
+/// 64 hex digits as a secret.
+pub fn parse_hex_secret(text: &str) -> Option<JobSecret> {
+    let text = text.trim().as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (b, pair) in bytes.iter_mut().zip(text.chunks(2)) {
+        *b = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(JobSecret::from_bytes(bytes))
+}
+
+/// The hex form [`parse_hex_secret`] reads.
+pub fn hex_secret(secret: &JobSecret) -> String {
+    secret
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

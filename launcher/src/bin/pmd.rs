@@ -32,9 +32,12 @@ struct Cli {
     /// pmrun's address.
     #[arg(long)]
     launcher: SocketAddr,
-    /// File with the job's 32-byte secret.
+    /// File with the job's 32-byte secret. Without it the secret comes in
+    /// PM_SECRET (64 hex digits: agents started by srun on other nodes),
+    /// and pmd writes it, readable by the user only, next to --socket as
+    /// `secret` for the node's ranks.
     #[arg(long)]
-    secret_file: PathBuf,
+    secret_file: Option<PathBuf>,
     /// Unix socket for the node's ranks.
     #[arg(long)]
     socket: PathBuf,
@@ -57,7 +60,15 @@ fn main() {
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    // A secret that came in the environment was written beside the rank
+    // socket for the ranks: pmd removes it, and the directories it made
+    // for it, when it ends.
+    let written = cli.secret_file.is_none().then(|| cli.socket.clone());
+    let result = run(cli);
+    if let Some(socket) = written {
+        agent::remove_written_secret(&socket);
+    }
+    if let Err(e) = result {
         tracing::error!("{e:#}");
         eprintln!("pmd: {e:#}");
         std::process::exit(1);
@@ -89,7 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         store: cli.store,
         job: cli.job,
         launcher: cli.launcher,
-        secret: agent::read_secret(&cli.secret_file)?,
+        secret: match &cli.secret_file {
+            Some(file) => agent::read_secret(file)?,
+            None => agent::secret_from_env(&cli.socket)?,
+        },
         socket: cli.socket,
         heartbeat: Duration::from_secs_f64(cli.heartbeat),
         cgroup: cli.cgroup,

@@ -8,12 +8,13 @@ use clap::Parser;
 use pm_core::history::AppSignature;
 use pm_core::proto::NodeId;
 use pm_core::proto::{CtlReply, CtlRequest};
-use pm_launcher::backend::Mpirun;
-use pm_launcher::coord::agents::{LocalAgents, NodeSpec};
+use pm_launcher::backend::{LaunchBackend, Mpirun, Srun};
+use pm_launcher::coord::agents::{AgentStarter, LocalAgents, NodeSpec, SrunAgents};
 use pm_launcher::coord::job::{BalanceMode, BalanceSettings};
 use pm_launcher::coord::{self, JobSpec, cgroup, control};
 use pm_launcher::hosts::{self, Host};
 use pm_launcher::options;
+use pm_launcher::slurm::{self, Allocation};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -89,9 +90,16 @@ struct Cli {
     /// nodes do not count).
     #[arg(long, default_value_t = 3, value_name = "N")]
     max_restarts: u32,
+    /// How ranks and agents start: `auto` (srun inside a Slurm allocation,
+    /// mpirun otherwise), `mpirun` or `srun`.
+    #[arg(long, default_value = "auto", value_name = "HOW", value_parser = ["auto", "mpirun", "srun"])]
+    launch_with: String,
     /// The mpirun to use.
     #[arg(long, default_value = "mpirun", value_name = "PATH")]
     mpirun: PathBuf,
+    /// The srun to use (inside a Slurm allocation).
+    #[arg(long, default_value = "srun", value_name = "PATH")]
+    srun: PathBuf,
     /// Move ranks to where they run fastest: `auto` (when the gain over the
     /// remaining steps pays for the move), `dry-run` (log the plans, move
     /// nothing) or `off`.
@@ -136,7 +144,7 @@ struct Cli {
 /// Open MPI spells `--np` as `-np`; accept that among pmrun's own options
 /// (never in the application's arguments) before clap sees it.
 fn normalise_args(mut args: Vec<String>) -> Vec<String> {
-    const TAKES_VALUE: [&str; 26] = [
+    const TAKES_VALUE: [&str; 28] = [
         "-n",
         "--np",
         "-np",
@@ -150,6 +158,8 @@ fn normalise_args(mut args: Vec<String>) -> Vec<String> {
         "--job",
         "--max-restarts",
         "--mpirun",
+        "--srun",
+        "--launch-with",
         "--local-nodes",
         "--node-cpus",
         "--replicas",
@@ -223,6 +233,68 @@ fn hosts(cli: &Cli) -> anyhow::Result<Vec<Host>> {
             .collect());
     }
     Ok(hosts::this_machine())
+}
+
+/// The Slurm allocation to run in: inside one unless told otherwise
+/// (`--launch-with mpirun`, `-H`, `--hostfile`, `--local-nodes`).
+fn allocation(cli: &Cli) -> anyhow::Result<Option<Allocation>> {
+    let chosen = cli.hostfile.is_some() || cli.host.is_some() || cli.local_nodes.is_some();
+    let alloc = match cli.launch_with.as_str() {
+        "mpirun" => None,
+        _ if chosen => None,
+        _ => Allocation::from_env()?,
+    };
+    if cli.launch_with == "srun" && alloc.is_none() {
+        bail!(
+            "--launch-with srun: not inside a Slurm allocation (no SLURM_JOB_ID and \
+             SLURM_JOB_NODELIST), or -H/--hostfile/--local-nodes chose the nodes; \
+             run pmrun from an sbatch script or salloc"
+        );
+    }
+    Ok(alloc)
+}
+
+/// The nodes of a Slurm allocation: each with the tasks Slurm gave it (or
+/// an even share of the ranks, if they are fewer), its store below
+/// `store` and the address Slurm knows it by.
+fn slurm_nodes(cli: &Cli, store: &Path, alloc: &Allocation) -> anyhow::Result<Vec<NodeSpec>> {
+    let k = alloc.nodes.len() as u32;
+    if cli.spare >= k {
+        bail!(
+            "--spare {} leaves none of the allocation's {k} node(s) to run ranks",
+            cli.spare
+        );
+    }
+    let workers = k - cli.spare;
+    let names: Vec<String> = alloc.nodes.iter().map(|h| h.name.clone()).collect();
+    let addrs = slurm::node_addresses(Path::new("scontrol"), &names)?;
+    let allocated: u32 = alloc.nodes[..workers as usize]
+        .iter()
+        .map(|h| h.slots)
+        .sum();
+    let even = cli.ranks.div_ceil(workers);
+    Ok(alloc
+        .nodes
+        .iter()
+        .zip(addrs)
+        .enumerate()
+        .map(|(i, (host, addr))| NodeSpec {
+            name: host.name.clone(),
+            slots: if allocated >= cli.ranks {
+                host.slots
+            } else {
+                host.slots.max(even)
+            },
+            addr,
+            host: host.clone(),
+            // Node-local on a cluster; distinct when test nodes share a machine.
+            store: store.join(&host.name),
+            spare: i as u32 >= workers,
+            cgroup: None,
+            cpus: f64::from(host.slots.max(1)),
+            memory_bytes: options::mem_available(),
+        })
+        .collect())
 }
 
 /// The job's nodes: virtual nodes, or this machine.
@@ -540,7 +612,11 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         .store
         .clone()
         .unwrap_or_else(pm_core::store::default_root);
-    let nodes = nodes(cli, &store, &job)?;
+    let alloc = allocation(cli)?;
+    let nodes = match &alloc {
+        Some(a) => slurm_nodes(cli, &store, a)?,
+        None => nodes(cli, &store, &job)?,
+    };
     let (balance, history) = balancing(cli, &app)?;
     let placement = match &cli.placement {
         Some(list) => {
@@ -574,11 +650,37 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             cli.heartbeat
         );
     }
-    let backend = Mpirun {
-        program: cli.mpirun.clone(),
+    let (backend, agents): (Box<dyn LaunchBackend>, Box<dyn AgentStarter>) = match &alloc {
+        Some(a) => {
+            // pmrun's own node: the address every agent can reach it on.
+            let here = a.this_node.as_deref().unwrap_or_default();
+            let listen = spec
+                .nodes
+                .iter()
+                .find(|n| n.name == here)
+                .map(|n| n.addr)
+                .with_context(|| {
+                    format!(
+                        "pmrun runs on node {here:?} (SLURMD_NODENAME), which is not in the \
+                         allocation's node list: run it from the batch script or salloc"
+                    )
+                })?;
+            (
+                Box::new(Srun {
+                    program: cli.srun.clone(),
+                    hostfile: control::run_dir(&spec.store, &spec.job).join("hostfile"),
+                }),
+                Box::new(SrunAgents::new(&cli.srun, &spec.job, listen)),
+            )
+        }
+        None => (
+            Box::new(Mpirun {
+                program: cli.mpirun.clone(),
+            }),
+            Box::new(LocalAgents::new(&spec.job, &spec.store)),
+        ),
     };
-    let agents = LocalAgents::new(&spec.job, &spec.store);
-    coord::run(spec, Box::new(backend), Box::new(agents))
+    coord::run(spec, backend, agents)
 }
 
 #[cfg(test)]

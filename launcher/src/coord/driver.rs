@@ -117,6 +117,7 @@ pub fn run(
                 job: &spec.job,
                 run_dir: &run_dir,
                 secret_file: &secret_file,
+                secret: &secret,
                 heartbeat: spec.heartbeat,
                 launcher,
             },
@@ -174,7 +175,6 @@ pub fn run(
         backend,
         inputs: tx,
         run_dir,
-        secret_file,
         child: None,
         replies: HashMap::new(),
         next_ctl: 0,
@@ -205,7 +205,6 @@ struct Driver {
     links: Vec<Option<AgentLink>>,
     inputs: mpsc::Sender<Input>,
     run_dir: PathBuf,
-    secret_file: PathBuf,
     /// The current run: its number and process id.
     child: Option<(u64, u32)>,
     replies: HashMap<u64, mpsc::Sender<CtlReply>>,
@@ -362,7 +361,14 @@ impl Driver {
         ));
         env.push((
             "PM_SECRET_FILE".into(),
-            self.secret_file.display().to_string(),
+            join(
+                (0..self.spec.nodes.len())
+                    .map(|i| {
+                        let file = self.starter.rank_secret_file(NodeId::from_index(i));
+                        file.display().to_string()
+                    })
+                    .collect(),
+            ),
         ));
         env.push(("PM_RESTORE_EPOCH".into(), plan.restore_epoch.to_string()));
         env.push(("PM_FIRST_EPOCH".into(), plan.first_epoch.to_string()));

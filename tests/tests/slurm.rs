@@ -1,0 +1,105 @@
+//! pmrun inside a real Slurm allocation: the project's own test cluster
+//! (`slurm/cluster.sh`: munged, slurmctld and one slurmd per node on
+//! 127.0.0.2, ...), started by the test. The agents run as srun steps on
+//! the allocation's nodes, the ranks as an srun step with PMIx.
+
+use pm_tests::Bounded;
+use pm_tests::mpi::{checksum, mpirun, text, workspace_bin};
+use pm_tests::slurm::Cluster;
+use std::time::Duration;
+
+/// heat's plate and steps in these tests.
+const HEAT: [&str; 8] = [
+    "--rows",
+    "96",
+    "--cols",
+    "64",
+    "--steps",
+    "100",
+    "--pause-ms",
+    "20",
+];
+
+/// The checksum of heat undisturbed under plain mpirun.
+fn reference(ranks: u32) -> String {
+    let out = mpirun(ranks)
+        .arg(workspace_bin("heat"))
+        .args(HEAT)
+        .arg("--no-pm")
+        .bounded_output()
+        .unwrap();
+    checksum(&text(&out)).expect("reference checksum")
+}
+
+/// A batch script that runs heat under pmrun with `pmrun_args`.
+fn script(store: &std::path::Path, pmrun_args: &str) -> String {
+    format!(
+        "# Open MPI across several slurmds on one machine: TCP on loopback only.\n\
+         export OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo\n\
+         export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PM_HISTORY=none\n\
+         {pmrun} -v --store {store} --every 10 --heartbeat 0.2 --fail-after 2 {pmrun_args} {heat} {heat_args}\n",
+        pmrun = workspace_bin("pmrun").display(),
+        store = store.display(),
+        heat = workspace_bin("heat").display(),
+        heat_args = HEAT.join(" "),
+    )
+}
+
+#[test]
+fn a_batch_job_runs_its_agents_and_ranks_on_the_allocation_s_nodes_and_ends_bit_exact() {
+    let cluster = Cluster::start(4, 17817);
+    let expected = reference(6);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let id = cluster.sbatch(&["-N3", "-n6"], &script(store.path(), "-n 6"));
+    let end = cluster.wait(&id, Duration::from_secs(180));
+    let t = &end.output;
+    assert_eq!(
+        (end.state.as_str(), end.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{t}\n{}",
+        cluster.logs()
+    );
+    // One agent per allocated node, each on its node's address.
+    assert!(
+        t.contains("6 rank(s) on n1@127.0.0.2 n2@127.0.0.3 n3@127.0.0.4"),
+        "{t}"
+    );
+    assert!(
+        t.contains("launching 6 ranks: n1[0,1] n2[2,3] n3[4,5]"),
+        "{t}"
+    );
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+    // The agents' steps ended with the job; they removed what they wrote.
+    let left: Vec<_> = walk(store.path());
+    assert!(left.is_empty(), "files left in the store: {left:?}");
+}
+
+#[test]
+fn srun_outside_an_allocation_is_a_clear_error() {
+    let out = pm_tests::job::pmrun()
+        .env_remove("SLURM_JOB_ID")
+        .args(["-n", "2", "--launch-with", "srun"])
+        .arg(workspace_bin("heat"))
+        .bounded_output()
+        .unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("not inside a Slurm allocation"), "{t}");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files.extend(walk(&p));
+            if std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none()) {
+                files.push(p);
+            }
+        } else {
+            files.push(p);
+        }
+    }
+    files
+}
