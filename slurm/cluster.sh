@@ -6,7 +6,7 @@
 # TmpFS that PMIx derives its directory from. It touches neither
 # /etc/slurm nor the system's munged, so it never talks to another Slurm.
 #
-# Usage: slurm/cluster.sh start|stop|status|env [DIR]
+# Usage: slurm/cluster.sh start|stop|status|env|kill-node NAME [DIR]
 #
 #   start   write the configuration, start munged, slurmctld and the
 #           slurmds, and wait until every node is idle
@@ -14,6 +14,10 @@
 #   status  sinfo of the cluster
 #   env     the line to eval so that sbatch, srun, sinfo, ... use it:
 #               eval "$(slurm/cluster.sh env)"
+#   kill-node NAME [DIR]
+#           a power cut of node NAME: SIGKILL to its slurmd, its
+#           slurmstepds (they hold its log open) and every task on it
+#           (SLURMD_NODENAME=NAME)
 #
 # Environment:
 #   PM_SLURM_DIR   the cluster's directory (default /tmp/pm-slurm); DIR wins
@@ -25,13 +29,21 @@ set -euo pipefail
 
 prog=${0##*/}
 usage() {
-    sed -n '9,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '9,27p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-[[ $# -ge 1 && $# -le 2 ]] || usage
+[[ $# -ge 1 && $# -le 3 ]] || usage
 cmd=$1
-dir=${2:-${PM_SLURM_DIR:-/tmp/pm-slurm}}
+shift
+victim=
+if [[ $cmd == kill-node ]]; then
+    [[ $# -ge 1 ]] || usage
+    victim=$1
+    shift
+fi
+[[ $# -le 1 ]] || usage
+dir=${1:-${PM_SLURM_DIR:-/tmp/pm-slurm}}
 nodes=${PM_SLURM_NODES:-4}
 port=${PM_SLURM_PORT:-16817}
 cpus=${PM_SLURM_CPUS:-2}
@@ -188,10 +200,34 @@ stop() {
     done
 }
 
+kill_node() {
+    local n=$1 pids=() p log env ctld_port
+    log=$dir/log/slurmd-$n.log
+    [[ -f $log ]] || die "no node $n in the cluster in $dir"
+    ctld_port=$(sed -n 's/^SlurmctldPort=//p' "$conf")
+    [[ -s $dir/run/slurmd-$n.pid ]] && pids+=("$(cat "$dir/run/slurmd-$n.pid")")
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        # The node's slurmstepds: they keep its log open.
+        if ls -l "/proc/$p/fd" 2>/dev/null | grep -q -- "-> $log\$"; then
+            pids+=("$p")
+        # Its tasks (of this cluster: another may have a node of that name).
+        elif env=$({ tr '\0' '\n' <"/proc/$p/environ"; } 2>/dev/null) &&
+            grep -qx "SLURMD_NODENAME=$n" <<<"$env" &&
+            grep -q "^SLURM_WORKING_CLUSTER=pmtest:[^:]*:$ctld_port:" <<<"$env"; then
+            pids+=("$p")
+        fi
+    done
+    ((${#pids[@]})) || die "node $n has no process to kill"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    echo "$prog: killed node $n (${#pids[@]} processes)"
+}
+
 case "$cmd" in
     start) start ;;
     stop) stop ;;
     status) SLURM_CONF=$conf sinfo -N ;;
     env) slurm_env ;;
+    kill-node) kill_node "$victim" ;;
     *) usage ;;
 esac

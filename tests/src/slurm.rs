@@ -139,6 +139,17 @@ impl Cluster {
         }
     }
 
+    /// A power cut of node `name`: its slurmd, slurmstepds and tasks
+    /// SIGKILLed (`slurm/cluster.sh kill-node`).
+    pub fn kill_node(&self, name: &str) {
+        let out = Command::new(repo_root().join("slurm/cluster.sh"))
+            .args(["kill-node", name])
+            .arg(self.dir())
+            .bounded_output()
+            .unwrap();
+        assert!(out.status.success(), "kill-node {name}:\n{}", text(&out));
+    }
+
     /// The ends of the daemons' logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut all = String::new();

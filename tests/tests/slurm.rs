@@ -6,25 +6,21 @@
 use pm_tests::Bounded;
 use pm_tests::mpi::{checksum, mpirun, text, workspace_bin};
 use pm_tests::slurm::Cluster;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// heat's plate and steps in these tests.
-const HEAT: [&str; 8] = [
-    "--rows",
-    "96",
-    "--cols",
-    "64",
-    "--steps",
-    "100",
-    "--pause-ms",
-    "20",
-];
+/// heat's plate in these tests.
+const PLATE: [&str; 6] = ["--rows", "96", "--cols", "64", "--pause-ms", "20"];
+
+/// heat's arguments for `steps` steps.
+fn heat_args(steps: u32) -> String {
+    format!("{} --steps {steps}", PLATE.join(" "))
+}
 
 /// The checksum of heat undisturbed under plain mpirun.
-fn reference(ranks: u32) -> String {
+fn reference(ranks: u32, steps: u32) -> String {
     let out = mpirun(ranks)
         .arg(workspace_bin("heat"))
-        .args(HEAT)
+        .args(heat_args(steps).split(' '))
         .arg("--no-pm")
         .bounded_output()
         .unwrap();
@@ -32,7 +28,7 @@ fn reference(ranks: u32) -> String {
 }
 
 /// A batch script that runs heat under pmrun with `pmrun_args`.
-fn script(store: &std::path::Path, pmrun_args: &str) -> String {
+fn script(store: &std::path::Path, pmrun_args: &str, steps: u32) -> String {
     format!(
         "# Open MPI across several slurmds on one machine: TCP on loopback only.\n\
          export OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo\n\
@@ -41,16 +37,16 @@ fn script(store: &std::path::Path, pmrun_args: &str) -> String {
         pmrun = workspace_bin("pmrun").display(),
         store = store.display(),
         heat = workspace_bin("heat").display(),
-        heat_args = HEAT.join(" "),
+        heat_args = heat_args(steps),
     )
 }
 
 #[test]
 fn a_batch_job_runs_its_agents_and_ranks_on_the_allocation_s_nodes_and_ends_bit_exact() {
     let cluster = Cluster::start(4, 17817);
-    let expected = reference(6);
+    let expected = reference(6, 100);
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
-    let id = cluster.sbatch(&["-N3", "-n6"], &script(store.path(), "-n 6"));
+    let id = cluster.sbatch(&["-N3", "-n6"], &script(store.path(), "-n 6", 100));
     let end = cluster.wait(&id, Duration::from_secs(180));
     let t = &end.output;
     assert_eq!(
@@ -72,6 +68,66 @@ fn a_batch_job_runs_its_agents_and_ranks_on_the_allocation_s_nodes_and_ends_bit_
     // The agents' steps ended with the job; they removed what they wrote.
     let left: Vec<_> = walk(store.path());
     assert!(left.is_empty(), "files left in the store: {left:?}");
+}
+
+#[test]
+fn a_node_lost_inside_the_allocation_moves_its_ranks_to_the_spare_and_the_job_ends_bit_exact() {
+    let cluster = Cluster::start(4, 17837);
+    let expected = reference(6, 300);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let id = cluster.sbatch(
+        &["--no-kill", "-N4", "-n6"],
+        &script(store.path(), "-n 6 --spare 1 --job lost-node", 300),
+    );
+    // Once a checkpoint is committed, n2 (ranks 2 and 3) loses power.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = pm_tests::job::pmrun()
+            .args(["ctl", "status", "--json", "--job", "lost-node", "--store"])
+            .arg(store.path())
+            .bounded_output()
+            .unwrap();
+        let status: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        if status
+            .as_ref()
+            .and_then(pm_tests::job::committed_epoch)
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no commit within 2 minutes:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.kill_node("n2");
+    let end = cluster.wait(&id, Duration::from_secs(240));
+    let t = &end.output;
+    assert_eq!(
+        (end.state.as_str(), end.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{t}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        t.contains("node n2 lost its agent") || t.contains("node n2 missed its heartbeats"),
+        "{t}"
+    );
+    assert!(
+        t.contains("relaunching from the committed checkpoint"),
+        "{t}"
+    );
+    // Every launch after the loss leaves n2 out.
+    let (_, after) = t.split_once("declared dead").unwrap();
+    let launches: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("launching 6 ranks"))
+        .collect();
+    assert!(!launches.is_empty(), "{t}");
+    assert!(launches.iter().all(|l| !l.contains("n2[")), "{t}");
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
 }
 
 #[test]
