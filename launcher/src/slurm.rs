@@ -112,6 +112,61 @@ pub fn resolve(node: &str, addr: &str) -> Result<IpAddr, SlurmError> {
 
 /// The address of every node of `names`, asked of `scontrol`.
 pub fn node_addresses(scontrol: &Path, names: &[String]) -> Result<Vec<IpAddr>, SlurmError> {
+    let addrs = parse_node_addrs(&show_nodes(scontrol, names)?);
+    names
+        .iter()
+        .map(|n| resolve(n, addrs.get(n).map_or(n.as_str(), String::as_str)))
+        .collect()
+}
+
+/// A node Slurm wants emptied: drained or draining by an administrator,
+/// failing, or waiting for a reboot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaving {
+    pub node: String,
+    /// What Slurm says: its state and, if given, the reason.
+    pub why: String,
+}
+
+/// The nodes in `scontrol show node -o` output whose state asks them to be
+/// emptied (`DRAIN`, `FAIL`, `REBOOT_REQUESTED` among its flags). A node
+/// that is already `DOWN` is the heartbeats' business, not a drain's.
+pub fn leaving_nodes(text: &str) -> Vec<Leaving> {
+    text.lines()
+        .filter_map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .map(str::to_owned)
+            };
+            let node = field("NodeName=")?;
+            let state = field("State=")?;
+            let flags: Vec<&str> = state.split('+').collect();
+            let leaving = flags.iter().any(|f| {
+                matches!(
+                    *f,
+                    "DRAIN" | "DRAINING" | "DRAINED" | "FAIL" | "FAILING" | "REBOOT_REQUESTED"
+                )
+            });
+            if !leaving || flags[0].trim_end_matches('*') == "DOWN" {
+                return None;
+            }
+            // The reason runs to its "[user@time]" stamp or the line's end.
+            let reason = line
+                .split_once(" Reason=")
+                .map(|(_, r)| r.split(" [").next().unwrap_or(r).trim().to_owned())
+                .filter(|r| !r.is_empty() && r != "(null)");
+            let why = match reason {
+                Some(r) => format!("{state} in Slurm: {r}"),
+                None => format!("{state} in Slurm"),
+            };
+            Some(Leaving { node, why })
+        })
+        .collect()
+}
+
+/// `scontrol show node -o` of `names`: its output.
+pub fn show_nodes(scontrol: &Path, names: &[String]) -> Result<String, SlurmError> {
     let program = scontrol.display().to_string();
     let out = Command::new(scontrol)
         .args(["show", "node", "-o", &names.join(",")])
@@ -126,11 +181,7 @@ pub fn node_addresses(scontrol: &Path, names: &[String]) -> Result<Vec<IpAddr>, 
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    let addrs = parse_node_addrs(&String::from_utf8_lossy(&out.stdout));
-    names
-        .iter()
-        .map(|n| resolve(n, addrs.get(n).map_or(n.as_str(), String::as_str)))
-        .collect()
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -164,6 +215,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("lists 1 node(s)"), "{err}");
+    }
+
+    #[test]
+    fn drained_failing_and_rebooting_nodes_are_leaving() {
+        let text = "NodeName=n1 NodeAddr=a State=IDLE Reason=(null)\n\
+                    NodeName=n2 NodeAddr=b State=MIXED+DRAIN Weight=1 Reason=disk swap [root@2026-12-02T03:00:00]\n\
+                    NodeName=n3 State=ALLOCATED+FAIL\n\
+                    NodeName=n4 State=IDLE+REBOOT_REQUESTED\n\
+                    NodeName=n5 State=DOWN*+DRAIN Reason=Not responding\n\
+                    NodeName=n6 State=ALLOCATED+COMPLETING\n";
+        let leaving = leaving_nodes(text);
+        let names: Vec<&str> = leaving.iter().map(|l| l.node.as_str()).collect();
+        assert_eq!(names, ["n2", "n3", "n4"]);
+        assert_eq!(leaving[0].why, "MIXED+DRAIN in Slurm: disk swap");
+        assert_eq!(leaving[1].why, "ALLOCATED+FAIL in Slurm");
     }
 
     #[test]

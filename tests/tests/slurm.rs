@@ -80,28 +80,7 @@ fn a_node_lost_inside_the_allocation_moves_its_ranks_to_the_spare_and_the_job_en
         &script(store.path(), "-n 6 --spare 1 --job lost-node", 300),
     );
     // Once a checkpoint is committed, n2 (ranks 2 and 3) loses power.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = pm_tests::job::pmrun()
-            .args(["ctl", "status", "--json", "--job", "lost-node", "--store"])
-            .arg(store.path())
-            .bounded_output()
-            .unwrap();
-        let status: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
-        if status
-            .as_ref()
-            .and_then(pm_tests::job::committed_epoch)
-            .is_some()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no commit within 2 minutes:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_commit(&cluster, store.path(), "lost-node");
     cluster.kill_node("n2");
     let end = cluster.wait(&id, Duration::from_secs(240));
     let t = &end.output;
@@ -119,15 +98,87 @@ fn a_node_lost_inside_the_allocation_moves_its_ranks_to_the_spare_and_the_job_en
         t.contains("relaunching from the committed checkpoint"),
         "{t}"
     );
-    // Every launch after the loss leaves n2 out.
-    let (_, after) = t.split_once("declared dead").unwrap();
-    let launches: Vec<&str> = after
+    assert_no_launch_on(t, "declared dead", "n2");
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+}
+
+#[test]
+fn a_node_an_administrator_drains_in_slurm_is_left_with_no_rank_bit_exact() {
+    let cluster = Cluster::start(4, 17857);
+    let expected = reference(6, 300);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let id = cluster.sbatch(
+        &["-N4", "-n6"],
+        &script(
+            store.path(),
+            "-n 6 --spare 1 --slurm-poll 0.5 --job drained",
+            300,
+        ),
+    );
+    wait_for_commit(&cluster, store.path(), "drained");
+    let out = cluster
+        .command("scontrol")
+        .args(["update", "nodename=n3", "state=drain", "reason=disk swap"])
+        .bounded_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let end = cluster.wait(&id, Duration::from_secs(240));
+    let t = &end.output;
+    assert_eq!(
+        (end.state.as_str(), end.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{t}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        t.contains("node n3 is MIXED+DRAIN in Slurm: disk swap: draining it"),
+        "{t}"
+    );
+    assert!(t.contains("node n3 drained"), "{t}");
+    assert_no_launch_on(t, "node n3 drained", "n3");
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+}
+
+/// Waits until job `job` under `store` has committed a checkpoint.
+fn wait_for_commit(cluster: &Cluster, store: &std::path::Path, job: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = pm_tests::job::pmrun()
+            .args(["ctl", "status", "--json", "--job", job, "--store"])
+            .arg(store)
+            .bounded_output()
+            .unwrap();
+        let status: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        if status
+            .as_ref()
+            .and_then(pm_tests::job::committed_epoch)
+            .is_some()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job}: no commit within 2 minutes:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every launch pmrun reports after the line containing `after` leaves `node` out.
+fn assert_no_launch_on(t: &str, after: &str, node: &str) {
+    let (_, rest) = t
+        .split_once(after)
+        .unwrap_or_else(|| panic!("no {after:?}:\n{t}"));
+    let launches: Vec<&str> = rest
         .lines()
         .filter(|l| l.contains("launching 6 ranks"))
         .collect();
-    assert!(!launches.is_empty(), "{t}");
-    assert!(launches.iter().all(|l| !l.contains("n2[")), "{t}");
-    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+    assert!(!launches.is_empty(), "no launch after {after:?}:\n{t}");
+    assert!(
+        launches.iter().all(|l| !l.contains(&format!("{node}["))),
+        "a launch on {node}:\n{t}"
+    );
 }
 
 #[test]

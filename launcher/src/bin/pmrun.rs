@@ -100,6 +100,11 @@ struct Cli {
     /// The srun to use (inside a Slurm allocation).
     #[arg(long, default_value = "srun", value_name = "PATH")]
     srun: PathBuf,
+    /// Inside a Slurm allocation: seconds between looks at its nodes'
+    /// states; a node Slurm drains (or that fails or awaits a reboot) is
+    /// drained as by `pmrun ctl drain`.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    slurm_poll: f64,
     /// Move ranks to where they run fastest: `auto` (when the gain over the
     /// remaining steps pays for the move), `dry-run` (log the plans, move
     /// nothing) or `off`.
@@ -144,7 +149,7 @@ struct Cli {
 /// Open MPI spells `--np` as `-np`; accept that among pmrun's own options
 /// (never in the application's arguments) before clap sees it.
 fn normalise_args(mut args: Vec<String>) -> Vec<String> {
-    const TAKES_VALUE: [&str; 28] = [
+    const TAKES_VALUE: [&str; 29] = [
         "-n",
         "--np",
         "-np",
@@ -160,6 +165,7 @@ fn normalise_args(mut args: Vec<String>) -> Vec<String> {
         "--mpirun",
         "--srun",
         "--launch-with",
+        "--slurm-poll",
         "--local-nodes",
         "--node-cpus",
         "--replicas",
@@ -642,6 +648,10 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         max_restarts: cli.max_restarts,
         store,
         verbose: cli.verbose,
+        slurm_watch: match alloc {
+            Some(_) => Some(seconds("--slurm-poll", cli.slurm_poll)?),
+            None => None,
+        },
     };
     if spec.fail_after <= spec.heartbeat {
         bail!(

@@ -110,6 +110,10 @@ pub fn run(
             .name("pmrun-ctl-accept".into())
             .spawn(move || control::serve(ctl, secret, tx))?;
     }
+    if let Some(every) = spec.slurm_watch {
+        let names = spec.nodes.iter().map(|n| n.name.clone()).collect();
+        super::slurm_watch::start("scontrol".into(), names, every, tx.clone())?;
+    }
     starter
         .start(
             &spec.nodes,

@@ -21,6 +21,7 @@ pub mod history;
 pub mod job;
 mod links;
 pub mod render;
+mod slurm_watch;
 pub mod state;
 
 use agents::NodeSpec;
@@ -61,4 +62,7 @@ pub struct JobSpec {
     /// Where the history of earlier runs is kept, and this application's
     /// signature in it: the run's weights are recorded there at its end.
     pub history: Option<(PathBuf, pm_core::history::AppSignature)>,
+    /// Inside a Slurm allocation: how often to look for nodes Slurm wants
+    /// emptied (drained, failing), which are then drained.
+    pub slurm_watch: Option<Duration>,
 }
