@@ -266,6 +266,9 @@ pub enum CtlRequest {
     Balance,
     /// Give `node` `cpus` CPUs (virtual nodes: its cgroup quota).
     SetCpus { node: String, cpus: f64 },
+    /// Stop the job at a checkpoint and keep it, to resume later with
+    /// `pmrun --job ID`; answered once the checkpoint is committed.
+    Stop,
 }
 
 /// Launcher → operator; rendered for people (or as JSON) by `pmrun ctl`.

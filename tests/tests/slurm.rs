@@ -33,7 +33,7 @@ fn script(store: &std::path::Path, pmrun_args: &str, steps: u32) -> String {
         "# Open MPI across several slurmds on one machine: TCP on loopback only.\n\
          export OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo\n\
          export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PM_HISTORY=none\n\
-         {pmrun} -v --store {store} --every 10 --heartbeat 0.2 --fail-after 2 {pmrun_args} {heat} {heat_args}\n",
+         exec {pmrun} -v --store {store} --every 10 --heartbeat 0.2 --fail-after 2 {pmrun_args} {heat} {heat_args}\n",
         pmrun = workspace_bin("pmrun").display(),
         store = store.display(),
         heat = workspace_bin("heat").display(),
@@ -136,6 +136,45 @@ fn a_node_an_administrator_drains_in_slurm_is_left_with_no_rank_bit_exact() {
     );
     assert!(t.contains("node n3 drained"), "{t}");
     assert_no_launch_on(t, "node n3 drained", "n3");
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+}
+
+#[test]
+fn a_stop_signal_before_the_time_limit_keeps_the_job_and_a_later_allocation_resumes_it_bit_exact() {
+    let cluster = Cluster::start(3, 17877);
+    let expected = reference(6, 300);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let batch = script(store.path(), "-n 6 --job preempted", 300);
+    let id = cluster.sbatch(&["-N3", "-n6"], &batch);
+    wait_for_commit(&cluster, store.path(), "preempted");
+    // What `sbatch --signal=B:USR1@120` does before the time limit.
+    let out = cluster
+        .command("scancel")
+        .args(["--batch", "--signal=USR1", &id])
+        .bounded_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let end = cluster.wait(&id, Duration::from_secs(240));
+    let t = &end.output;
+    assert_eq!(end.exit_code, "75:0", "{t}\n{}", cluster.logs());
+    assert!(
+        t.contains("pmrun got SIGUSR1: stopping the job at a checkpoint"),
+        "{t}"
+    );
+    assert!(t.contains("run pmrun again with --job preempted"), "{t}");
+    assert_eq!(checksum(t), None, "{t}");
+
+    // The next allocation, the same script: resumed where it stopped.
+    let id = cluster.sbatch(&["-N3", "-n6"], &batch);
+    let end = cluster.wait(&id, Duration::from_secs(240));
+    let t = &end.output;
+    assert_eq!(
+        (end.state.as_str(), end.exit_code.as_str()),
+        ("COMPLETED", "0:0"),
+        "{t}\n{}",
+        cluster.logs()
+    );
+    assert!(t.contains("heat: resumed from step"), "{t}");
     assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
 }
 

@@ -60,6 +60,12 @@ fn main() {
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
+    // Slurm's `--signal=USR1@T` reaches every task of the job's steps, pmd
+    // among them: the ranks act on it, pmd must not die of it.
+    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
+        // A flag nobody reads: the default action (terminate) becomes none.
+        let _ = signal_hook::flag::register(sig, Default::default());
+    }
     // A secret that came in the environment was written beside the rank
     // socket for the ranks: pmd removes it, and the directories it made
     // for it, when it ends.

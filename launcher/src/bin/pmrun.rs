@@ -506,7 +506,7 @@ fn environment(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
     name = "pmrun ctl",
     bin_name = "pmrun ctl",
     version,
-    after_help = "Examples:\n  pmrun ctl status\n  pmrun ctl status --json --job heat-1700000000-4242\n  pmrun ctl checkpoint\n  pmrun ctl drain node2\n  pmrun ctl balance\n  pmrun ctl set-cpus node2 0.25"
+    after_help = "Examples:\n  pmrun ctl status\n  pmrun ctl status --json --job heat-1700000000-4242\n  pmrun ctl checkpoint\n  pmrun ctl drain node2\n  pmrun ctl balance\n  pmrun ctl set-cpus node2 0.25\n  pmrun ctl stop"
 )]
 struct CtlCli {
     /// The job's store directory [default: /dev/shm/pmrun-<uid>].
@@ -541,6 +541,9 @@ enum CtlCommand {
         #[arg(value_parser = positive_cpus)]
         cpus: f64,
     },
+    /// Stop the job at a checkpoint and keep it (as SIGUSR1 to pmrun does):
+    /// `pmrun --job ID` with the same command resumes it.
+    Stop,
 }
 
 fn positive_cpus(s: &str) -> Result<f64, String> {
@@ -559,6 +562,7 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
         CtlCommand::Drain { node } => (CtlRequest::Drain { node }, false),
         CtlCommand::Balance => (CtlRequest::Balance, false),
         CtlCommand::SetCpus { node, cpus } => (CtlRequest::SetCpus { node, cpus }, false),
+        CtlCommand::Stop => (CtlRequest::Stop, false),
     };
     // The reply is typed; it becomes text (or JSON) only here.
     let (ok, text) = match control::request(&store, cli.job.as_deref(), req)? {

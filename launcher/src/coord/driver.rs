@@ -171,6 +171,8 @@ pub fn run(
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone())?;
     }
+    let stop_asked = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, stop_asked.clone())?;
     let mut driver = Driver {
         links: (0..spec.nodes.len()).map(|_| None).collect(),
         spec,
@@ -184,6 +186,7 @@ pub fn run(
         next_ctl: 0,
         console: Console::new(),
         interrupted,
+        stop_asked,
     };
     driver.run_loop(&rx)
 }
@@ -215,6 +218,8 @@ struct Driver {
     next_ctl: u64,
     console: Console,
     interrupted: Arc<AtomicBool>,
+    /// SIGUSR1: stop at a checkpoint and keep the job.
+    stop_asked: Arc<AtomicBool>,
 }
 
 impl Driver {
@@ -239,6 +244,9 @@ impl Driver {
                 told_interrupt = true;
                 self.console.clear();
                 self.job.handle(Event::Interrupted, Instant::now());
+            }
+            if self.stop_asked.swap(false, Ordering::Relaxed) {
+                self.job.handle(Event::StopRequested, Instant::now());
             }
             for (node, reason) in self.starter.poll_exited() {
                 if self.links[node.index()].is_none() {

@@ -20,6 +20,43 @@ impl Job {
             CtlRequest::Drain { node } => self.drain(id, &node, now),
             CtlRequest::Balance => self.decide_balance(Some(id), now),
             CtlRequest::SetCpus { node, cpus } => self.set_cpus(id, &node, cpus),
+            CtlRequest::Stop => self.request_stop(Some(id), "asked by pmrun ctl stop", now),
+        }
+    }
+
+    /// Stops the job at a checkpoint and keeps it. A signal that arrives
+    /// while no checkpoint can be taken (ranks starting, a recovery under
+    /// way) ends the job as an interruption does, keeping what is
+    /// committed; a ctl request is refused instead.
+    pub(super) fn request_stop(&mut self, id: Option<u64>, why: &str, now: Instant) {
+        if id.is_none() && self.stop_asked.is_some() {
+            return; // the same signal again
+        }
+        let busy = if self.stop_asked.is_some() {
+            Some("a stop is under way already".to_owned())
+        } else if self.drain.is_some()
+            || self.recovering.is_some()
+            || self.balancer.moving.is_some()
+        {
+            Some("a drain, recovery or move is under way".to_owned())
+        } else {
+            self.not_ready()
+        };
+        match (busy, id) {
+            (Some(reason), Some(id)) => self.refuse(id, format!("{reason}; try again")),
+            (Some(reason), None) => {
+                self.say(format!(
+                    "{why}, but no checkpoint can be taken now ({reason}): ending with the committed one"
+                ));
+                self.interrupt(now);
+            }
+            (None, _) => {
+                self.say(format!(
+                    "{why}: stopping the job at a checkpoint, which is kept"
+                ));
+                self.stop_asked = Some((id, why.to_owned()));
+                self.signal(RunSignal::Stop);
+            }
         }
     }
 

@@ -551,6 +551,7 @@ impl Job {
         let all_finished = self.finished.len() == self.cfg.ranks as usize;
         let target = self.state.newest_published().unwrap_or(0);
         let then = match &self.drain {
+            _ if !all_finished && self.stop_asked.is_some() => AfterCommit::Stop,
             Some(_) if !all_finished => AfterCommit::Drain,
             None if !all_finished && self.balancer.moving.is_some() => AfterCommit::Rebalance,
             None if !self.stopped.is_empty() => AfterCommit::Unasked,
@@ -721,6 +722,40 @@ impl Job {
                     self.move_committed(now, late);
                 }
             }
+            AfterCommit::Stop => {
+                let late = now >= deadline;
+                if !late && self.state.committed.is_none_or(|c| c.epoch < target) {
+                    return;
+                }
+                let (id, why) = self.stop_asked.take().unwrap_or_default();
+                self.answer_pending("the job stopped first");
+                let resume = match self.state.committed {
+                    Some(c) => {
+                        if let Some(id) = id {
+                            self.reply(
+                                id,
+                                CtlReply::Committed {
+                                    epoch: c.epoch,
+                                    step: c.step,
+                                },
+                            );
+                        }
+                        format!("its checkpoint of step {} (epoch {})", c.step, c.epoch)
+                    }
+                    None => {
+                        if let Some(id) = id {
+                            self.refuse(id, "the job stopped before any checkpoint was committed");
+                        }
+                        "no committed checkpoint: it would start afresh".into()
+                    }
+                };
+                self.say(format!(
+                    "the job stopped ({why}); its checkpoints are kept: run pmrun again with \
+                     --job {} to resume from {resume}",
+                    self.cfg.job
+                ));
+                self.finish_keeping(STOPPED_EXIT, now);
+            }
             AfterCommit::Unasked => {
                 self.answer_pending("the job stopped first");
                 let resume = match self.state.committed {
@@ -798,6 +833,9 @@ impl Job {
         }
         for (_, id) in std::mem::take(&mut self.pending_checkpoints) {
             self.refuse(id, format!("{why}: no checkpoint was taken"));
+        }
+        if let Some((Some(id), _)) = self.stop_asked.take() {
+            self.refuse(id, format!("{why}: there is nothing left to stop"));
         }
     }
 

@@ -88,6 +88,9 @@ pub enum Event {
     Ctl { id: u64, req: CtlRequest },
     /// pmrun was asked to stop (SIGINT/SIGTERM).
     Interrupted,
+    /// pmrun was asked to stop the job at a checkpoint and keep it
+    /// (SIGUSR1: Slurm's `--signal` before a time limit or preemption).
+    StopRequested,
 }
 
 /// What the coordinator asks its driver to do.
@@ -219,6 +222,9 @@ enum AfterCommit {
     Rebalance,
     /// A stop nobody asked pmrun for (SIGUSR1 to mpirun).
     Unasked,
+    /// A stop pmrun was asked for (`ctl stop`, SIGUSR1 to pmrun): the job
+    /// ends with its checkpoints kept.
+    Stop,
 }
 
 /// What the coordinator knows of one node besides its placement.
@@ -318,6 +324,9 @@ pub struct Job {
     /// Checkpoint requests: the newest epoch when asked, and the requester.
     pending_checkpoints: Vec<(u64, u64)>,
     drain: Option<Drain>,
+    /// A stop-and-keep under way: who asked (a ctl request, or a signal)
+    /// and why.
+    stop_asked: Option<(Option<u64>, String)>,
     /// Live nodes the phase still waits for (to connect, list their store,
     /// apply a placement): a count, so that 10⁴ answers cost 10⁴ steps.
     waiting_on: usize,
@@ -397,6 +406,7 @@ impl Job {
             published_at: BTreeMap::new(),
             pending_checkpoints: Vec::new(),
             drain: None,
+            stop_asked: None,
             waiting_on: cfg.nodes.len(),
             next_health_check: now + health_tick(cfg.fail_after),
             started: now,
@@ -483,6 +493,7 @@ impl Job {
             }
             Event::Ctl { id, req } => self.ctl(id, req, now),
             Event::Interrupted => self.interrupt(now),
+            Event::StopRequested => self.request_stop(None, "pmrun got SIGUSR1", now),
         }
     }
 

@@ -268,6 +268,64 @@ fn a_stop_nobody_asked_pmrun_for_ends_the_job_with_its_checkpoints() {
 }
 
 #[test]
+fn a_stop_pmrun_is_asked_for_ends_the_job_at_a_checkpoint_it_keeps() {
+    // ctl stop: answered with the stop's committed epoch.
+    let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
+    let id = sim.ctl(CtlRequest::Stop, Duration::from_secs(2));
+    assert_eq!(
+        sim.run_until_done(LIMIT),
+        Some(STOPPED_EXIT),
+        "{}",
+        log(&sim)
+    );
+    let reply = sim.replies.iter().find(|(i, _)| *i == id).map(|(_, r)| r);
+    let Some(CtlReply::Committed { step, .. }) = reply else {
+        panic!("{reply:?}\n{}", log(&sim));
+    };
+    assert!(*step > 0);
+    assert_eq!(
+        said(&sim, "asked by pmrun ctl stop); its checkpoints are kept"),
+        1,
+        "{}",
+        log(&sim)
+    );
+
+    // SIGUSR1 to pmrun, twice: one stop.
+    let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
+    sim.inject(Event::StopRequested, Duration::from_secs(2));
+    sim.inject(Event::StopRequested, Duration::from_millis(2100));
+    assert_eq!(
+        sim.run_until_done(LIMIT),
+        Some(STOPPED_EXIT),
+        "{}",
+        log(&sim)
+    );
+    assert_eq!(
+        said(&sim, "pmrun got SIGUSR1: stopping the job"),
+        1,
+        "{}",
+        log(&sim)
+    );
+    assert_eq!(said(&sim, "--job sim to resume from its checkpoint"), 1);
+
+    // Before the ranks can checkpoint: ended as an interruption.
+    let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
+    sim.inject(Event::StopRequested, Duration::ZERO);
+    assert_eq!(
+        sim.run_until_done(LIMIT),
+        Some(INTERRUPTED_EXIT),
+        "{}",
+        log(&sim)
+    );
+    assert_eq!(
+        said(&sim, "no checkpoint can be taken now"),
+        1,
+        "{}",
+        log(&sim)
+    );
+}
+
+#[test]
 fn an_interruption_stops_the_run_and_keeps_the_checkpoints() {
     let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
     sim.inject(Event::Interrupted, Duration::from_secs(2));
