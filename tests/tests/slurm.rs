@@ -103,6 +103,27 @@ fn a_node_lost_inside_the_allocation_moves_its_ranks_to_the_spare_and_the_job_en
 }
 
 #[test]
+fn a_job_without_no_kill_that_loses_a_node_is_told_what_would_have_kept_it() {
+    let cluster = Cluster::start(4, 17897);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    // Long enough to be running when Slurm notices the dead node (10 s).
+    let id = cluster.sbatch(
+        &["--no-requeue", "-N4", "-n6"],
+        &script(store.path(), "-n 6 --spare 1 --job no-kill", 3000),
+    );
+    wait_for_commit(&cluster, store.path(), "no-kill");
+    cluster.kill_node("n2");
+    let end = cluster.wait(&id, Duration::from_secs(120));
+    let t = &end.output;
+    assert_eq!(end.state, "NODE_FAIL", "{t}\n{}", cluster.logs());
+    assert!(
+        t.contains("Slurm is ending the job: node n2 is down. Submitted with --no-kill"),
+        "{t}"
+    );
+    assert!(t.contains("checkpoints are kept"), "{t}");
+}
+
+#[test]
 fn a_node_an_administrator_drains_in_slurm_is_left_with_no_rank_bit_exact() {
     let cluster = Cluster::start(4, 17857);
     let expected = reference(6, 300);

@@ -447,7 +447,10 @@ fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn job_id(cli: &Cli) -> anyhow::Result<String> {
+/// The job id: `--job`, else one made of the application's name and, inside
+/// a Slurm allocation, its job id (so that a job Slurm requeues finds its
+/// checkpoints and resumes by itself), else the time and pmrun's pid.
+fn job_id(cli: &Cli, alloc: Option<&Allocation>) -> anyhow::Result<String> {
     let id = match &cli.job {
         Some(id) => id.clone(),
         None => {
@@ -459,14 +462,16 @@ fn job_id(cli: &Cli) -> anyhow::Result<String> {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
                 .take(32)
                 .collect();
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            format!(
-                "{}-{secs}-{}",
-                if stem.is_empty() { "job" } else { &stem },
-                std::process::id()
-            )
+            let stem = if stem.is_empty() { "job" } else { &stem };
+            match alloc {
+                Some(a) => format!("{stem}-slurm{}", a.job_id),
+                None => {
+                    let secs = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    format!("{stem}-{secs}-{}", std::process::id())
+                }
+            }
         }
     };
     pm_core::names::validate_job_id(&id)?;
@@ -616,13 +621,13 @@ fn init_logging(verbose: bool) {
 fn run(cli: &Cli) -> anyhow::Result<i32> {
     let mut app = cli.app.clone();
     app[0] = find_app(&app[0])?.display().to_string();
-    let job = job_id(cli)?;
+    let alloc = allocation(cli)?;
+    let job = job_id(cli, alloc.as_ref())?;
     let env = environment(cli)?;
     let store = cli
         .store
         .clone()
         .unwrap_or_else(pm_core::store::default_root);
-    let alloc = allocation(cli)?;
     let nodes = match &alloc {
         Some(a) => slurm_nodes(cli, &store, a)?,
         None => nodes(cli, &store, &job)?,
@@ -719,6 +724,21 @@ mod tests {
             norm(&["pmrun", "-n", "4", "app", "-np"]),
             ["pmrun", "-n", "4", "app", "-np"]
         );
+    }
+
+    #[test]
+    fn a_job_in_a_slurm_allocation_is_named_after_it_so_a_requeued_one_resumes() {
+        let cli = Cli::try_parse_from(["pmrun", "-n", "2", "/bin/heat"]).unwrap();
+        let alloc = Allocation {
+            job_id: "42".into(),
+            nodes: vec![],
+            this_node: None,
+        };
+        assert_eq!(job_id(&cli, Some(&alloc)).unwrap(), "heat-slurm42");
+        assert!(job_id(&cli, None).unwrap().starts_with("heat-"));
+        let named =
+            Cli::try_parse_from(["pmrun", "-n", "2", "--job", "mine", "/bin/heat"]).unwrap();
+        assert_eq!(job_id(&named, Some(&alloc)).unwrap(), "mine");
     }
 
     #[test]
