@@ -28,14 +28,17 @@ use std::time::Duration;
 /// nodes. When a node stops answering, its ranks restart on nodes that hold
 /// their replicas; `pmrun ctl drain NODE` moves every rank off a node; ranks
 /// move off slow nodes when the gain over the remaining steps pays for the
-/// move (--balance). The
-/// exit status is the application's, or 75 when the ranks stopped at a
-/// checkpoint that pmrun did not ask for (SIGUSR1 to mpirun): run pmrun
-/// again with --job ID to resume.
+/// move (--balance). Inside a Slurm allocation the nodes are the
+/// allocation's and agents and ranks start with srun (submit with
+/// --no-kill to survive a node's loss; --signal=B:USR1@SECONDS and
+/// `exec pmrun` stop the job at a checkpoint before its time limit). The
+/// exit status is the application's, or 75 when the job stopped at a
+/// checkpoint and was kept (SIGUSR1 to pmrun or to mpirun, `pmrun ctl
+/// stop`): run pmrun again with --job ID to resume.
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2\n  pmrun ctl balance           decide about balancing now"
+    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n  #SBATCH --no-kill / exec pmrun -n 64 --spare 1 ./app   (inside sbatch)\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2\n  pmrun ctl balance           decide about balancing now"
 )]
 struct Cli {
     /// Number of ranks (also -np).
