@@ -38,7 +38,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n  #SBATCH --no-kill / exec pmrun -n 64 --spare 1 ./app   (inside sbatch)\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2\n  pmrun ctl balance           decide about balancing now"
+    after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n  #SBATCH --no-kill / exec pmrun -n 64 --spare 1 ./app   (inside sbatch)\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2\n  pmrun ctl balance           decide about balancing now\n  pmrun ctl stop              stop at a checkpoint and keep the job"
 )]
 struct Cli {
     /// Number of ranks (also -np).
