@@ -21,7 +21,7 @@ export CARGO_TERM_COLOR := always
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help build lib install test demo bench clean
+.PHONY: help build lib install test demo demo-slurm bench clean
 
 help:
 	@echo 'pmrun targets:'
@@ -32,6 +32,8 @@ help:
 	@echo '               and pm.pc into PREFIX=$(PREFIX) (DESTDIR stages, PROFILE=dev: the debug build)'
 	@echo '  make test    cargo fmt --check, clippy -D warnings, cargo test --workspace (what CI runs)'
 	@echo '  make demo    an MPI job killed and resumed bit-exactly, then the store surviving damage'
+	@echo '  make demo-slurm  the same under a real Slurm started on this machine: a node lost,'
+	@echo '               a node drained by the administrator, a stop before the time limit and resume'
 	@echo '  make bench   run pmbench $(BENCH_ARGS) (1 GiB in /dev/shm by default; override BENCH_ARGS)'
 	@echo '  make clean   cargo clean'
 	@echo 'Each target except help and clean first installs or names missing Debian packages.'
@@ -72,6 +74,11 @@ demo:
 	@$(ENSURE_PACKAGES) demo
 	$(CARGO) build --release -q -p heat -p pm-launcher -p pm-core --examples --bins
 	@bash scripts/demo.sh
+
+demo-slurm:
+	@$(ENSURE_PACKAGES) demo-slurm
+	$(CARGO) build --release -q -p heat -p pm-launcher
+	@bash scripts/demo-slurm.sh
 
 bench:
 	@$(ENSURE_PACKAGES) bench

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the Debian packages a Makefile target needs are installed.
 #
-# Usage: scripts/ensure-packages.sh <build|test|demo|bench>
+# Usage: scripts/ensure-packages.sh <build|test|demo|demo-slurm|bench>
 #
 # Fast path: when every package is already installed this only runs
 # dpkg-query and prints nothing. Otherwise, on Debian/Ubuntu as root, it
@@ -28,15 +28,16 @@ set -euo pipefail
 #   gfortran                    the compiler behind Open MPI's mpif90 (`use pm`, heat_f, make install)
 #   slurm-wlm munge libslurm-dev a real Slurm that the tests start themselves (slurm/cluster.sh)
 BASE_PACKAGES="openmpi-bin libopenmpi-dev hwloc libhwloc-dev libclang-dev libudev-dev pkg-config clang"
+SLURM_PACKAGES="slurm-wlm munge"
 BUILD_PACKAGES="$BASE_PACKAGES gfortran"
-TEST_PACKAGES="$BASE_PACKAGES gfortran slurm-wlm munge libslurm-dev"
+TEST_PACKAGES="$BASE_PACKAGES gfortran $SLURM_PACKAGES libslurm-dev"
 DEMO_PACKAGES="$BASE_PACKAGES gfortran"
 BENCH_PACKAGES="$BASE_PACKAGES"
 
 prog=${0##*/}
 
 usage() {
-    echo "usage: $prog <build|test|demo|bench>" >&2
+    echo "usage: $prog <build|test|demo|demo-slurm|bench>" >&2
     exit 2
 }
 
@@ -46,6 +47,7 @@ case "$group" in
     build) packages=$BUILD_PACKAGES ;;
     test) packages=$TEST_PACKAGES ;;
     demo) packages=$DEMO_PACKAGES ;;
+    demo-slurm) packages="$DEMO_PACKAGES $SLURM_PACKAGES" ;;
     bench) packages=$BENCH_PACKAGES ;;
     *) echo "$prog: unknown target group '$group'" >&2; usage ;;
 esac
