@@ -242,6 +242,35 @@ fn assert_no_launch_on(t: &str, after: &str, node: &str) {
 }
 
 #[test]
+fn pmrun_under_salloc_runs_from_outside_the_allocation_s_nodes_bit_exact() {
+    let cluster = Cluster::start(3, 17917);
+    let expected = reference(6, 100);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = cluster
+        .command("salloc")
+        .args(["-N3", "-n6"])
+        .arg(workspace_bin("pmrun"))
+        .args(["-n", "6", "--store"])
+        .arg(store.path())
+        .arg(workspace_bin("heat"))
+        .args(heat_args(100).split(' '))
+        .env("OMPI_MCA_btl", "self,tcp")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("PM_HISTORY", "none")
+        .env_remove("SLURMD_NODENAME")
+        .bounded_output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}\n{}", cluster.logs());
+    // Named after the allocation; agents on its nodes reached this machine.
+    assert!(t.contains("pmrun: job heat-slurm"), "{t}");
+    assert!(t.contains("6 rank(s) on n1 n2 n3"), "{t}");
+    assert_eq!(checksum(&t).as_deref(), Some(expected.as_str()), "{t}");
+}
+
+#[test]
 fn srun_outside_an_allocation_is_a_clear_error() {
     let out = pm_tests::job::pmrun()
         .env_remove("SLURM_JOB_ID")

@@ -244,6 +244,21 @@ fn hosts(cli: &Cli) -> anyhow::Result<Vec<Host>> {
     Ok(hosts::this_machine())
 }
 
+/// The address this machine's host name resolves to: where agents on the
+/// allocation's nodes reach a pmrun that runs outside it (salloc).
+fn this_host_address() -> anyhow::Result<IpAddr> {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    slurm::resolve(&name, &name).with_context(|| {
+        format!(
+            "pmrun runs outside the allocation's nodes, and its host name {name:?} gives no \
+             address its agents could reach: run pmrun from the batch script (or srun it)"
+        )
+    })
+}
+
 /// The Slurm allocation to run in: inside one unless told otherwise
 /// (`--launch-with mpirun`, `-H`, `--hostfile`, `--local-nodes`).
 fn allocation(cli: &Cli) -> anyhow::Result<Option<Allocation>> {
@@ -674,19 +689,16 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
     }
     let (backend, agents): (Box<dyn LaunchBackend>, Box<dyn AgentStarter>) = match &alloc {
         Some(a) => {
-            // pmrun's own node: the address every agent can reach it on.
-            let here = a.this_node.as_deref().unwrap_or_default();
-            let listen = spec
-                .nodes
-                .iter()
-                .find(|n| n.name == here)
-                .map(|n| n.addr)
-                .with_context(|| {
-                    format!(
-                        "pmrun runs on node {here:?} (SLURMD_NODENAME), which is not in the \
-                         allocation's node list: run it from the batch script or salloc"
-                    )
-                })?;
+            // pmrun's own node (a batch script), else this machine (salloc
+            // on a login node): the address every agent can reach it on.
+            let node = a
+                .this_node
+                .as_deref()
+                .and_then(|here| spec.nodes.iter().find(|n| n.name == here));
+            let listen = match node {
+                Some(n) => n.addr,
+                None => this_host_address()?,
+            };
             (
                 Box::new(Srun {
                     program: cli.srun.clone(),
