@@ -59,6 +59,11 @@ pub trait LaunchBackend {
     fn name(&self) -> &'static str;
     /// The command that starts every rank of `plan` where the plan says.
     fn command(&self, plan: &LaunchPlan) -> Result<Command, LaunchError>;
+    /// Whether, once a node is lost, the command waits for that node's
+    /// ranks before it ends (srun does, for its KillWait + 2 s).
+    fn lingers_after_node_loss(&self) -> bool {
+        false
+    }
 }
 
 /// The PMIx setting that chooses how mpirun's PMIx server stores job data.
@@ -136,6 +141,10 @@ pub struct Srun {
 impl LaunchBackend for Srun {
     fn name(&self) -> &'static str {
         "srun"
+    }
+
+    fn lingers_after_node_loss(&self) -> bool {
+        true
     }
 
     fn command(&self, plan: &LaunchPlan) -> Result<Command, LaunchError> {

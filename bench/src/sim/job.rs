@@ -263,6 +263,7 @@ fn coordinator_heap(args: &Args) -> usize {
             store: String::new(),
             balance: Default::default(),
             placement: None,
+            launcher_lingers: false,
         },
         now,
     )

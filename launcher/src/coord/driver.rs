@@ -159,6 +159,7 @@ pub fn run(
         store: spec.store.display().to_string(),
         balance: spec.balance.clone(),
         placement: spec.placement.clone(),
+        launcher_lingers: backend.lingers_after_node_loss(),
     };
     let job = match Job::new(cfg, Instant::now()) {
         Ok(job) => job,

@@ -417,6 +417,10 @@ impl Job {
         // interrupting it while it aborts can crash it: wait before SIGTERM.
         let next = match why {
             StopWhy::Interrupted => (now + STOP_GRACE, RunSignal::Kill),
+            // The live nodes' ranks are gone once their agents killed them
+            // and the dead node's went with it: a launcher that would wait
+            // for those (srun) only delays the recovery.
+            StopWhy::NodeLost if self.cfg.launcher_lingers => (now + LINGER_GRACE, RunSignal::Kill),
             StopWhy::NodeLost => (now + STOP_GRACE / 3, RunSignal::Terminate),
         };
         self.phase = Phase::Stopping {

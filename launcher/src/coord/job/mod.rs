@@ -49,6 +49,10 @@ pub struct Config {
     pub balance: BalanceSettings,
     /// The node of every rank, as the user gave it (`--placement`).
     pub placement: Option<Vec<NodeId>>,
+    /// Whether the launcher waits for the tasks of a node it cannot reach
+    /// before it ends the run (srun: its `KillWait` + 2 s), so that after
+    /// a node loss it is killed soon instead of asked to terminate.
+    pub launcher_lingers: bool,
 }
 
 /// One node of the job.
@@ -173,6 +177,9 @@ const STOP_COMMIT_WAIT: Duration = Duration::from_secs(120);
 pub const REPLICA_FAILURES: u32 = 3;
 /// Grace period between stopping a run and killing it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// After a node loss, how long a lingering launcher (srun) is given before
+/// it is killed: the agents' `KillRanks` takes milliseconds.
+const LINGER_GRACE: Duration = Duration::from_secs(1);
 /// How long pmrun waits for a rank of a run to reach its agent before it
 /// says that the application seems not to use pm.
 const NO_PM_NOTICE: Duration = Duration::from_secs(15);

@@ -242,6 +242,7 @@ impl SimCluster {
                 store: "/sim".into(),
                 balance: cfg.balance.clone(),
                 placement: None,
+                launcher_lingers: false,
             },
             now,
         )
