@@ -37,12 +37,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "demo-slurm FAILED: line $LINENO: $BASH_COMMAND" >&2' ERR
 
-say() { printf '%s\n' "$*"; }
-indent() { sed 's/^/      /'; }
-checksum() { sed -n 's/^heat: checksum \([0-9a-f]*\).*/\1/p' "$1" | tail -1; }
-t0=$(date +%s.%N)
-now() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%5.1f s", b - a }'; }
-step() { say ""; say "[$(now)] $*"; }
+# shellcheck source=scripts/demo-lib.sh
+. scripts/demo-lib.sh
 fail() {
     say "demo-slurm FAILED: $*" >&2
     tail -n 20 "$cluster"/log/*.log >&2 || true

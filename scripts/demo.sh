@@ -46,12 +46,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "demo FAILED: line $LINENO: $BASH_COMMAND" >&2' ERR
 
-say() { printf '%s\n' "$*"; }
-indent() { sed 's/^/      /'; }
-checksum() { sed -n 's/^heat: checksum \([0-9a-f]*\).*/\1/p' "$1" | tail -1; }
-t0=$(date +%s.%N)
-now() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%5.1f s", b - a }'; }
-step() { say ""; say "[$(now)] $*"; }
+# shellcheck source=scripts/demo-lib.sh
+. scripts/demo-lib.sh
 
 ctl() { "$bin/pmrun" ctl --store "$PM_STORE" --job "$job" "$@"; }
 status_json() { ctl status --json 2>/dev/null || true; }

@@ -78,15 +78,17 @@ impl Allocation {
     }
 }
 
+/// The value of `KEY=value` (`key` is `"KEY="`) in one line of
+/// `scontrol ... -o` output.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
 /// `NodeAddr` of every node in `scontrol show node -o` output.
 pub fn parse_node_addrs(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|line| {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key))
-                    .map(str::to_owned)
-            };
+            let field = |key| field(line, key).map(str::to_owned);
             Some((field("NodeName=")?, field("NodeAddr=")?))
         })
         .collect()
@@ -134,13 +136,8 @@ pub struct Leaving {
 pub fn leaving_nodes(text: &str) -> Vec<Leaving> {
     text.lines()
         .filter_map(|line| {
-            let field = |key: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(key))
-                    .map(str::to_owned)
-            };
-            let node = field("NodeName=")?;
-            let state = field("State=")?;
+            let node = field(line, "NodeName=")?.to_owned();
+            let state = field(line, "State=")?;
             let flags: Vec<&str> = state.split('+').collect();
             let leaving = flags.iter().any(|f| {
                 matches!(
@@ -170,11 +167,10 @@ pub fn leaving_nodes(text: &str) -> Vec<Leaving> {
 pub fn down_nodes(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|line| {
-            let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
-            let state = field("State=")?;
+            let state = field(line, "State=")?;
             let base = state.split('+').next().unwrap_or_default();
             (base.starts_with("DOWN") || base.ends_with('*'))
-                .then(|| field("NodeName=").map(str::to_owned))?
+                .then(|| field(line, "NodeName=").map(str::to_owned))?
         })
         .collect()
 }

@@ -47,14 +47,7 @@ fn a_batch_job_runs_its_agents_and_ranks_on_the_allocation_s_nodes_and_ends_bit_
     let expected = reference(6, 100);
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     let id = cluster.sbatch(&["-N3", "-n6"], &script(store.path(), "-n 6", 100));
-    let end = cluster.wait(&id, Duration::from_secs(180));
-    let t = &end.output;
-    assert_eq!(
-        (end.state.as_str(), end.exit_code.as_str()),
-        ("COMPLETED", "0:0"),
-        "{t}\n{}",
-        cluster.logs()
-    );
+    let t = &completed(&cluster, &id, 180);
     // One agent per allocated node, each on its node's address.
     assert!(
         t.contains("6 rank(s) on n1@127.0.0.2 n2@127.0.0.3 n3@127.0.0.4"),
@@ -82,14 +75,7 @@ fn a_node_lost_inside_the_allocation_moves_its_ranks_to_the_spare_and_the_job_en
     // Once a checkpoint is committed, n2 (ranks 2 and 3) loses power.
     wait_for_commit(&cluster, store.path(), "lost-node");
     cluster.kill_node("n2");
-    let end = cluster.wait(&id, Duration::from_secs(240));
-    let t = &end.output;
-    assert_eq!(
-        (end.state.as_str(), end.exit_code.as_str()),
-        ("COMPLETED", "0:0"),
-        "{t}\n{}",
-        cluster.logs()
-    );
+    let t = &completed(&cluster, &id, 240);
     assert!(
         t.contains("node n2 lost its agent") || t.contains("node n2 missed its heartbeats"),
         "{t}"
@@ -143,14 +129,7 @@ fn a_node_an_administrator_drains_in_slurm_is_left_with_no_rank_bit_exact() {
         .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let end = cluster.wait(&id, Duration::from_secs(240));
-    let t = &end.output;
-    assert_eq!(
-        (end.state.as_str(), end.exit_code.as_str()),
-        ("COMPLETED", "0:0"),
-        "{t}\n{}",
-        cluster.logs()
-    );
+    let t = &completed(&cluster, &id, 240);
     assert!(
         t.contains("node n3 is MIXED+DRAIN in Slurm: disk swap: draining it"),
         "{t}"
@@ -187,16 +166,23 @@ fn a_stop_signal_before_the_time_limit_keeps_the_job_and_a_later_allocation_resu
 
     // The next allocation, the same script: resumed where it stopped.
     let id = cluster.sbatch(&["-N3", "-n6"], &batch);
-    let end = cluster.wait(&id, Duration::from_secs(240));
-    let t = &end.output;
+    let t = &completed(&cluster, &id, 240);
+    assert!(t.contains("heat: resumed from step"), "{t}");
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+}
+
+/// Waits (up to `secs`) for batch job `id`, which must complete with
+/// status 0; its output.
+fn completed(cluster: &Cluster, id: &str, secs: u64) -> String {
+    let end = cluster.wait(id, Duration::from_secs(secs));
     assert_eq!(
         (end.state.as_str(), end.exit_code.as_str()),
         ("COMPLETED", "0:0"),
-        "{t}\n{}",
+        "{}\n{}",
+        end.output,
         cluster.logs()
     );
-    assert!(t.contains("heat: resumed from step"), "{t}");
-    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+    end.output
 }
 
 /// Waits until job `job` under `store` has committed a checkpoint.
