@@ -6,7 +6,7 @@
 # TmpFS that PMIx derives its directory from. It touches neither
 # /etc/slurm nor the system's munged, so it never talks to another Slurm.
 #
-# Usage: slurm/cluster.sh start|stop|status|env|kill-node NAME [DIR]
+# Usage: slurm/cluster.sh start|stop|status|env|kill-node NAME|revive-node NAME [DIR]
 #
 #   start   write the configuration, start munged, slurmctld and the
 #           slurmds, and wait until every node is idle
@@ -18,6 +18,8 @@
 #           a power cut of node NAME: SIGKILL to its slurmd, its
 #           slurmstepds (they hold its log open) and every task on it
 #           (SLURMD_NODENAME=NAME)
+#   revive-node NAME [DIR]
+#           power back: start its slurmd again, resume it, wait until idle
 #
 # Environment:
 #   PM_SLURM_DIR   the cluster's directory (default /tmp/pm-slurm); DIR wins
@@ -29,7 +31,7 @@ set -euo pipefail
 
 prog=${0##*/}
 usage() {
-    sed -n '9,27p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '9,29p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -37,7 +39,7 @@ usage() {
 cmd=$1
 shift
 victim=
-if [[ $cmd == kill-node ]]; then
+if [[ $cmd == kill-node || $cmd == revive-node ]]; then
     [[ $# -ge 1 ]] || usage
     victim=$1
     shift
@@ -223,11 +225,25 @@ kill_node() {
     echo "$prog: killed node $n (${#pids[@]} processes)"
 }
 
+node_idle() {
+    [[ $(SLURM_CONF=$conf sinfo -h -n "$1" -o '%T' 2>/dev/null) == idle ]]
+}
+
+revive_node() {
+    local n=$1
+    [[ -f $dir/log/slurmd-$n.log ]] || die "no node $n in the cluster in $dir"
+    pid_alive "$dir/run/slurmd-$n.pid" || SLURM_CONF=$conf slurmd -N "$n"
+    SLURM_CONF=$conf scontrol update nodename="$n" state=resume 2>/dev/null || true
+    wait_for "node $n idle again" 60 node_idle "$n"
+    echo "$prog: node $n is back"
+}
+
 case "$cmd" in
     start) start ;;
     stop) stop ;;
     status) SLURM_CONF=$conf sinfo -N ;;
     env) slurm_env ;;
     kill-node) kill_node "$victim" ;;
+    revive-node) revive_node "$victim" ;;
     *) usage ;;
 esac

@@ -92,6 +92,137 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Under the project's test Slurm (slurm/cluster.sh, started and
+    /// stopped by pmbench): `sbatch --no-kill` of pmrun, agents and ranks
+    /// through srun, the victim's power cut by `kill-node`, and as the
+    /// baseline a plain `srun` start inside an allocation.
+    #[arg(long)]
+    slurm: bool,
+}
+
+/// Where the runs happen: virtual nodes, or a test Slurm.
+enum Place {
+    Local,
+    Slurm(Cluster),
+}
+
+/// The project's test Slurm, stopped when dropped.
+struct Cluster {
+    script: PathBuf,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start(nodes: u32) -> anyhow::Result<Cluster> {
+        // target/<profile>/pmbench -> the repository's slurm/cluster.sh.
+        let exe = std::env::current_exe()?;
+        let script = exe
+            .ancestors()
+            .nth(3)
+            .map(|root| root.join("slurm/cluster.sh"))
+            .filter(|p| p.exists())
+            .context(
+                "slurm/cluster.sh not found: run pmbench from the repository's target directory",
+            )?;
+        let dir = std::env::temp_dir().join(format!("pmbench-slurm-{}", std::process::id()));
+        let out = Command::new(&script)
+            .arg("start")
+            .arg(&dir)
+            .env("PM_SLURM_NODES", nodes.to_string())
+            .env("PM_SLURM_PORT", "19817")
+            .output()
+            .context("cannot run slurm/cluster.sh")?;
+        let cluster = Cluster { script, dir };
+        ensure!(
+            out.status.success(),
+            "the test Slurm did not start (make test installs slurm-wlm and munge):\n{}",
+            crate::util::output_text(&out)
+        );
+        Ok(cluster)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("SLURM_CONF", self.dir.join("etc/slurm.conf"));
+        cmd
+    }
+
+    /// `sbatch --wait` of `body` with `args`; its output goes to `out`.
+    fn sbatch(&self, args: &[String], body: &str, out: &Path) -> anyhow::Result<Command> {
+        let script = out.with_extension("sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/bash\n# Several slurmds on one machine: Open MPI over TCP on loopback.\n\
+                 export OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo\n{body}\n"
+            ),
+        )?;
+        let mut cmd = self.command("sbatch");
+        cmd.args(["--wait", "--quiet"])
+            .arg(format!("--output={}", out.display()))
+            .args(args)
+            .arg(&script);
+        Ok(cmd)
+    }
+
+    /// `slurm/cluster.sh kill-node` or `revive-node` (`what`) of `node`.
+    fn node(&self, what: &str, node: &str) -> anyhow::Result<()> {
+        let out = Command::new(&self.script)
+            .args([what, node])
+            .arg(&self.dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{what} {node}: {}",
+            crate::util::output_text(&out)
+        );
+        Ok(())
+    }
+
+    /// Seconds of `starts` plain `srun --mpi=pmix` starts of heat --steps 0
+    /// inside one allocation of `nodes` nodes.
+    fn srun_starts(&self, args: &Args, heat: &Path, starts: usize) -> anyhow::Result<Vec<f64>> {
+        let out = self.dir.join(format!("starts-{}.out", std::process::id()));
+        let body = format!(
+            "for i in $(seq {starts}); do a=$(date +%s.%N); srun --mpi=pmix -n {} {} {} --no-pm \
+             >/dev/null || exit 1; b=$(date +%s.%N); awk -v a=$a -v b=$b 'BEGIN {{ print \"start\", b - a }}'; done",
+            args.ranks,
+            heat.display(),
+            heat_args(args, 0).join(" ")
+        );
+        let status = mpi_env(&mut self.sbatch(
+            &[
+                format!("-N{}", args.nodes),
+                format!("-n{}", args.ranks),
+                "-O".into(),
+            ],
+            &body,
+            &out,
+        )?)
+        .status()?;
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        ensure!(status.success(), "the plain srun starts failed:\n{text}");
+        let times: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("start "))
+            .filter_map(|t| t.trim().parse().ok())
+            .collect();
+        ensure!(
+            times.len() == starts,
+            "the plain srun starts printed:\n{text}"
+        );
+        Ok(times)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[derive(Serialize, Clone)]
@@ -145,6 +276,8 @@ impl Timings {
 #[derive(Serialize)]
 struct Report {
     scenario: &'static str,
+    /// How agents and ranks were started: `mpirun` (virtual nodes) or `srun` (test Slurm).
+    launcher: &'static str,
     ranks: u32,
     nodes: u32,
     victim: String,
@@ -190,9 +323,11 @@ fn f(v: &Value, key: &str) -> anyhow::Result<f64> {
 
 /// One run: start the job, kill `--victim` after the first commit, wait for
 /// the recovery, let the job finish and check its checksum.
+#[allow(clippy::too_many_arguments)]
 fn killed_run(
     args: &Args,
     bins: &Bins,
+    place: &Place,
     store: &Path,
     job: &str,
     reference: &str,
@@ -201,20 +336,57 @@ fn killed_run(
 ) -> anyhow::Result<Run> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
     let started = Instant::now();
-    let mut cmd = Command::new(&bins.pmrun);
-    mpi_env(&mut cmd)
-        .args(["-n", &args.ranks.to_string()])
-        .args(["--local-nodes", &args.nodes.to_string()])
-        .arg("--store")
-        .arg(store)
-        .args(["--job", job])
-        .args(["--every", &args.every.to_string()])
-        .args(["--replicas", &args.replicas.to_string()])
-        .args(["--heartbeat", &args.heartbeat.to_string()])
-        .args(["--fail-after", &args.fail_after.to_string()])
-        .arg(&bins.heat)
-        .args(heat_args(args, args.steps));
-    let mut run = Job::spawn(&mut cmd)?;
+    let pmrun_args: Vec<String> = [
+        "-n".to_string(),
+        args.ranks.to_string(),
+        "--store".into(),
+        store.display().to_string(),
+        "--job".into(),
+        job.into(),
+        "--every".into(),
+        args.every.to_string(),
+        "--replicas".into(),
+        args.replicas.to_string(),
+        "--heartbeat".into(),
+        args.heartbeat.to_string(),
+        "--fail-after".into(),
+        args.fail_after.to_string(),
+    ]
+    .into();
+    let victim = victim(args, place);
+    let mut output_file = None;
+    let mut cmd = match place {
+        Place::Local => {
+            let mut cmd = Command::new(&bins.pmrun);
+            cmd.args(&pmrun_args)
+                .args(["--local-nodes", &args.nodes.to_string()])
+                .arg(&bins.heat)
+                .args(heat_args(args, args.steps));
+            cmd
+        }
+        Place::Slurm(cluster) => {
+            let out = cluster.dir.join(format!("{job}.out"));
+            let body = format!(
+                "exec {} {} {} {}",
+                bins.pmrun.display(),
+                pmrun_args.join(" "),
+                bins.heat.display(),
+                heat_args(args, args.steps).join(" ")
+            );
+            let cmd = cluster.sbatch(
+                &[
+                    "--no-kill".into(),
+                    format!("-N{}", args.nodes),
+                    format!("-n{}", args.ranks),
+                ],
+                &body,
+                &out,
+            )?;
+            output_file = Some(out);
+            cmd
+        }
+    };
+    let mut run = Job::spawn(mpi_env(&mut cmd))?;
 
     // Wait for a committed checkpoint and the victim's process ids.
     let (committed, pids) = loop {
@@ -232,8 +404,8 @@ fn killed_run(
         {
             let node = s["nodes"]
                 .as_array()
-                .and_then(|n| n.iter().find(|n| n["name"] == args.victim.as_str()))
-                .with_context(|| format!("the job has no node {:?}", args.victim))?;
+                .and_then(|n| n.iter().find(|n| n["name"] == victim.as_str()))
+                .with_context(|| format!("the job has no node {victim:?}"))?;
             let ranks = node["ranks"].as_array().map_or(0, Vec::len);
             let rank_pids: Vec<i32> = node["rank_pids"]
                 .as_array()
@@ -246,8 +418,7 @@ fn killed_run(
                 .unwrap_or_default();
             ensure!(
                 ranks > 0,
-                "{} runs no ranks: nothing to recover (choose another --victim)",
-                args.victim
+                "{victim} runs no ranks: nothing to recover (choose another --victim)"
             );
             if rank_pids.len() == ranks
                 && let Some(agent) = node["agent_pid"].as_i64()
@@ -261,32 +432,31 @@ fn killed_run(
     };
 
     progress(&format!(
-        "  committed {committed}; killing {} (agent and ranks: pids {pids:?})",
-        args.victim
+        "  committed {committed}; killing {victim} (agent and ranks: pids {pids:?})"
     ));
     let load_1m = load_average();
     let killed = Instant::now();
-    for &pid in &pids {
-        // SAFETY: plain kill(2); the pids are the victim's agent and ranks,
-        // which pmrun reported a moment ago.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    match place {
+        Place::Local => {
+            for &pid in &pids {
+                // SAFETY: plain kill(2); the pids are the victim's agent and
+                // ranks, which pmrun reported a moment ago.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // Its slurmd and slurmstepds too: a power cut.
+        Place::Slurm(cluster) => cluster.node("kill-node", &victim)?,
     }
 
     // Wait for the recovery to be listed.
     let (recovery, kill_to_reported_s) = loop {
         if run.child.try_wait()?.is_some() {
             let (_, text) = run.finish(deadline)?;
-            bail!(
-                "pmrun ended without reporting the recovery of {}:\n{text}",
-                args.victim
-            );
+            bail!("pmrun ended without reporting the recovery of {victim}:\n{text}");
         }
         if Instant::now() > deadline {
             let text = run.output_after_stop();
-            bail!(
-                "the recovery of {} was not reported within --timeout:\n{text}",
-                args.victim
-            );
+            bail!("the recovery of {victim} was not reported within --timeout:\n{text}");
         }
         if let Some(s) = status(&bins.pmrun, store, job)
             && let Some(r) = s["recoveries"].as_array().and_then(|rs| {
@@ -294,7 +464,7 @@ fn killed_run(
                     r["kind"] == "node failure"
                         && r["nodes"]
                             .as_array()
-                            .is_some_and(|n| n.iter().any(|n| n == args.victim.as_str()))
+                            .is_some_and(|n| n.iter().any(|n| n == victim.as_str()))
                 })
             })
         {
@@ -311,8 +481,15 @@ fn killed_run(
         f(&recovery, "total_s")?,
     ));
 
-    let (ok, text) = run.finish(deadline)?;
+    let (ok, mut text) = run.finish(deadline)?;
+    if let Place::Slurm(cluster) = place {
+        // Power back, for the next run's allocation.
+        cluster.node("revive-node", &victim)?;
+    }
     let run_s = started.elapsed().as_secs_f64();
+    if let Some(out) = &output_file {
+        text = std::fs::read_to_string(out).unwrap_or_default();
+    }
     ensure!(ok, "pmrun failed after the recovery:\n{text}");
     ensure!(
         text.contains("heat: resumed from step"),
@@ -349,6 +526,14 @@ fn killed_run(
     })
 }
 
+/// The node to kill, as the job names it (Slurm's test nodes are n1, n2, …).
+fn victim(args: &Args, place: &Place) -> String {
+    match place {
+        Place::Local => args.victim.clone(),
+        Place::Slurm(_) => args.victim.replace("node", "n"),
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.repeats > 0 && args.starts > 0,
@@ -378,37 +563,55 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     .context("the reference run printed no checksum")?;
     progress(&format!("  checksum {reference}"));
 
+    let place = if args.slurm {
+        progress(&format!(
+            "starting a test Slurm of {} nodes (slurm/cluster.sh)",
+            args.nodes
+        ));
+        Place::Slurm(Cluster::start(args.nodes)?)
+    } else {
+        Place::Local
+    };
+    let launcher = if args.slurm { "srun" } else { "mpirun" };
     let mut starts = Vec::new();
     let mut runs = Vec::new();
     let result = (|| {
         for i in 0..args.repeats {
             progress(&format!(
-                "relaunch floor: {} plain starts of mpirun -n {} heat --steps 0 --no-pm",
+                "relaunch floor: {} plain starts of {launcher} -n {} heat --steps 0 --no-pm",
                 args.starts, args.ranks
             ));
             let mut these = Vec::new();
-            for _ in 0..args.starts {
-                these.push(timed(|| {
-                    plain_heat(args.ranks, &bins.heat, &heat_args(args, 0)).map(drop)
-                })?);
+            match &place {
+                Place::Local => {
+                    for _ in 0..args.starts {
+                        these.push(timed(|| {
+                            plain_heat(args.ranks, &bins.heat, &heat_args(args, 0)).map(drop)
+                        })?);
+                    }
+                }
+                Place::Slurm(cluster) => {
+                    these = cluster.srun_starts(args, &bins.heat, args.starts)?
+                }
             }
             starts.extend(&these);
             let plain = median(these);
             progress(&format!("  median {plain:.3} s"));
             let job = format!("pmbench-recovery-{}-{}", std::process::id(), i + 1);
             progress(&format!(
-                "run {}/{}: pmrun -n {} --local-nodes {} --every {} --heartbeat {} --fail-after {} heat ..., then kill {}",
+                "run {}/{}: pmrun -n {} on {} {} nodes --every {} --heartbeat {} --fail-after {} heat ..., then kill {}",
                 i + 1,
                 args.repeats,
                 args.ranks,
                 args.nodes,
+                if args.slurm { "Slurm" } else { "virtual" },
                 args.every,
                 args.heartbeat,
                 args.fail_after,
                 args.victim
             ));
             runs.push(killed_run(
-                args, &bins, &store, &job, &reference, plain, &progress,
+                args, &bins, &place, &store, &job, &reference, plain, &progress,
             )?);
         }
         anyhow::Ok(())
@@ -420,6 +623,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let timings = Timings::median(&runs.iter().map(|r| r.timings).collect::<Vec<_>>());
     let report = Report {
         scenario: "recovery",
+        launcher,
         ranks: args.ranks,
         nodes: args.nodes,
         victim: args.victim.clone(),
