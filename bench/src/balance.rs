@@ -42,7 +42,7 @@
 //! scenario fails. Targets (reported, not enforced): speedup over static
 //! ≥ 1.25, step after balancing / ideal step ≤ 1.05, no move when balanced.
 
-use crate::pmjob::{Bins, Job, checksum, load_average, mpi_env, plain_heat, status};
+use crate::pmjob::{self, Bins, Job, checksum, load_average, mpi_env, plain_heat, status};
 use crate::util::{median, timed};
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
@@ -191,16 +191,7 @@ struct Report {
 }
 
 fn heat_args(args: &Args, steps: u64) -> Vec<String> {
-    [
-        "--rows",
-        &args.rows.to_string(),
-        "--cols",
-        &args.cols.to_string(),
-        "--steps",
-        &steps.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+    pmjob::heat_args(args.rows, args.cols, steps, 0)
 }
 
 fn strings(v: &Value) -> Vec<String> {

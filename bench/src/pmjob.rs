@@ -47,6 +47,23 @@ pub fn mpi_env(cmd: &mut Command) -> &mut Command {
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
 }
 
+/// heat's arguments: a `rows` × `cols` plate, `steps` steps, and a sleep
+/// of `pause_ms` in each (0: none).
+pub fn heat_args(rows: u64, cols: u64, steps: u64, pause_ms: u64) -> Vec<String> {
+    let mut args = vec![
+        "--rows".to_string(),
+        rows.to_string(),
+        "--cols".into(),
+        cols.to_string(),
+        "--steps".into(),
+        steps.to_string(),
+    ];
+    if pause_ms > 0 {
+        args.extend(["--pause-ms".into(), pause_ms.to_string()]);
+    }
+    args
+}
+
 /// The checksum heat prints at its end.
 pub fn checksum(out: &str) -> Option<String> {
     out.lines().find_map(|l| {

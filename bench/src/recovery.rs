@@ -32,7 +32,7 @@
 //! scenario fails. The kill is repeated `--repeats` times, each with its own
 //! job id; medians and the per-run figures are reported.
 
-use crate::pmjob::{Bins, Job, checksum, load_average, mpi_env, plain_heat, status};
+use crate::pmjob::{self, Bins, Job, checksum, load_average, mpi_env, plain_heat, status};
 use crate::util::{median, timed};
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
@@ -301,18 +301,7 @@ struct Report {
 }
 
 fn heat_args(args: &Args, steps: u64) -> Vec<String> {
-    [
-        "--rows",
-        &args.rows.to_string(),
-        "--cols",
-        &args.cols.to_string(),
-        "--steps",
-        &steps.to_string(),
-        "--pause-ms",
-        &args.pause_ms.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
+    pmjob::heat_args(args.rows, args.cols, steps, args.pause_ms)
 }
 
 fn f(v: &Value, key: &str) -> anyhow::Result<f64> {

@@ -264,6 +264,7 @@ fn coordinator_heap(args: &Args) -> usize {
             balance: Default::default(),
             placement: None,
             launcher_lingers: false,
+            slurm: false,
         },
         now,
     )
