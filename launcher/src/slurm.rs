@@ -162,19 +162,6 @@ pub fn leaving_nodes(text: &str) -> Vec<Leaving> {
         .collect()
 }
 
-/// The nodes in `scontrol show node -o` output that Slurm holds down
-/// (`DOWN`, or `*`: not responding).
-pub fn down_nodes(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|line| {
-            let state = field(line, "State=")?;
-            let base = state.split('+').next().unwrap_or_default();
-            (base.starts_with("DOWN") || base.ends_with('*'))
-                .then(|| field(line, "NodeName=").map(str::to_owned))?
-        })
-        .collect()
-}
-
 /// `scontrol show node -o` of `names`: its output.
 pub fn show_nodes(scontrol: &Path, names: &[String]) -> Result<String, SlurmError> {
     let program = scontrol.display().to_string();
@@ -240,8 +227,6 @@ mod tests {
         assert_eq!(names, ["n2", "n3", "n4"]);
         assert_eq!(leaving[0].why, "MIXED+DRAIN in Slurm: disk swap");
         assert_eq!(leaving[1].why, "ALLOCATED+FAIL in Slurm");
-        assert_eq!(down_nodes(text), ["n5"]);
-        assert_eq!(down_nodes("NodeName=n7 State=IDLE*\n"), ["n7"]);
     }
 
     #[test]

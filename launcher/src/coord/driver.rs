@@ -160,6 +160,7 @@ pub fn run(
         balance: spec.balance.clone(),
         placement: spec.placement.clone(),
         launcher_lingers: backend.lingers_after_node_loss(),
+        slurm: spec.slurm_watch.is_some(),
     };
     let job = match Job::new(cfg, Instant::now()) {
         Ok(job) => job,
@@ -244,7 +245,6 @@ impl Driver {
             if self.interrupted.load(Ordering::Relaxed) && !told_interrupt {
                 told_interrupt = true;
                 self.console.clear();
-                self.explain_slurm_end();
                 self.job.handle(Event::Interrupted, Instant::now());
             }
             if self.stop_asked.swap(false, Ordering::Relaxed) {
@@ -426,27 +426,6 @@ impl Driver {
             });
         if let Err(e) = watch {
             tracing::error!(error = %e, "cannot watch the run's process");
-        }
-    }
-
-    /// Inside an allocation, a SIGTERM while a node is down is Slurm
-    /// ending the whole job for that node: say what keeps it going.
-    fn explain_slurm_end(&self) {
-        if self.spec.slurm_watch.is_none() {
-            return;
-        }
-        let names: Vec<String> = self.spec.nodes.iter().map(|n| n.name.clone()).collect();
-        let Ok(text) = crate::slurm::show_nodes(Path::new("scontrol"), &names) else {
-            return;
-        };
-        let down = crate::slurm::down_nodes(&text);
-        if !down.is_empty() {
-            eprintln!(
-                "pmrun: Slurm is ending the job: node {} is down. Submitted with --no-kill \
-                 (#SBATCH --no-kill), a job keeps its allocation when a node fails, and pmrun \
-                 goes on without the node",
-                down.join(", ")
-            );
         }
     }
 

@@ -1,13 +1,13 @@
-//! Inside a Slurm allocation: drains, as `pmrun ctl drain` does, every node
-//! of the job that Slurm wants emptied — an administrator's
-//! `scontrol update nodename=N state=drain`, a failing node, a requested
-//! reboot. Slurm offers no callback for this to a job (`strigger` runs on
-//! the controller's host), so the watcher asks `scontrol` every `every`.
+//! Inside a Slurm allocation: looks at the job's nodes in Slurm every
+//! `every` (`scontrol show node`) and hands the coordinator the nodes Slurm
+//! wants emptied — an administrator's `scontrol update nodename=N
+//! state=drain`, a failing node, a requested reboot — as
+//! [`Event::SlurmLeaving`]; the coordinator drains them. Slurm offers no
+//! callback for this to a job (`strigger` runs on the controller's host).
 
 use super::driver::Input;
+use super::job::Event;
 use crate::slurm;
-use pm_core::proto::{CtlReply, CtlRequest};
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -31,9 +31,7 @@ fn watch(
     every: Duration,
     inputs: &mpsc::Sender<Input>,
 ) {
-    // Nodes drained (never asked again), and the last refusal said per node.
-    let mut drained: HashSet<String> = HashSet::new();
-    let mut refused: HashMap<String, String> = HashMap::new();
+    // The last failure to ask scontrol, said once.
     let mut failing: Option<String> = None;
     loop {
         std::thread::sleep(every);
@@ -51,37 +49,16 @@ fn watch(
                 continue;
             }
         };
-        for leaving in slurm::leaving_nodes(&text) {
-            if drained.contains(&leaving.node) {
-                continue;
-            }
-            if !refused.contains_key(&leaving.node) {
-                eprintln!(
-                    "pmrun: node {} is {}: draining it",
-                    leaving.node, leaving.why
-                );
-            }
-            let (tx, rx) = mpsc::channel();
-            let req = CtlRequest::Drain {
-                node: leaving.node.clone(),
-            };
-            if inputs.send(Input::Ctl { req, reply: tx }).is_err() {
-                return; // the job has ended
-            }
-            match rx.recv() {
-                Ok(CtlReply::Refused { reason }) => {
-                    // Said once per reason; asked again at the next look.
-                    if refused.get(&leaving.node) != Some(&reason) {
-                        eprintln!("pmrun: node {} is not drained yet: {reason}", leaving.node);
-                        refused.insert(leaving.node.clone(), reason);
-                    }
-                }
-                Ok(_) => {
-                    refused.remove(&leaving.node);
-                    drained.insert(leaving.node);
-                }
-                Err(_) => return,
-            }
+        let nodes: Vec<(String, String)> = slurm::leaving_nodes(&text)
+            .into_iter()
+            .map(|l| (l.node, l.why))
+            .collect();
+        if !nodes.is_empty()
+            && inputs
+                .send(Input::Core(Event::SlurmLeaving { nodes }))
+                .is_err()
+        {
+            return; // the job has ended
         }
     }
 }

@@ -92,7 +92,16 @@ impl Job {
             );
         };
         let n = NodeId::from_index(i);
-        let refusal = match self.state.node(n).health {
+        match self.drain_refusal(n) {
+            Some(why) => self.refuse(id, why),
+            None => self.start_drain(Some(id), n, now),
+        }
+    }
+
+    /// Why node `n` cannot be drained now, if it cannot.
+    fn drain_refusal(&self, n: NodeId) -> Option<String> {
+        let node = &self.cfg.nodes[n.index()].name;
+        match self.state.node(n).health {
             Health::Dead => Some(format!("node {node} is dead already")),
             Health::Drained => Some(format!("node {node} is drained already")),
             Health::Alive if self.state.usable_nodes() < 2 => {
@@ -102,20 +111,80 @@ impl Job {
                 Some("another drain or recovery is in progress; try again".into())
             }
             Health::Alive => self.not_ready(),
-        };
-        if let Some(why) = refusal {
-            return self.refuse(id, why);
         }
+    }
+
+    fn start_drain(&mut self, ctl: Option<u64>, n: NodeId, now: Instant) {
         let ranks = self.state.rank_count(n);
         self.say(format!(
-            "draining node {node}: checkpointing, then moving its {ranks} rank(s)"
+            "draining node {}: checkpointing, then moving its {ranks} rank(s)",
+            self.cfg.nodes[n.index()].name
         ));
         self.drain = Some(Drain {
             nodes: vec![n],
             started: now,
-            ctl: id,
+            ctl,
         });
         self.signal(RunSignal::Stop);
+    }
+
+    /// Inside an allocation, a SIGTERM after the job recovered from a
+    /// node's loss is most likely Slurm ending the whole job for that node
+    /// (it notices a dead node later than pmrun): say what keeps it going.
+    /// Nodes lost while Slurm ends the job (their agents get its SIGTERM
+    /// too) are not the cause, hence only recovered losses count.
+    pub(super) fn explain_slurm_end(&mut self) {
+        if !self.cfg.slurm {
+            return;
+        }
+        let dead: Vec<&str> = self
+            .recoveries
+            .iter()
+            .filter(|r| r.kind == RecoveryKind::NodeFailure)
+            .flat_map(|r| r.nodes.iter().map(String::as_str))
+            .collect();
+        if !dead.is_empty() {
+            let text = format!(
+                "Slurm is ending the job: node {} is down. Submitted with --no-kill \
+                 (#SBATCH --no-kill), a job keeps its allocation when a node fails, and pmrun \
+                 goes on without the node",
+                dead.join(", ")
+            );
+            self.say(text);
+        }
+    }
+
+    /// The nodes Slurm wants emptied (drained by an administrator, failing,
+    /// awaiting a reboot) are drained as `ctl drain` would, one at a time.
+    /// A drain that must wait (a recovery under way, ranks starting) is
+    /// said once per reason and tried again at Slurm's next look; a node
+    /// already drained or dead needs nothing.
+    pub(super) fn slurm_leaving(&mut self, nodes: Vec<(String, String)>, now: Instant) {
+        for (node, why) in nodes {
+            let Some(i) = self.cfg.nodes.iter().position(|n| n.name == node) else {
+                continue;
+            };
+            let n = NodeId::from_index(i);
+            if self.state.node(n).health != Health::Alive {
+                self.slurm_refused.remove(&node);
+                continue;
+            }
+            match self.drain_refusal(n) {
+                Some(reason) => {
+                    if self.slurm_refused.get(&node) != Some(&reason) {
+                        self.say(format!(
+                            "node {node} is {why}; it is not drained yet: {reason}"
+                        ));
+                        self.slurm_refused.insert(node, reason);
+                    }
+                }
+                None => {
+                    self.slurm_refused.remove(&node);
+                    self.say(format!("node {node} is {why}: draining it"));
+                    return self.start_drain(None, n, now);
+                }
+            }
+        }
     }
 
     fn set_cpus(&mut self, id: u64, node: &str, cpus: f64) {

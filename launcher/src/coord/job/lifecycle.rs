@@ -588,7 +588,7 @@ impl Job {
         if self.recovering.is_some() {
             self.relaunch_after_loss(now);
         } else {
-            if let Some(Drain { ctl, .. }) = self.drain.take() {
+            if let Some(Drain { ctl: Some(ctl), .. }) = self.drain.take() {
                 self.refuse(ctl, "the job failed during the drain");
             }
             self.after_rank_failure(code, now);
@@ -647,7 +647,7 @@ impl Job {
             let names = self.mark_drained(&drain.nodes);
             if let Some(ongoing) = &mut self.recovering {
                 ongoing.record.nodes.extend(names);
-                ongoing.ctl = Some(drain.ctl);
+                ongoing.ctl = drain.ctl;
             }
         }
         let moves = match self.state.replace_lost_ranks() {
@@ -784,7 +784,9 @@ impl Job {
                 let moves = match self.state.replace_lost_ranks() {
                     Ok(m) => m,
                     Err(e) => {
-                        self.refuse(drain.ctl, e.to_string());
+                        if let Some(ctl) = drain.ctl {
+                            self.refuse(ctl, e.to_string());
+                        }
                         return self.cannot_continue(&e, now);
                     }
                 };
@@ -811,7 +813,7 @@ impl Job {
                     commit,
                     moved,
                     drain.started,
-                    Some(drain.ctl),
+                    drain.ctl,
                 ));
                 self.place(now);
             }
@@ -832,7 +834,7 @@ impl Job {
     /// Answers the drain and the checkpoint requests still waiting when the
     /// job ends: `why` they cannot be done.
     fn answer_pending(&mut self, why: &str) {
-        if let Some(Drain { ctl, .. }) = self.drain.take() {
+        if let Some(Drain { ctl: Some(ctl), .. }) = self.drain.take() {
             self.refuse(ctl, format!("{why}: there is nothing left to drain"));
         }
         for (_, id) in std::mem::take(&mut self.pending_checkpoints) {

@@ -53,6 +53,8 @@ pub struct Config {
     /// before it ends the run (srun: its `KillWait` + 2 s), so that after
     /// a node loss it is killed soon instead of asked to terminate.
     pub launcher_lingers: bool,
+    /// Inside a Slurm allocation (for what pmrun explains).
+    pub slurm: bool,
 }
 
 /// One node of the job.
@@ -95,6 +97,9 @@ pub enum Event {
     /// pmrun was asked to stop the job at a checkpoint and keep it
     /// (SIGUSR1: Slurm's `--signal` before a time limit or preemption).
     StopRequested,
+    /// Inside a Slurm allocation: the nodes Slurm wants emptied at its
+    /// latest look, each with Slurm's state and reason.
+    SlurmLeaving { nodes: Vec<(String, String)> },
 }
 
 /// What the coordinator asks its driver to do.
@@ -257,7 +262,8 @@ struct NodeRt {
 struct Drain {
     nodes: Vec<NodeId>,
     started: Instant,
-    ctl: u64,
+    /// Who asked: a `ctl drain`, or none (Slurm drained the node).
+    ctl: Option<u64>,
 }
 
 /// A recovery in progress: its record so far and when it started.
@@ -334,6 +340,9 @@ pub struct Job {
     /// A stop-and-keep under way: who asked (a ctl request, or a signal)
     /// and why.
     stop_asked: Option<(Option<u64>, String)>,
+    /// Per node Slurm wants emptied, the last reason its drain had to
+    /// wait (said once per reason).
+    slurm_refused: BTreeMap<String, String>,
     /// Live nodes the phase still waits for (to connect, list their store,
     /// apply a placement): a count, so that 10⁴ answers cost 10⁴ steps.
     waiting_on: usize,
@@ -414,6 +423,7 @@ impl Job {
             pending_checkpoints: Vec::new(),
             drain: None,
             stop_asked: None,
+            slurm_refused: BTreeMap::new(),
             waiting_on: cfg.nodes.len(),
             next_health_check: now + health_tick(cfg.fail_after),
             started: now,
@@ -499,8 +509,12 @@ impl Job {
             Event::RunStarted { .. } | Event::RunFailedToStart { .. } | Event::RunExited { .. } => {
             }
             Event::Ctl { id, req } => self.ctl(id, req, now),
-            Event::Interrupted => self.interrupt(now),
+            Event::Interrupted => {
+                self.explain_slurm_end();
+                self.interrupt(now)
+            }
             Event::StopRequested => self.request_stop(None, "pmrun got SIGUSR1", now),
+            Event::SlurmLeaving { nodes } => self.slurm_leaving(nodes, now),
         }
     }
 

@@ -243,6 +243,7 @@ impl SimCluster {
                 balance: cfg.balance.clone(),
                 placement: None,
                 launcher_lingers: false,
+                slurm: false,
             },
             now,
         )

@@ -326,6 +326,42 @@ fn a_stop_pmrun_is_asked_for_ends_the_job_at_a_checkpoint_it_keeps() {
 }
 
 #[test]
+fn a_node_slurm_wants_emptied_is_drained_once_it_can_be() {
+    let leaving = || Event::SlurmLeaving {
+        nodes: vec![("node2".into(), "IDLE+DRAIN in Slurm: disk swap".into())],
+    };
+    let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
+    // Before the ranks are ready: it waits, said once however often Slurm says it.
+    sim.inject(leaving(), Duration::ZERO);
+    sim.inject(leaving(), Duration::ZERO);
+    // Then it is drained, and later looks change nothing.
+    sim.inject(leaving(), Duration::from_secs(2));
+    sim.inject(leaving(), Duration::from_secs(6));
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    assert_eq!(
+        said(
+            &sim,
+            "node node2 is IDLE+DRAIN in Slurm: disk swap; it is not drained yet"
+        ),
+        1,
+        "{}",
+        log(&sim)
+    );
+    assert_eq!(
+        said(
+            &sim,
+            "node node2 is IDLE+DRAIN in Slurm: disk swap: draining it"
+        ),
+        1,
+        "{}",
+        log(&sim)
+    );
+    assert_eq!(sim.job.state().node(n(1)).health, Health::Drained);
+    assert!(!sim.job.state().placement.contains(&n(1)));
+}
+
+#[test]
 fn an_interruption_stops_the_run_and_keeps_the_checkpoints() {
     let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
     sim.inject(Event::Interrupted, Duration::from_secs(2));
