@@ -12,7 +12,7 @@ use std::time::Duration;
 /// nodes, stores partners' replicas, and heartbeats to pmrun. Started by
 /// pmrun; see `pmrun --help`.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "pmd", version)]
 struct Cli {
     /// This node's name in the job.
     #[arg(long)]

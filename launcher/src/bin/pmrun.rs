@@ -37,6 +37,7 @@ use std::time::Duration;
 /// stop`): run pmrun again with --job ID to resume.
 #[derive(Parser, Debug)]
 #[command(
+    name = "pmrun",
     version,
     after_help = "Examples:\n  pmrun -n 8 --local-nodes 4 ./heat --steps 1000\n  pmrun -n 4 --every 100 --replicas 2 --local-nodes 4 ./app input.dat\n  pmrun -n 8 -x OMP_NUM_THREADS=2 ./app\n  #SBATCH --no-kill / exec pmrun -n 64 --spare 1 ./app   (inside sbatch)\n\nWhile it runs (from another shell):\n  pmrun ctl status            nodes, ranks, epochs, replicas\n  pmrun ctl checkpoint        checkpoint now\n  pmrun ctl drain node2       move every rank off node2\n  pmrun ctl balance           decide about balancing now\n  pmrun ctl stop              stop at a checkpoint and keep the job"
 )]
@@ -54,10 +55,10 @@ struct Cli {
     #[arg(short = 'x', value_name = "VAR[=VALUE]")]
     export: Vec<String>,
     /// Checkpoint every this many steps.
-    #[arg(long, value_name = "STEPS", conflicts_with = "interval", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "STEPS", env = "PM_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
     every: Option<u64>,
     /// Checkpoint every this many seconds [default: 60].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", env = "PM_INTERVAL")]
     interval: Option<f64>,
     /// Checkpoint store directory on every node [default: /dev/shm/pmrun-<uid>].
     #[arg(long, value_name = "DIR", env = "PM_STORE")]
@@ -71,12 +72,23 @@ struct Cli {
     #[arg(long, value_name = "CPUS[,CPUS...]", requires = "local_nodes")]
     node_cpus: Option<String>,
     /// Partner nodes that hold a replica of every checkpoint.
-    #[arg(long, default_value_t = 1, value_name = "R")]
+    #[arg(long, default_value_t = 1, value_name = "R", env = "PM_REPLICAS")]
     replicas: usize,
     /// Nodes (the last ones) kept free of ranks: replica holders and
     /// places to recover to.
-    #[arg(long, default_value_t = 0, value_name = "K")]
+    #[arg(long, default_value_t = 0, value_name = "K", env = "PM_SPARE")]
     spare: u32,
+    /// Copy committed checkpoints to this directory of a shared file system
+    /// in the background, so they outlive the nodes' stores (and the
+    /// allocation); `--job ID` resumes from the newest of the nodes' stores
+    /// and this copy.
+    #[arg(long, value_name = "DIR", env = "PM_FLUSH")]
+    flush: Option<PathBuf>,
+    /// Flush every this many commits (a flush still running when the next
+    /// is due is left to finish; the one after it takes the newest epoch).
+    /// Stops at a checkpoint and the end of a `--keep` job always flush.
+    #[arg(long, default_value_t = 1, value_name = "N", env = "PM_FLUSH_EVERY", requires = "flush", value_parser = clap::value_parser!(u64).range(1..))]
+    flush_every: u64,
     /// Seconds between agent heartbeats.
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     heartbeat: f64,
@@ -611,7 +623,7 @@ fn main() {
     let result = if args.get(1).map(String::as_str) == Some("ctl") {
         ctl(args[1..].to_vec())
     } else {
-        let cli = Cli::parse_from(normalise_args(args));
+        let cli = parse_cli(normalise_args(args));
         init_logging(cli.verbose);
         run(&cli)
     };
@@ -622,6 +634,41 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The command line, with `--every` and `--interval` resolved: a flag wins
+/// over the other's environment variable (`PM_EVERY`, `PM_INTERVAL`, set
+/// by `#SBATCH --pm-every` for example); two flags, or two variables, are
+/// an error.
+fn parse_cli(args: Vec<String>) -> Cli {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    let matches = command
+        .try_get_matches_from_mut(args)
+        .unwrap_or_else(|e| e.exit());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let from_flag = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    if cli.every.is_some() && cli.interval.is_some() {
+        match (from_flag("every"), from_flag("interval")) {
+            (true, false) => cli.interval = None,
+            (false, true) => cli.every = None,
+            (both_flags, _) => {
+                let what = if both_flags {
+                    "--every and --interval"
+                } else {
+                    "PM_EVERY and PM_INTERVAL (in the environment)"
+                };
+                command
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("{what} both say when to checkpoint: give one"),
+                    )
+                    .exit()
+            }
+        }
+    }
+    cli
 }
 
 /// Structured logs on stderr, filtered by `PM_LOG` (errors, or warnings
