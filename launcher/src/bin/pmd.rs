@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use pm_launcher::agent::{self, AgentOptions};
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -70,14 +71,47 @@ fn main() {
     // socket for the ranks: pmd removes it, and the directories it made
     // for it, when it ends.
     let written = cli.secret_file.is_none().then(|| cli.socket.clone());
+    let slurm_mark = slurm_mark(&cli);
+    let job_dir = cli.store.join(&cli.job);
     let result = run(cli);
     if let Some(socket) = written {
         agent::remove_written_secret(&socket);
+    }
+    if let Some(mark) = slurm_mark.filter(|_| !job_dir.exists()) {
+        let _ = std::fs::remove_file(&mark);
+        if let Some(dir) = mark.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     if let Err(e) = result {
         tracing::error!("{e:#}");
         eprintln!("pmd: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Inside a Slurm job, marks the node's store as holding this job:
+/// `<store>/.slurm/<SLURM_JOB_ID>/<job>`, an empty file. The SPANK
+/// plugin's job epilog removes what the marks name even when pmd could not
+/// (it was killed); pmd removes its mark when it leaves no files.
+fn slurm_mark(cli: &Cli) -> Option<PathBuf> {
+    let id = std::env::var("SLURM_JOB_ID").ok()?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pm_core::names::validate_job_id(&cli.job).ok()?;
+    let dir = cli.store.join(".slurm").join(id);
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::write(dir.join(&cli.job), b""));
+    match made {
+        Ok(()) => Some(dir.join(&cli.job)),
+        Err(e) => {
+            tracing::warn!("cannot mark {} for Slurm's epilog: {e}", dir.display());
+            None
+        }
     }
 }
 
