@@ -14,6 +14,7 @@
 //! cost several times a memcpy on these machines).
 
 pub mod commit;
+pub mod flush;
 mod import;
 mod read;
 mod write;
