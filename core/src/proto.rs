@@ -129,6 +129,24 @@ pub enum ToAgent {
     /// Give the node's ranks `cpus` CPUs from now on (`pmrun ctl set-cpus`),
     /// answered by [`FromAgent::CpusSet`].
     SetCpus { cpus: f64 },
+    /// Copy the node's snapshots of `epoch` for `ranks` between its store
+    /// and the flush directory (the agent's `--flush`), answered by
+    /// [`FromAgent::FlushCopied`].
+    CopyFlush {
+        way: FlushWay,
+        epoch: u64,
+        ranks: Vec<u32>,
+    },
+}
+
+/// Which way a [`ToAgent::CopyFlush`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlushWay {
+    /// From the node's store to the flush directory (a flush).
+    Out,
+    /// From the flush directory into the node's store (a resume from it),
+    /// where the copy is then recorded as committed.
+    In,
 }
 
 /// Agent → launcher.
@@ -195,6 +213,15 @@ pub enum FromAgent {
     CpusSet {
         cpus: f64,
         enforced: Result<String, String>,
+    },
+    /// The answer to [`ToAgent::CopyFlush`]: the ranks whose copy is
+    /// published, those that failed and why, the bytes written.
+    FlushCopied {
+        way: FlushWay,
+        epoch: u64,
+        copied: Vec<u32>,
+        failed: Vec<(u32, String)>,
+        bytes_written: u64,
     },
 }
 

@@ -265,6 +265,7 @@ fn coordinator_heap(args: &Args) -> usize {
             placement: None,
             launcher_lingers: false,
             slurm: false,
+            flush: None,
         },
         now,
     )

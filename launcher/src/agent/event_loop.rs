@@ -6,6 +6,7 @@
 //! stops heartbeating.
 
 use super::core::{Action, AgentCore, ConnId, Event, FileJob, RankSignal};
+use super::flush::FlushJob;
 use super::gossip_sender::{GossipRound, GossipSender};
 use super::launcher::LauncherWriter;
 use super::partners::PartnerCommand;
@@ -48,6 +49,7 @@ const FLUSH_AT_EXIT: Duration = Duration::from_secs(1);
 /// The workers that live as long as the agent, by what they are handed.
 pub(super) struct Workers {
     pub(super) files: Sender<FileJob>,
+    pub(super) flush: Sender<FlushJob>,
     pub(super) gossip: GossipSender,
     /// The ranks' processes, once a heartbeat period.
     pub(super) availability: Sender<Vec<u32>>,
@@ -192,6 +194,12 @@ impl EventLoop {
                     // the core's exit deadline still ends the agent.
                     if self.workers.files.send(job).is_err() {
                         tracing::error!("the file worker is gone");
+                    }
+                }
+                Action::CopyFlush { way, epoch, ranks } => {
+                    let job = FlushJob { way, epoch, ranks };
+                    if self.workers.flush.send(job).is_err() {
+                        tracing::error!("the flush worker is gone");
                     }
                 }
                 Action::Gossip { to, message } => {

@@ -21,6 +21,7 @@ mod availability;
 pub mod core;
 mod event_loop;
 mod files;
+mod flush;
 mod gossip_sender;
 mod launcher;
 mod partners;
@@ -58,6 +59,9 @@ pub struct AgentOptions {
     pub cgroup: Option<PathBuf>,
     /// CPUs the node offers (its cgroup quota or the machine's cores).
     pub cpus: f64,
+    /// The flush directory (`pmrun --flush`), where committed snapshots
+    /// are copied to outlive the node's store.
+    pub flush: Option<PathBuf>,
     /// Test hook: every replica import waits this long before it moves data.
     pub import_delay: Duration,
     /// Test hook: every replica import fails (a partner that stops storing).
@@ -204,6 +208,7 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         .map_err(io_err("start serving partners"))?;
     let workers = event_loop::Workers {
         files: files::start(res.clone(), tx.clone()).map_err(io_err("start the file worker"))?,
+        flush: flush::start(res.clone(), tx.clone()).map_err(io_err("start the flush worker"))?,
         gossip: gossip_sender::start(res.clone()).map_err(io_err("start the gossip sender"))?,
         availability: availability::start(tx.clone())
             .map_err(io_err("start the availability worker"))?,

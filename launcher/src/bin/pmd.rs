@@ -48,6 +48,10 @@ struct Cli {
     /// CPU cgroup directory to move the node's ranks into.
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// The flush directory (a shared file system), where committed
+    /// snapshots are copied to outlive the node's store.
+    #[arg(long)]
+    flush: Option<PathBuf>,
     /// CPUs the node offers.
     #[arg(long, default_value_t = 1.0)]
     cpus: f64,
@@ -148,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat: Duration::from_secs_f64(cli.heartbeat),
         cgroup: cli.cgroup,
         cpus: cli.cpus,
+        flush: cli.flush,
         import_delay,
         refuse_imports,
     })?)

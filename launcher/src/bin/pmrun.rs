@@ -683,6 +683,23 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
+/// `--flush DIR`, made absolute (agents on other nodes get the same path)
+/// and created if needed, private to the user.
+fn flush_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("--flush {}: not a usable path", dir.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .with_context(|| {
+            format!(
+                "--flush {}: cannot create the directory (it should be on a file system every node \
+                 shares, writable by you)",
+                dir.display()
+            )
+        })?;
+    Ok(dir)
+}
+
 fn run(cli: &Cli) -> anyhow::Result<i32> {
     let mut app = cli.app.clone();
     app[0] = find_app(&app[0])?.display().to_string();
@@ -724,6 +741,10 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
         verbose: cli.verbose,
         slurm_watch: match alloc {
             Some(_) => Some(seconds("--slurm-poll", cli.slurm_poll)?),
+            None => None,
+        },
+        flush: match &cli.flush {
+            Some(dir) => Some((flush_dir(dir)?, cli.flush_every)),
             None => None,
         },
     };

@@ -47,6 +47,8 @@ pub struct AgentLaunch<'a> {
     pub heartbeat: Duration,
     /// Where pmrun listens for its agents.
     pub launcher: SocketAddr,
+    /// The flush directory (`--flush`), the same path on every node.
+    pub flush: Option<&'a Path>,
 }
 
 /// Starts a job's agents and ends what is left of them.
@@ -115,6 +117,9 @@ fn pmd_args(id: usize, node: &NodeSpec, launch: &AgentLaunch<'_>, socket: &Path)
     arg("--cpus", node.cpus.to_string().as_ref());
     if let Some(cg) = &node.cgroup {
         arg("--cgroup", cg.as_os_str());
+    }
+    if let Some(dir) = launch.flush {
+        arg("--flush", dir.as_os_str());
     }
     args
 }

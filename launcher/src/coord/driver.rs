@@ -8,7 +8,7 @@
 //! to the waiting ctl connection. No rule of the job lives in this file.
 
 use super::agents::{AgentLaunch, AgentStarter};
-use super::job::{Action, Config, Event, Job, NodeConfig, RunPlan, RunSignal};
+use super::job::{Action, Config, Event, FlushSettings, Job, NodeConfig, RunPlan, RunSignal};
 use super::links::{self, AgentLink};
 use super::{JobSpec, cgroup, console::Console, control, exit_code};
 use crate::backend::{LaunchBackend, LaunchPlan};
@@ -124,6 +124,7 @@ pub fn run(
                 secret: &secret,
                 heartbeat: spec.heartbeat,
                 launcher,
+                flush: spec.flush.as_ref().map(|(dir, _)| dir.as_path()),
             },
         )
         .map_err(|e| {
@@ -161,6 +162,17 @@ pub fn run(
         placement: spec.placement.clone(),
         launcher_lingers: backend.lingers_after_node_loss(),
         slurm: spec.slurm_watch.is_some(),
+        flush: match &spec.flush {
+            Some((dir, every)) => Some(FlushSettings {
+                dir: dir.display().to_string(),
+                every: *every,
+                recorded: flushed_record(dir, &spec.job).map_err(|e| {
+                    starter.finish(Duration::ZERO, false, &[]);
+                    cleanup(e)
+                })?,
+            }),
+            None => None,
+        },
     };
     let job = match Job::new(cfg, Instant::now()) {
         Ok(job) => job,
@@ -191,6 +203,19 @@ pub fn run(
         stop_asked,
     };
     driver.run_loop(&rx)
+}
+
+/// The flush directory's record of `job` (epoch, step, ranks), if any.
+fn flushed_record(dir: &Path, job: &str) -> anyhow::Result<Option<(u64, u64, u32)>> {
+    let record = pm_core::store::flush::read_job_record(dir, job).with_context(|| {
+        format!(
+            "the flushed copy of job {job} in {} cannot be used: restore its record, or remove \
+             {} to resume from the nodes' stores only",
+            dir.display(),
+            dir.join(job).display()
+        )
+    })?;
+    Ok(record.map(|r| (r.epoch, r.step, r.ranks)))
 }
 
 fn write_secret(path: &Path, secret: &JobSecret) -> anyhow::Result<()> {
@@ -333,9 +358,18 @@ impl Driver {
                     // Already on stderr: a log line at info would repeat it.
                     tracing::debug!("{text}");
                 }
+                Action::RecordFlush { epoch, step } => self.record_flush(epoch, step),
                 Action::Exit { code, delete } => {
                     if code == 0 {
                         self.remember();
+                    }
+                    if delete && let Some((dir, _)) = &self.spec.flush {
+                        let copy = dir.join(&self.spec.job);
+                        if let Err(e) = std::fs::remove_dir_all(&copy)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::error!(dir = %copy.display(), error = %e, "cannot delete the flushed copy");
+                        }
                     }
                     self.shut_down(delete);
                     return Some(code);
@@ -343,6 +377,29 @@ impl Driver {
             }
         }
         None
+    }
+
+    /// Writes the flush directory's record of `epoch` on a thread of its
+    /// own (a shared file system may be slow); reports
+    /// [`Event::FlushRecorded`].
+    fn record_flush(&mut self, epoch: u64, step: u64) {
+        let Some((dir, _)) = self.spec.flush.clone() else {
+            return;
+        };
+        let (job, ranks, tx) = (self.spec.job.clone(), self.spec.ranks, self.inputs.clone());
+        let record = pm_core::store::CommitRecord { epoch, step, ranks };
+        let spawned = std::thread::Builder::new()
+            .name("pmrun-flush-record".into())
+            .spawn(move || {
+                let result = pm_core::store::flush::record_job_commit(&dir, &job, record, ranks);
+                let error = result.err().map(|e| e.to_string());
+                let _ = tx.send(Input::Core(Event::FlushRecorded { epoch, error }));
+            });
+        if let Err(e) = spawned {
+            let error = Some(format!("no thread to write it: {e}"));
+            self.job
+                .handle(Event::FlushRecorded { epoch, error }, Instant::now());
+        }
     }
 
     /// Starts run `run` with the backend; its end arrives as [`Input::Exited`].

@@ -65,4 +65,6 @@ pub struct JobSpec {
     /// Inside a Slurm allocation: how often to look for nodes Slurm wants
     /// emptied (drained, failing), which are then drained.
     pub slurm_watch: Option<Duration>,
+    /// `--flush DIR` and `--flush-every N`.
+    pub flush: Option<(PathBuf, u64)>,
 }

@@ -29,7 +29,7 @@ pub use cpus::{DUTY_PERIOD, RankSignal};
 use imports::Imports;
 pub use load::MIN_AVAILABILITY;
 use outgoing::Outgoing;
-use pm_core::proto::{FromAgent, FromPartner, FromRank, Inventory, NodeId, ToAgent};
+use pm_core::proto::{FlushWay, FromAgent, FromPartner, FromRank, Inventory, NodeId, ToAgent};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -164,6 +164,9 @@ pub enum Event {
     },
     /// The oldest pending [`Action::Files`] job is done.
     Files(FileDone),
+    /// The flush worker's answer to a [`ToAgent::CopyFlush`]
+    /// ([`FromAgent::FlushCopied`]), sent on to pmrun as it is.
+    FlushCopied(FromAgent),
     /// A peer agent's gossip message (`pm_core::gossip::Message`, encoded).
     Gossip {
         message: Vec<u8>,
@@ -223,6 +226,12 @@ pub enum Action {
         ranks: Vec<u32>,
     },
     Files(FileJob),
+    /// Copy snapshots between the node's store and the flush directory.
+    CopyFlush {
+        way: FlushWay,
+        epoch: u64,
+        ranks: Vec<u32>,
+    },
     /// Send one gossip round's message to these peers, fire-and-forget.
     Gossip {
         to: Vec<Target>,
@@ -444,6 +453,7 @@ impl AgentCore {
                 self.pump(rank, now);
             }
             Event::Files(done) => self.file_done(done),
+            Event::FlushCopied(answer) => self.send(answer),
             Event::Gossip { message } => self.gossip_received(&message),
             Event::Availability { value } => self.availability_measured(value),
         }
@@ -487,6 +497,10 @@ impl AgentCore {
                 self.start_exit(now);
             }
             ToAgent::SetCpus { cpus } => self.set_cpus(cpus, now),
+            ToAgent::CopyFlush { way, epoch, ranks } => {
+                self.actions
+                    .push_back(Action::CopyFlush { way, epoch, ranks });
+            }
         }
     }
 

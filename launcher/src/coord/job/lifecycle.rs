@@ -31,14 +31,17 @@ impl Job {
             .max_by_key(|&(epoch, _, _)| epoch);
         let start = self.start_line();
         self.say(start);
+        if let Some((epoch, step, ranks)) = self.newer_flushed(newest.map(|(e, ..)| e)) {
+            if !self.ranks_match(ranks, now) {
+                return;
+            }
+            for n in &mut self.nodes {
+                n.inventory = None;
+            }
+            return self.fetch_flushed(Commit { epoch, step }, now);
+        }
         if let Some((epoch, step, ranks)) = newest {
-            if ranks != 0 && ranks != self.cfg.ranks {
-                self.say(format!(
-                    "job {} was checkpointed with {ranks} ranks; run it with -n {ranks} to resume, \
-                     or choose another --job",
-                    self.cfg.job
-                ));
-                self.finish_keeping(1, now);
+            if !self.ranks_match(ranks, now) {
                 return;
             }
             let holders: Vec<Vec<NodeId>> = (0..self.cfg.ranks)
@@ -55,26 +58,58 @@ impl Job {
                         .collect()
                 })
                 .collect();
-            let commit = Commit { epoch, step };
-            if let Err(e) = self.state.resume(commit, holders) {
-                self.say(format!("cannot resume job {}: {e}", self.cfg.job));
-                self.finish_keeping(1, now);
-                return;
+            for n in &mut self.nodes {
+                n.inventory = None;
             }
-            self.max_published = epoch;
-            self.broadcast(&ToAgent::Commit {
-                epoch,
-                step,
-                ranks: self.cfg.ranks,
-            });
-            self.say(format!(
-                "resuming job {} from its committed checkpoint (epoch {epoch}, step {step})",
-                self.cfg.job
-            ));
+            let from = "its committed checkpoint on the nodes";
+            return self.resume_from(Commit { epoch, step }, holders, from, now);
         }
         for n in &mut self.nodes {
             n.inventory = None;
         }
+        self.place(now);
+    }
+
+    /// Whether a checkpoint of `ranks` ranks (0: unknown) fits this job;
+    /// if not, says so and ends it.
+    fn ranks_match(&mut self, ranks: u32, now: Instant) -> bool {
+        if ranks == 0 || ranks == self.cfg.ranks {
+            return true;
+        }
+        self.say(format!(
+            "job {} was checkpointed with {ranks} ranks; run it with -n {ranks} to resume, \
+             or choose another --job",
+            self.cfg.job
+        ));
+        self.finish_keeping(1, now);
+        false
+    }
+
+    /// Resumes from `commit`, whose snapshot of rank r `holders[r]` hold;
+    /// `from` says where it came from.
+    pub(super) fn resume_from(
+        &mut self,
+        commit: Commit,
+        holders: Vec<Vec<NodeId>>,
+        from: &str,
+        now: Instant,
+    ) {
+        let Commit { epoch, step } = commit;
+        if let Err(e) = self.state.resume(commit, holders) {
+            self.say(format!("cannot resume job {}: {e}", self.cfg.job));
+            self.finish_keeping(1, now);
+            return;
+        }
+        self.max_published = self.max_published.max(epoch);
+        self.broadcast(&ToAgent::Commit {
+            epoch,
+            step,
+            ranks: self.cfg.ranks,
+        });
+        self.say(format!(
+            "resuming job {} from {from} (epoch {epoch}, step {step})",
+            self.cfg.job
+        ));
         self.place(now);
     }
 
@@ -339,6 +374,9 @@ impl Job {
         }
         let ids: Vec<NodeId> = lost.iter().map(|(n, ..)| *n).collect();
         self.state.set_healths(&ids, Health::Dead);
+        for &node in &ids {
+            self.flush_node_lost(node, now);
+        }
         if self.phase == Phase::Running && !had_ranks {
             // Only partners change; the run goes on.
             self.say(format!(
@@ -391,6 +429,8 @@ impl Job {
             }
             // The stop's epoch may never commit now: go on with the committed one.
             Phase::AwaitingCommit { .. } => self.commit_arrived(now),
+            // The copies the node was making failed (above).
+            Phase::Fetching { .. } | Phase::Flushing { .. } => {}
             Phase::Stopping { .. } | Phase::Done => {}
         }
     }
@@ -435,6 +475,7 @@ impl Job {
         match self.phase {
             Phase::Running => self.stop_run(StopWhy::Interrupted, now),
             Phase::Stopping { ref mut why, .. } => *why = StopWhy::Interrupted,
+            Phase::Flushing { .. } => self.abandon_flush("pmrun was interrupted"),
             Phase::Done => {}
             _ => self.interrupted_end(now),
         }
@@ -487,6 +528,11 @@ impl Job {
                 }
             }
             Phase::AwaitingCommit { deadline, .. } if now >= deadline => self.commit_arrived(now),
+            Phase::Fetching { deadline } if now >= deadline => self.fetch_timed_out(),
+            Phase::Flushing { deadline, .. } if now >= deadline => {
+                let limit = Self::flush_deadline().as_secs();
+                self.abandon_flush(&format!("it took more than {limit} s"));
+            }
             Phase::Settling { .. } => self.settle(now),
             Phase::Running => {
                 self.no_pm_notice(now, false);
@@ -859,8 +905,16 @@ impl Job {
         }
     }
 
-    /// Ends the job; every node keeps its checkpoints (`--job` resumes).
-    pub(super) fn finish_keeping(&mut self, code: i32, _now: Instant) {
+    /// Ends the job; every node keeps its checkpoints (`--job` resumes),
+    /// once the newest commit is flushed (`--flush`).
+    pub(super) fn finish_keeping(&mut self, code: i32, now: Instant) {
+        if !self.flush_before_end(code, now) {
+            self.end_keeping(code);
+        }
+    }
+
+    /// Ends the job now, keeping its checkpoints.
+    pub(super) fn end_keeping(&mut self, code: i32) {
         self.answer_pending("the job ended");
         self.broadcast(&ToAgent::Exit);
         self.actions.push_back(Action::Exit {

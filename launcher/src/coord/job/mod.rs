@@ -13,6 +13,7 @@ mod balance;
 #[cfg(test)]
 mod balance_tests;
 mod ctl;
+mod flush;
 mod lifecycle;
 pub mod sim;
 mod status;
@@ -22,6 +23,7 @@ mod tests;
 use super::state::{Commit, Health, JobState, Node};
 use balance::Balancer;
 pub use balance::{BalanceMode, BalanceSettings};
+pub use flush::FlushSettings;
 use pm_core::proto::{
     CtlReply, CtlRequest, FromAgent, Inventory, NodeId, Recovery, RecoveryKind, ToAgent, Waiting,
 };
@@ -55,6 +57,8 @@ pub struct Config {
     pub launcher_lingers: bool,
     /// Inside a Slurm allocation (for what pmrun explains).
     pub slurm: bool,
+    /// Flushing committed epochs to a shared directory (`--flush`).
+    pub flush: Option<FlushSettings>,
 }
 
 /// One node of the job.
@@ -100,6 +104,8 @@ pub enum Event {
     /// Inside a Slurm allocation: the nodes Slurm wants emptied at its
     /// latest look, each with Slurm's state and reason.
     SlurmLeaving { nodes: Vec<(String, String)> },
+    /// The flush directory's record of `epoch` was written (or not).
+    FlushRecorded { epoch: u64, error: Option<String> },
 }
 
 /// What the coordinator asks its driver to do.
@@ -129,6 +135,13 @@ pub enum Action {
     },
     /// A line for the user.
     Say(String),
+    /// Every rank's snapshot of `epoch` (taken at `step`) is in the flush
+    /// directory: write its commit record there, then report
+    /// [`Event::FlushRecorded`].
+    RecordFlush {
+        epoch: u64,
+        step: u64,
+    },
     /// The job is over: end with `code` once the agents are gone. With
     /// `delete`, the files of nodes whose agents are dead go too.
     Exit {
@@ -196,6 +209,9 @@ enum Phase {
     Starting { deadline: Instant },
     /// Waiting for every agent's inventory of its store.
     Inventory { deadline: Instant },
+    /// Resuming from the flushed copy: the nodes copy their ranks'
+    /// snapshots in.
+    Fetching { deadline: Instant },
     /// Waiting for the live agents to apply placement `generation`; then
     /// the job is launched.
     Placing { generation: u64 },
@@ -217,6 +233,8 @@ enum Phase {
         deadline: Instant,
         then: AfterCommit,
     },
+    /// The job ends with `code` once its newest commit is flushed.
+    Flushing { code: i32, deadline: Instant },
     /// The job is over.
     Done,
 }
@@ -351,6 +369,7 @@ pub struct Job {
     balancer: Balancer,
     /// `pmrun ctl set-cpus` requests waiting for their node's answer.
     pending_cpus: Vec<(NodeId, u64)>,
+    flushes: flush::Flushes,
     /// Counters for the simulator and `ctl status`.
     pub stats: Stats,
 }
@@ -429,6 +448,7 @@ impl Job {
             started: now,
             balancer,
             pending_cpus: Vec::new(),
+            flushes: flush::Flushes::default(),
             stats: Stats::default(),
             cfg,
         };
@@ -479,6 +499,8 @@ impl Job {
         match &self.phase {
             Phase::Starting { deadline }
             | Phase::Inventory { deadline }
+            | Phase::Fetching { deadline }
+            | Phase::Flushing { deadline, .. }
             | Phase::AwaitingCommit { deadline, .. } => at(Some(*deadline)),
             Phase::Stopping { next, .. } => at(next.map(|(t, _)| t)),
             Phase::Running => {
@@ -515,6 +537,7 @@ impl Job {
             }
             Event::StopRequested => self.request_stop(None, "pmrun got SIGUSR1", now),
             Event::SlurmLeaving { nodes } => self.slurm_leaving(nodes, now),
+            Event::FlushRecorded { epoch, error } => self.flush_recorded(epoch, error, now),
         }
     }
 
@@ -661,6 +684,13 @@ impl Job {
             FromAgent::RankLoad { load, share } => self.rank_load(load, share, now),
             FromAgent::Gossip { records } => self.gossip_records(records, now),
             FromAgent::CpusSet { cpus, enforced } => self.cpus_set(node, cpus, enforced),
+            FromAgent::FlushCopied {
+                way,
+                epoch,
+                failed,
+                bytes_written,
+                ..
+            } => self.flush_copied(node, way, epoch, failed, bytes_written, now),
         }
     }
 
@@ -791,6 +821,7 @@ impl Job {
                 },
             );
         }
+        self.flush_after_commit(commit, now);
         if let Phase::AwaitingCommit { target, .. } = self.phase
             && commit.epoch >= target
         {

@@ -45,6 +45,8 @@ pub struct SimConfig {
     /// Whether the ranks declare the job's total steps.
     pub declare_steps: bool,
     pub balance: BalanceSettings,
+    /// A flush directory (always reachable) and what it holds at the start.
+    pub flush: Option<FlushSettings>,
 }
 
 impl SimConfig {
@@ -71,6 +73,7 @@ impl SimConfig {
             noise: 0.0,
             declare_steps: true,
             balance: BalanceSettings::default(),
+            flush: None,
         }
     }
 
@@ -200,6 +203,8 @@ pub struct SimCluster {
     partners: Vec<Vec<NodeId>>,
     run: Option<Run>,
     pub said: Vec<String>,
+    /// Epochs recorded in the flush directory, in order.
+    pub flushed: Vec<u64>,
     pub replies: Vec<(u64, CtlReply)>,
     pub exit: Option<i32>,
     pub stats: SimStats,
@@ -244,6 +249,7 @@ impl SimCluster {
                 placement: None,
                 launcher_lingers: false,
                 slurm: false,
+                flush: cfg.flush.clone(),
             },
             now,
         )
@@ -268,6 +274,7 @@ impl SimCluster {
             partners: vec![Vec::new(); cfg.ranks as usize],
             run: None,
             said: Vec::new(),
+            flushed: Vec::new(),
             replies: Vec::new(),
             exit: None,
             stats: SimStats::default(),
@@ -659,6 +666,17 @@ impl SimCluster {
                 self.reply_from(node, FromAgent::CpusSet { cpus, enforced });
             }
             ToAgent::Exit | ToAgent::DeleteJob => self.agents[node.index()].alive = false,
+            // The flush directory is always reachable and fast.
+            ToAgent::CopyFlush { way, epoch, ranks } => {
+                let answer = FromAgent::FlushCopied {
+                    way,
+                    epoch,
+                    copied: ranks,
+                    failed: Vec::new(),
+                    bytes_written: 0,
+                };
+                self.reply_from(node, answer);
+            }
         }
     }
 
@@ -764,6 +782,11 @@ impl SimCluster {
                 Action::Reply { id, reply } => self.replies.push((id, reply)),
                 Action::Say(text) => self.said.push(text),
                 Action::Exit { code, .. } => self.exit = Some(code),
+                Action::RecordFlush { epoch, .. } => {
+                    self.flushed.push(epoch);
+                    let recorded = Event::FlushRecorded { epoch, error: None };
+                    self.at(self.cfg.latency, Ev::Core(recorded));
+                }
             }
         }
     }

@@ -27,6 +27,8 @@ impl Job {
         match self.phase {
             Phase::Starting { .. } => "starting",
             Phase::Inventory { .. } => "listing stores",
+            Phase::Fetching { .. } => "copying the flushed checkpoint in",
+            Phase::Flushing { .. } => "flushing",
             Phase::Placing { .. } => "placing",
             Phase::Running => "running",
             Phase::Stopping { .. } => "stopping",
