@@ -245,10 +245,18 @@ impl Job {
                 self.flushes.recorded = Some(c.commit);
                 let secs = now.duration_since(c.started).as_secs_f64();
                 tracing::info!(epoch, bytes = c.bytes, secs, "epoch flushed");
-                if !self.flushes.said_first || self.cfg.verbose {
+                let at_end = matches!(self.phase, Phase::Flushing { .. });
+                if !self.flushes.said_first || self.cfg.verbose || at_end {
                     self.flushes.said_first = true;
+                    let resume = match at_end {
+                        true => format!(
+                            "; pmrun --job {} --flush {dir} resumes from it",
+                            self.cfg.job
+                        ),
+                        false => String::new(),
+                    };
                     self.say(format!(
-                        "epoch {epoch} (step {}) flushed to {dir}: {:.1} MB written in {secs:.2} s",
+                        "epoch {epoch} (step {}) flushed to {dir}: {:.1} MB written in {secs:.2} s{resume}",
                         c.commit.step,
                         c.bytes as f64 / 1e6
                     ));

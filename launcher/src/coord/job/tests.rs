@@ -421,7 +421,7 @@ fn a_job_resumes_on_the_nodes_whose_stores_hold_its_committed_epoch() {
     assert_eq!(
         said(
             &sim,
-            "resuming job sim from its committed checkpoint (epoch 5, step 50)"
+            "resuming job sim from its committed checkpoint on the nodes (epoch 5, step 50)"
         ),
         1
     );
@@ -492,4 +492,114 @@ proptest! {
             prop_assert_eq!(exit, Some(0), "{}", log(&sim));
         }
     }
+}
+
+fn flushing(every: u64, recorded: Option<(u64, u64, u32)>) -> SimConfig {
+    let mut cfg = SimConfig::small(4, 8, 1);
+    cfg.flush = Some(FlushSettings {
+        dir: "/shared/flush".into(),
+        every,
+        recorded,
+    });
+    cfg
+}
+
+#[test]
+fn committed_epochs_are_flushed_every_n_commits_and_a_kept_stop_flushes_its_own() {
+    let mut sim = SimCluster::new(flushing(3, None));
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    assert!(sim.flushed.len() >= 2, "{:?}\n{}", sim.flushed, log(&sim));
+    assert!(
+        sim.flushed.windows(2).all(|w| w[1] >= w[0] + 3),
+        "every third commit: {:?}",
+        sim.flushed
+    );
+    assert_eq!(said(&sim, "flushed to /shared/flush"), 1, "{}", log(&sim));
+
+    // A node lost on the way: flushes go on from the ranks' new nodes.
+    let mut sim = SimCluster::new(flushing(1, None));
+    sim.fail(n(1), Failure::Crash, Duration::from_secs(2));
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    let before = sim.flushed.iter().filter(|&&e| e <= 3).count();
+    assert!(
+        before > 0 && sim.flushed.len() > before,
+        "{:?}",
+        sim.flushed
+    );
+
+    // A stop: its epoch is flushed before pmrun ends, and pmrun says how
+    // to resume from it.
+    let mut sim = SimCluster::new(flushing(100, None));
+    sim.inject(Event::StopRequested, Duration::from_secs(2));
+    assert_eq!(
+        sim.run_until_done(LIMIT),
+        Some(STOPPED_EXIT),
+        "{}",
+        log(&sim)
+    );
+    let committed = sim.job.state().committed.expect("the stop committed");
+    assert_eq!(sim.flushed, vec![committed.epoch], "{}", log(&sim));
+    assert_eq!(
+        said(
+            &sim,
+            "pmrun --job sim --flush /shared/flush resumes from it"
+        ),
+        1,
+        "{}",
+        log(&sim)
+    );
+}
+
+#[test]
+fn a_job_resumes_from_the_flushed_copy_when_it_is_newer_than_the_nodes_stores() {
+    // The nodes hold epoch 3; the flush directory epoch 7.
+    let mut sim = SimCluster::new(flushing(100, Some((7, 70, 8))));
+    sim.set_inventory(
+        n(0),
+        Inventory {
+            committed: Some((3, 30, 8)),
+            ranks: vec![(0, vec![3]), (1, vec![3])],
+        },
+    );
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    assert_eq!(
+        said(
+            &sim,
+            "resuming job sim from the flushed copy in /shared/flush"
+        ),
+        1,
+        "{}",
+        log(&sim)
+    );
+    assert!(log(&sim).contains("(epoch 7, step 70)"), "{}", log(&sim));
+
+    // The nodes' newer commit wins over an older flushed one.
+    let mut sim = SimCluster::new(flushing(100, Some((2, 20, 8))));
+    let all = (0..8).map(|r| (r, vec![3])).collect();
+    sim.set_inventory(
+        n(0),
+        Inventory {
+            committed: Some((3, 30, 8)),
+            ranks: all,
+        },
+    );
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    assert_eq!(
+        said(&sim, "from its committed checkpoint on the nodes (epoch 3"),
+        1
+    );
+
+    // A flushed copy of another rank count is refused, kept.
+    let mut sim = SimCluster::new(flushing(100, Some((7, 70, 5))));
+    assert_eq!(sim.run_until_done(LIMIT), Some(1));
+    assert_eq!(
+        said(&sim, "was checkpointed with 5 ranks"),
+        1,
+        "{}",
+        log(&sim)
+    );
 }
