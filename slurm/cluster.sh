@@ -27,11 +27,12 @@
 #   PM_SLURM_PORT  slurmctld's port; node k listens on PORT+k (default 16817)
 #   PM_SLURM_CPUS  CPUs each node declares (default 2)
 #   PM_SLURM_PLUGIN a SPANK plugin (.so) for plugstack.conf (optional)
+#   PM_SLURM_PLUGIN_ARGS its arguments there (e.g. pmrun=/path/to/pmrun)
 set -euo pipefail
 
 prog=${0##*/}
 usage() {
-    sed -n '9,29p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '9,30p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -126,7 +127,8 @@ write_config() {
         echo "PartitionName=pm Nodes=n[1-$nodes] Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4"
     } >"$conf"
     if [[ -n ${PM_SLURM_PLUGIN:-} ]]; then
-        echo "required $PM_SLURM_PLUGIN" >"$dir/etc/plugstack.conf"
+        echo "required $PM_SLURM_PLUGIN${PM_SLURM_PLUGIN_ARGS:+ $PM_SLURM_PLUGIN_ARGS}" \
+            >"$dir/etc/plugstack.conf"
     else
         : >"$dir/etc/plugstack.conf"
     fi

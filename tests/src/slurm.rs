@@ -25,6 +25,16 @@ impl Cluster {
     /// Starts a cluster of `nodes` nodes (n1, n2, ...; 127.0.0.2, ...) whose
     /// slurmctld listens on `port` and node k on `port + k`.
     pub fn start(nodes: u32, port: u16) -> Cluster {
+        Self::launch(nodes, port, None)
+    }
+
+    /// [`Cluster::start`] with a SPANK plugin in plugstack.conf
+    /// (`required <plugin> <args>`), e.g. pmrun's `libpm_slurm.so`.
+    pub fn start_with_plugin(nodes: u32, port: u16, plugin: &Path, args: &str) -> Cluster {
+        Self::launch(nodes, port, Some((plugin, args)))
+    }
+
+    fn launch(nodes: u32, port: u16, plugin: Option<(&Path, &str)>) -> Cluster {
         for tool in ["slurmctld", "slurmd", "munged", "sbatch"] {
             assert!(
                 Command::new("sh")
@@ -37,13 +47,18 @@ impl Cluster {
             );
         }
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(repo_root().join("slurm/cluster.sh"))
+        let mut start = Command::new(repo_root().join("slurm/cluster.sh"));
+        start
             .arg("start")
             .arg(dir.path())
             .env("PM_SLURM_NODES", nodes.to_string())
-            .env("PM_SLURM_PORT", port.to_string())
-            .output_within(Duration::from_secs(120))
-            .unwrap();
+            .env("PM_SLURM_PORT", port.to_string());
+        if let Some((plugin, args)) = plugin {
+            start
+                .env("PM_SLURM_PLUGIN", plugin)
+                .env("PM_SLURM_PLUGIN_ARGS", args);
+        }
+        let out = start.output_within(Duration::from_secs(120)).unwrap();
         let conf = dir.path().join("etc/slurm.conf");
         let cluster = Cluster { dir, conf };
         assert!(
