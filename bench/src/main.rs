@@ -7,6 +7,7 @@
 
 mod balance;
 mod ckpt;
+mod flush;
 mod heap;
 mod overhead;
 mod pmjob;
@@ -43,6 +44,8 @@ enum Scenario {
     Balance(balance::Args),
     /// Node failure under pmrun: detect, stop, place, resume against a plain mpirun start.
     Recovery(recovery::Args),
+    /// Flush of committed checkpoints to a shared file system against a plain copy.
+    Flush(flush::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Replicate(args) => replicate::run(&args),
         Scenario::Recovery(args) => recovery::run(&args),
         Scenario::Balance(args) => balance::run(&args),
+        Scenario::Flush(args) => flush::run(&args),
     }
 }

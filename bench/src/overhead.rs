@@ -70,15 +70,16 @@ struct Report {
     blocked_fraction: f64,
 }
 
-/// What one heat run printed.
-struct Run {
-    loop_s: f64,
-    checksum: String,
+/// What one heat run printed with `--report`.
+pub struct HeatReport {
+    pub loop_s: f64,
+    pub checksum: String,
     /// Per rank: (checkpoints, total blocked seconds, median blocked seconds, state bytes).
-    ranks: Vec<(u32, f64, f64, u64)>,
+    pub ranks: Vec<(u32, f64, f64, u64)>,
 }
 
-fn parse(out: &str) -> anyhow::Result<Run> {
+/// heat's `--report` lines in `out`.
+pub fn parse_report(out: &str) -> anyhow::Result<HeatReport> {
     let mut loop_s = None;
     let mut checksum = None;
     let mut ranks = Vec::new();
@@ -108,7 +109,7 @@ fn parse(out: &str) -> anyhow::Result<Run> {
             _ => {}
         }
     }
-    Ok(Run {
+    Ok(HeatReport {
         loop_s: loop_s.context("heat printed no loop time")?,
         checksum: checksum.context("heat printed no checksum")?,
         ranks,
@@ -121,7 +122,7 @@ fn heat_run(
     store: &Path,
     job: &str,
     with_pm: bool,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<HeatReport> {
     let mut cmd = Command::new("mpirun");
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -148,7 +149,7 @@ fn heat_run(
     if !out.status.success() {
         bail!("the heat run failed:\n{text}");
     }
-    parse(&text)
+    parse_report(&text)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
