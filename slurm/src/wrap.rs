@@ -71,6 +71,9 @@ pub fn find_pmrun(args: &PluginArgs, path: Option<&std::ffi::OsStr>) -> Result<P
         .ok_or(WrapError::NotInPath)
 }
 
+/// Variables srun sets for the step it made (see [`pmrun_env`]).
+const STEP_ONLY: [&str; 3] = ["SLURM_MPI_TYPE", "SLURM_STEP_ID", "SLURM_STEPID"];
+
 /// pmrun's environment. Before the re-exec srun has rewritten its own
 /// environment for the step it made (`SLURM_TASKS_PER_NODE` of the step's
 /// nodes, `SLURM_NTASKS`, ...), which no longer matches the allocation's
@@ -85,11 +88,31 @@ pub fn pmrun_env(
     unset: &[&str],
     job: u32,
 ) -> Vec<(OsString, OsString)> {
-    let inside = |env: &Vec<(OsString, OsString)>| env.iter().any(|(k, _)| k == "SLURM_JOB_ID");
-    let mut env = match at_start.filter(inside) {
-        Some(start) => start,
-        None => current.collect(),
+    let has = |env: &Vec<(OsString, OsString)>, name: &str| env.iter().any(|(k, _)| k == name);
+    let at_start = at_start.unwrap_or_default();
+    let mut env = if has(&at_start, "SLURM_JOB_ID") {
+        at_start
+    } else {
+        // What srun set for its own, never launched step is not pmrun's:
+        // SLURM_MPI_TYPE=none (MpiDefault) would keep pmrun's rank steps
+        // from using PMIx.
+        let mut env: Vec<_> = current.collect();
+        env.retain(|(k, _)| {
+            !STEP_ONLY.iter().any(|s| k == s) || at_start.iter().any(|(a, _)| a == k)
+        });
+        env
     };
+    // An allocation srun made has no SLURM_JOB_NODELIST in srun's
+    // environment yet (22.05 sets only SLURM_NODELIST there); pmrun reads
+    // the former, as sbatch and salloc export it.
+    let var = |env: &Vec<(OsString, OsString)>, name: &str| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    if var(&env, "SLURM_JOB_NODELIST").is_none()
+        && let Some(list) = var(&env, "SLURM_NODELIST")
+    {
+        env.push(("SLURM_JOB_NODELIST".into(), list));
+    }
     env.retain(|(k, _)| {
         !unset.iter().any(|u| k == u) && !set.iter().any(|(s, _)| k == s) && k != GUARD
     });
@@ -153,11 +176,24 @@ mod tests {
                 (GUARD, "7"),
             ])
         );
-        // srun made the allocation: its current environment.
+        // srun made the allocation: its current environment, with the
+        // node list under the name pmrun reads.
         let outside = vars(&[("PATH", "/bin")]);
+        let mut now = now;
+        now.push(("SLURM_NODELIST".into(), "n[1-3]".into()));
+        now.push(("SLURM_MPI_TYPE".into(), "none".into()));
+        now.push(("SLURM_STEP_ID".into(), "0".into()));
         let env = pmrun_env(Some(outside), now.into_iter(), &[], &[], 8);
-        assert_eq!(env[1], ("SLURM_TASKS_PER_NODE".into(), "2,1".into()));
-        assert_eq!(env[2], (GUARD.into(), "8".into()));
+        assert_eq!(
+            env,
+            vars(&[
+                ("SLURM_JOB_ID", "7"),
+                ("SLURM_TASKS_PER_NODE", "2,1"),
+                ("SLURM_NODELIST", "n[1-3]"),
+                ("SLURM_JOB_NODELIST", "n[1-3]"),
+                (GUARD, "8"),
+            ])
+        );
     }
 
     #[test]

@@ -223,6 +223,54 @@ fn srun_pm_in_a_batch_job_runs_under_pmrun_with_the_sbatch_options_bit_exact() {
     assert_store_emptied(&cluster, store.path(), &id, &job);
 }
 
+#[test]
+fn srun_pm_outside_an_allocation_runs_pmrun_in_the_allocation_srun_makes_bit_exact() {
+    let cluster = cluster(3, 17967);
+    let expected = reference(6, 100);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = cluster
+        .command("srun")
+        .args(["-N3", "-n6", "--pm"])
+        .arg(format!("--pm-store={}", store.path().display()))
+        .arg(workspace_bin("heat"))
+        .args(PLATE.split(' '))
+        .args(["--steps", "100"])
+        .env("OMPI_MCA_btl", "self,tcp")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("PM_HISTORY", "none")
+        .env_remove("SLURMD_NODENAME")
+        .env_remove("SLURM_JOB_ID")
+        .bounded_output()
+        .unwrap();
+    let t = &text(&out);
+    assert!(out.status.success(), "{t}\n{}", cluster.logs());
+    // Over the allocation's nodes, ranks launched with PMIx (srun's own
+    // SLURM_MPI_TYPE=none is not passed on).
+    assert!(t.contains(": 6 rank(s) on n1 n2 n3;"), "{t}");
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+    // pmrun's end ended the allocation srun made for it (after its
+    // epilogs: COMPLETING for a moment).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cluster
+            .command("squeue")
+            .arg("-h")
+            .bounded_output()
+            .unwrap();
+        let queue = text(&out);
+        if queue.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the allocation outlived pmrun by 30 s:\n{queue}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The pid of the pmd serving node `node` from the store `store`.
 fn pmd_of(store: &Path, node: &str) -> Option<i32> {
     let node_store = store.join(node).display().to_string();
