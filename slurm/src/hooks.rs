@@ -235,15 +235,51 @@ fn exec_pmrun(sp: Spank, args: &[String]) -> Result<std::convert::Infallible, St
     Err(format!("srun --pm: cannot run {}: {e}", pmrun.display()))
 }
 
-/// The node's name and the job's store roots in the prolog/epilog.
-fn job_script(sp: Spank) -> Result<(u32, u32, u32, String, Vec<std::path::PathBuf>), String> {
-    let uid = sp.uid().map_err(|e| e.to_string())?;
-    let gid = sp.gid().map_err(|e| e.to_string())?;
-    let job = sp.job_id().map_err(|e| e.to_string())?;
-    let node =
-        std::env::var("SLURMD_NODENAME").map_err(|_| "SLURMD_NODENAME is not set".to_owned())?;
+/// The job a prolog or epilog runs for.
+struct ScriptJob {
+    uid: u32,
+    gid: u32,
+    id: u32,
+    node: String,
+}
+
+/// Runs `work` for every store root of the job, as the job's user, and
+/// logs what it did or why it could not. Always succeeds: a failing
+/// prolog or epilog drains the node.
+fn each_root(
+    sp: Spank,
+    what: &str,
+    work: impl Fn(&ScriptJob, &std::path::Path) -> Result<(), store::StoreError>,
+) -> c_int {
+    let job = (|| {
+        Ok::<_, String>(ScriptJob {
+            uid: sp.uid().map_err(|e| e.to_string())?,
+            gid: sp.gid().map_err(|e| e.to_string())?,
+            id: sp.job_id().map_err(|e| e.to_string())?,
+            node: std::env::var("SLURMD_NODENAME")
+                .map_err(|_| "SLURMD_NODENAME is not set".to_owned())?,
+        })
+    })();
+    let job = match job {
+        Ok(j) => j,
+        Err(e) => {
+            sys::error(&format!("pmrun: {what}: {e}"));
+            return 0;
+        }
+    };
     let given = std::env::var("SPANK_PM_STORE").ok();
-    Ok((uid, gid, job, node, store::roots(uid, given.as_deref())))
+    for root in store::roots(job.uid, given.as_deref()) {
+        let done = sys::AsUser::new(job.uid, job.gid)
+            .map_err(|e| e.to_string())
+            .and_then(|_user| work(&job, &root).map_err(|e| e.to_string()));
+        if let Err(e) = done {
+            sys::error(&format!(
+                "pmrun: {what} of job {} on {}: {e}",
+                job.id, job.node
+            ));
+        }
+    }
+    0
 }
 
 /// # Safety
@@ -257,25 +293,15 @@ pub unsafe extern "C" fn slurm_spank_job_prolog(
     guarded("slurm_spank_job_prolog", 0, || {
         // SAFETY: the handle of this call, used only during it.
         let sp = unsafe { Spank::new(sp) };
-        let (uid, gid, job, node, roots) = match job_script(sp) {
-            Ok(j) => j,
-            Err(e) => {
-                sys::error(&format!("pmrun: prolog: {e}"));
-                return 0;
-            }
-        };
-        for root in roots {
-            let made = sys::AsUser::new(uid, gid)
-                .map_err(|e| e.to_string())
-                .and_then(|_user| store::prepare(&root, &node, uid).map_err(|e| e.to_string()));
-            match made {
-                Ok(dir) => {
-                    sys::verbose(&format!("pmrun: job {job}: store {} ready", dir.display()))
-                }
-                Err(e) => sys::error(&format!("pmrun: prolog of job {job} on {node}: {e}")),
-            }
-        }
-        0
+        each_root(sp, "prolog", |job, root| {
+            let dir = store::prepare(root, &job.node, job.uid)?;
+            sys::verbose(&format!(
+                "pmrun: job {}: store {} ready",
+                job.id,
+                dir.display()
+            ));
+            Ok(())
+        })
     })
 }
 
@@ -290,35 +316,24 @@ pub unsafe extern "C" fn slurm_spank_job_epilog(
     guarded("slurm_spank_job_epilog", 0, || {
         // SAFETY: the handle of this call, used only during it.
         let sp = unsafe { Spank::new(sp) };
-        let (uid, gid, job, node, roots) = match job_script(sp) {
-            Ok(j) => j,
-            Err(e) => {
-                sys::error(&format!("pmrun: epilog: {e}"));
-                return 0;
+        each_root(sp, "epilog", |job, root| {
+            let done = store::clean(root, &job.node, job.id, job.uid)?;
+            let dir = root.join(&job.node);
+            for j in &done.jobs {
+                sys::info(&format!(
+                    "pmrun: job {}: removed pmrun job {j}'s files from {}",
+                    job.id,
+                    dir.display()
+                ));
             }
-        };
-        for root in roots {
-            let cleaned = sys::AsUser::new(uid, gid)
-                .map_err(|e| e.to_string())
-                .and_then(|_user| store::clean(&root, &node, job, uid).map_err(|e| e.to_string()));
-            match cleaned {
-                Ok(done) => {
-                    for j in &done.jobs {
-                        sys::info(&format!(
-                            "pmrun: job {job}: removed pmrun job {j}'s files from {}",
-                            root.join(&node).display()
-                        ));
-                    }
-                    for m in &done.bad_marks {
-                        sys::error(&format!(
-                            "pmrun: job {job}: mark {m:?} in {} names no valid job: removed, nothing else",
-                            root.join(&node).display()
-                        ));
-                    }
-                }
-                Err(e) => sys::error(&format!("pmrun: epilog of job {job} on {node}: {e}")),
+            for m in &done.bad_marks {
+                sys::error(&format!(
+                    "pmrun: job {}: mark {m:?} in {} names no valid job: removed, nothing else",
+                    job.id,
+                    dir.display()
+                ));
             }
-        }
-        0
+            Ok(())
+        })
     })
 }

@@ -115,6 +115,16 @@ impl Cluster {
         )
     }
 
+    /// Job `id`'s state (`PENDING`, `RUNNING`, ...), empty once forgotten.
+    pub fn job_state(&self, id: &str) -> String {
+        self.job_fields(id)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(k, _)| k == "JobState")
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+
     /// Waits (up to `limit`) for batch job `id` to end.
     pub fn wait(&self, id: &str, limit: Duration) -> BatchEnd {
         let deadline = Instant::now() + limit;
@@ -152,6 +162,20 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Waits (up to `secs`) for batch job `id`, which must complete with
+    /// status 0; its output.
+    pub fn completed(&self, id: &str, secs: u64) -> String {
+        let end = self.wait(id, Duration::from_secs(secs));
+        assert_eq!(
+            (end.state.as_str(), end.exit_code.as_str()),
+            ("COMPLETED", "0:0"),
+            "{}\n{}",
+            end.output,
+            self.logs()
+        );
+        end.output
     }
 
     /// A power cut of node `name`: its slurmd, slurmstepds and tasks

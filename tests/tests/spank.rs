@@ -95,20 +95,6 @@ fn assert_store_emptied(cluster: &Cluster, store: &Path, id: &str, job: &str) {
     }
 }
 
-/// Waits (up to `secs`) for batch job `id`, which must complete with
-/// status 0; its output.
-fn completed(cluster: &Cluster, id: &str, secs: u64) -> String {
-    let end = cluster.wait(id, Duration::from_secs(secs));
-    assert_eq!(
-        (end.state.as_str(), end.exit_code.as_str()),
-        ("COMPLETED", "0:0"),
-        "{}\n{}",
-        end.output,
-        cluster.logs()
-    );
-    end.output
-}
-
 #[test]
 fn the_options_show_in_help_and_a_bad_value_is_refused_at_submission() {
     let cluster = cluster(1, 17937);
@@ -206,7 +192,7 @@ fn srun_pm_in_a_batch_job_runs_under_pmrun_with_the_sbatch_options_bit_exact() {
         &["-N3", "-n6"],
         &script("--pm-replicas=2 --pm-every=10", store.path(), 100),
     );
-    let t = &completed(&cluster, &id, 180);
+    let t = &cluster.completed(&id, 180);
     let job = format!("heat-slurm{id}");
     // pmrun ran the step once (its own sruns were not wrapped again), over
     // the allocation, with #SBATCH --pm-replicas=2 and --pm-store.
@@ -329,7 +315,7 @@ fn the_epilog_removes_what_a_killed_agent_left_on_its_node() {
     let mark = store.path().join(format!("n2/.slurm/{id}/{job}"));
     assert!(mark.exists(), "{} is missing", mark.display());
 
-    let t = &completed(&cluster, &id, 240);
+    let t = &cluster.completed(&id, 240);
     assert!(t.contains("node n2 lost its agent"), "{t}");
     assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
     assert_store_emptied(&cluster, store.path(), &id, &job);
