@@ -144,7 +144,13 @@ fn a_stop_signal_before_the_time_limit_keeps_the_job_and_a_later_allocation_resu
     let cluster = Cluster::start(3, 17877);
     let expected = reference(6, 300);
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
-    let batch = script(store.path(), "-n 6 --job preempted", 300);
+    // The shared file system; no scheduled flush, only the stop's.
+    let flush = tempfile::tempdir().unwrap();
+    let args = format!(
+        "-n 6 --job preempted --flush {} --flush-every 1000",
+        flush.path().display()
+    );
+    let batch = script(store.path(), &args, 300);
     let id = cluster.sbatch(&["-N3", "-n6"], &batch);
     wait_for_commit(&cluster, store.path(), "preempted");
     // What `sbatch --signal=B:USR1@120` does before the time limit.
@@ -162,13 +168,83 @@ fn a_stop_signal_before_the_time_limit_keeps_the_job_and_a_later_allocation_resu
         "{t}"
     );
     assert!(t.contains("run pmrun again with --job preempted"), "{t}");
+    assert!(t.contains("pmrun --job preempted --flush"), "{t}");
     assert_eq!(checksum(t), None, "{t}");
 
-    // The next allocation, the same script: resumed where it stopped.
+    // The next allocation, the same script, with every node store gone
+    // (RAM, or an epilog's cleaning): resumed from the flushed copy.
+    clear(store.path());
     let id = cluster.sbatch(&["-N3", "-n6"], &batch);
     let t = &completed(&cluster, &id, 240);
+    assert!(
+        t.contains("resuming job preempted from the flushed copy"),
+        "{t}"
+    );
     assert!(t.contains("heat: resumed from step"), "{t}");
     assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+}
+
+#[test]
+fn a_requeued_job_resumes_by_itself_from_its_flushed_checkpoint_bit_exact() {
+    let cluster = Cluster::start(3, 18017);
+    let expected = reference(6, 300);
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let flush = tempfile::tempdir().unwrap();
+    // No --job: the default id, `heat-slurm<SLURM_JOB_ID>`, is the same
+    // for every run of a requeued job.
+    let args = format!("-n 6 --flush {}", flush.path().display());
+    let batch = script(store.path(), &args, 300);
+    let id = cluster.sbatch(&["-N3", "-n6", "--requeue", "--open-mode=append"], &batch);
+    let job = format!("heat-slurm{id}");
+    wait_for_commit(&cluster, store.path(), &job);
+    let flushed = Instant::now() + Duration::from_secs(60);
+    while pm_core::store::flush::read_job_record(flush.path(), &job)
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < flushed,
+            "nothing flushed:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What preemption with PreemptMode=REQUEUE (or an administrator) does.
+    let requeue = |args: &[&str]| {
+        let out = cluster
+            .command("scontrol")
+            .args(args)
+            .bounded_output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    requeue(&["requeue", &id]);
+    let pending = Instant::now() + Duration::from_secs(60);
+    while cluster.job_state(&id) != "PENDING" {
+        assert!(
+            Instant::now() < pending,
+            "not requeued:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its node stores are gone; Slurm holds a requeued job back for two
+    // minutes, which the test does not wait for.
+    clear(store.path());
+    requeue(&["update", &format!("jobid={id}"), "StartTime=now"]);
+    let t = &completed(&cluster, &id, 240);
+    assert!(
+        t.contains(&format!("resuming job {job} from the flushed copy")),
+        "{t}"
+    );
+    assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
+}
+
+/// Removes everything under `dir`: every node's store lost.
+fn clear(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        std::fs::remove_dir_all(entry.path()).unwrap();
+    }
 }
 
 /// Waits (up to `secs`) for batch job `id`, which must complete with
