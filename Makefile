@@ -77,7 +77,7 @@ demo:
 
 demo-slurm:
 	@$(ENSURE_PACKAGES) demo-slurm
-	$(CARGO) build --release -q -p heat -p pm-launcher
+	$(CARGO) build --release -q -p heat -p pm-launcher -p pm-slurm
 	@bash scripts/demo-slurm.sh
 
 bench:

@@ -6,7 +6,9 @@
 #   1. a node loses power: its ranks resume on the spare, same allocation;
 #   2. an administrator drains a node: pmrun empties it;
 #   3. the job is told its time is up (SIGUSR1): it stops at a checkpoint,
-#      and the same script in a new allocation resumes it.
+#      flushes it to a shared directory, and the same script in a new
+#      allocation resumes it from there (the SPANK plugin's epilog removed
+#      the node stores in between).
 # Every job ends with the checksum of an undisturbed mpirun run.
 #
 # Needs bash, coreutils, grep, sed and awk besides the workspace's binaries,
@@ -16,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
 bin=$root/target/release
-for b in pmrun pmd heat; do
+for b in pmrun pmd heat libpm_slurm.so; do
     if [[ ! -x $bin/$b ]]; then
         echo "demo-slurm: $bin/$b is missing; run \`make demo-slurm\`, which builds it" >&2
         exit 1
@@ -26,13 +28,14 @@ done
 heat=(--rows 96 --cols 64 --steps 400 --pause-ms 25)
 cluster=$(mktemp -d /tmp/pm-demo-slurm.XXXXXX)
 store=$(mktemp -d /dev/shm/pm-demo-slurm.XXXXXX)
+flush=$(mktemp -d /tmp/pm-demo-flush.XXXXXX)
 port=${PM_SLURM_PORT:-18817}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 
 cleanup() {
     [[ -n ${SLURM_CONF:-} ]] && scancel --quiet --user=root 2>/dev/null || true
     PM_SLURM_PORT=$port slurm/cluster.sh stop "$cluster" >/dev/null 2>&1 || true
-    rm -rf "$cluster" "$store"
+    rm -rf "$cluster" "$store" "$flush"
 }
 trap cleanup EXIT
 trap 'echo "demo-slurm FAILED: line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -91,8 +94,10 @@ match() { # match OUTPUT-FILE WHAT
 
 say "pmrun demo under Slurm: a batch job that loses a node, is drained, and is stopped in time"
 say "========================================================================================"
-step "The cluster: slurm/cluster.sh start (munged, slurmctld, slurmd n1..n4 on 127.0.0.2..5)."
-PM_SLURM_PORT=$port slurm/cluster.sh start "$cluster" | indent
+step "The cluster: slurm/cluster.sh start (munged, slurmctld, slurmd n1..n4 on 127.0.0.2..5),"
+say "   with pmrun's SPANK plugin in plugstack.conf."
+PM_SLURM_PORT=$port PM_SLURM_PLUGIN=$bin/libpm_slurm.so PM_SLURM_PLUGIN_ARGS=pmrun=$bin/pmrun \
+    slurm/cluster.sh start "$cluster" | indent
 eval "$(slurm/cluster.sh env "$cluster")"
 sinfo -N | indent
 
@@ -127,19 +132,22 @@ scontrol update nodename=n3 state=resume
 
 # ---------------------------------------------------------------------------
 step "3. Time is up: what sbatch --signal=B:USR1@SECONDS does, sent now with scancel --batch --signal=USR1."
-id=$(submit time-limit "" -N3 -n6 -x n2)
+say "   Submitted with sbatch --pm-flush=$flush --pm-store=$store (the plugin's options):"
+id=$(submit time-limit "" -N3 -n6 -x n2 --pm-flush="$flush" --pm-store="$store")
 wait_commit time-limit
 scancel --batch --signal=USR1 "$id"
 wait_end "$id" 240
 out=$cluster/time-limit-$id.out
-pmrun_lines "$out" 'SIGUSR1|job stopped|stopping at'
+pmrun_lines "$out" 'SIGUSR1|job stopped|stopping at|flush'
 say "   The batch job ended with exit code $(exit_code "$id") (75: stopped, kept)."
+left=$(find "$store" -path "*/time-limit/*" -type f | wc -l)
+say "   The epilog left $left file(s) of the job in the node stores; the flushed copy: $(ls "$flush/time-limit" | tr '\n' ' ')"
 say "   The same script in a new allocation:"
-id=$(submit time-limit "" -N3 -n6 -x n2)
+id=$(submit time-limit "" -N3 -n6 -x n2 --pm-flush="$flush" --pm-store="$store")
 wait_end "$id" 240
 out=$cluster/time-limit-$id.out
-pmrun_lines "$out" 'launching|resumed|checksum'
-match "$out" "stopped and resumed (pmrun):"
+pmrun_lines "$out" 'flushed one|resuming|launching|resumed|checksum'
+match "$out" "stopped and resumed from the flushed copy (pmrun):"
 
 say ""
 say "   Done in $(now). Stopping the cluster."

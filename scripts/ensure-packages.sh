@@ -26,10 +26,11 @@ set -euo pipefail
 #   libclang-dev clang          bindgen, used by the `mpi` (rsmpi) crate's build script
 #   libudev-dev pkg-config      needed to build/link `hwlocality`; library discovery
 #   gfortran                    the compiler behind Open MPI's mpif90 (`use pm`, heat_f, make install)
-#   slurm-wlm munge libslurm-dev a real Slurm that the tests start themselves (slurm/cluster.sh)
+#   slurm-wlm munge              a real Slurm that the tests and demo-slurm start (slurm/cluster.sh)
+#   libslurm-dev                 Slurm's spank.h, for the SPANK plugin (slurm/)
 BASE_PACKAGES="openmpi-bin libopenmpi-dev hwloc libhwloc-dev libclang-dev libudev-dev pkg-config clang"
 SLURM_PACKAGES="slurm-wlm munge"
-BUILD_PACKAGES="$BASE_PACKAGES gfortran"
+BUILD_PACKAGES="$BASE_PACKAGES gfortran libslurm-dev"
 TEST_PACKAGES="$BASE_PACKAGES gfortran $SLURM_PACKAGES libslurm-dev"
 DEMO_PACKAGES="$BASE_PACKAGES gfortran"
 BENCH_PACKAGES="$BASE_PACKAGES"
@@ -47,7 +48,7 @@ case "$group" in
     build) packages=$BUILD_PACKAGES ;;
     test) packages=$TEST_PACKAGES ;;
     demo) packages=$DEMO_PACKAGES ;;
-    demo-slurm) packages="$DEMO_PACKAGES $SLURM_PACKAGES" ;;
+    demo-slurm) packages="$DEMO_PACKAGES $SLURM_PACKAGES libslurm-dev" ;;
     bench) packages=$BENCH_PACKAGES ;;
     *) echo "$prog: unknown target group '$group'" >&2; usage ;;
 esac

@@ -377,6 +377,14 @@ impl Job {
         self.end_keeping(1);
     }
 
+    /// What resumes the job: `--job ID`, and `--flush DIR` if it flushes.
+    pub(super) fn resume_args(&self) -> String {
+        match &self.cfg.flush {
+            Some(f) => format!("--job {} --flush {}", self.cfg.job, f.dir),
+            None => format!("--job {}", self.cfg.job),
+        }
+    }
+
     fn flush_dir(&self) -> String {
         self.cfg
             .flush

@@ -483,8 +483,8 @@ impl Job {
 
     fn interrupted_end(&mut self, now: Instant) {
         self.say(format!(
-            "interrupted; the job's checkpoints are kept: run pmrun again with --job {} to resume",
-            self.cfg.job
+            "interrupted; the job's checkpoints are kept: run pmrun again with {} to resume",
+            self.resume_args()
         ));
         self.finish_keeping(INTERRUPTED_EXIT, now);
     }
@@ -650,10 +650,10 @@ impl Job {
                 Some(c) => {
                     self.say(format!(
                         "the job failed (exit code {code}) {} times; its checkpoint of step {} is kept: \
-                         run pmrun again with --job {} to resume",
+                         run pmrun again with {} to resume",
                         self.restarts + 1,
                         c.step,
-                        self.cfg.job
+                        self.resume_args()
                     ));
                     self.finish_keeping(code, now);
                 }
@@ -801,8 +801,8 @@ impl Job {
                 };
                 self.say(format!(
                     "the job stopped ({why}); its checkpoints are kept: run pmrun again with \
-                     --job {} to resume from {resume}",
-                    self.cfg.job
+                     {} to resume from {resume}",
+                    self.resume_args()
                 ));
                 self.finish_keeping(STOPPED_EXIT, now);
             }
@@ -814,8 +814,8 @@ impl Job {
                 };
                 self.say(format!(
                     "the ranks stopped at a checkpoint before the job finished (SIGUSR1 reached them); \
-                     the job's checkpoints are kept: run pmrun again with --job {} to resume from {resume}",
-                    self.cfg.job
+                     the job's checkpoints are kept: run pmrun again with {} to resume from {resume}",
+                    self.resume_args()
                 ));
                 self.finish_keeping(STOPPED_EXIT, now);
             }
