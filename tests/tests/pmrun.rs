@@ -224,6 +224,18 @@ fn bad_input_is_a_clear_error() {
             vec!["-n", "2", "--heartbeat", "2", "--fail-after", "1", heat],
             "--fail-after 1 must be longer than --heartbeat 2".into(),
         ),
+        (
+            vec!["-n", "2", "--flush", "/proc/pmrun-flush", heat],
+            "--flush /proc/pmrun-flush: cannot create the directory".into(),
+        ),
+        (
+            vec!["-n", "2", "--flush-every", "2", heat],
+            "--flush <DIR>".into(),
+        ),
+        (
+            vec!["-n", "2", "--every", "2", "--interval", "3", heat],
+            "--every and --interval both say when to checkpoint".into(),
+        ),
     ];
     for (args, expected) in cases {
         let out = pmrun(store.path()).args(&args).bounded_output().unwrap();
@@ -235,6 +247,47 @@ fn bad_input_is_a_clear_error() {
         );
         assert!(!t.contains("panicked"), "{t}");
     }
+
+    // PM_* variables (what `#SBATCH --pm-…` sets) are read, checked, and
+    // lose to a flag: the error shows the value from the flag got through.
+    let env_case = |env: &[(&str, &str)], args: &[&str], expected: &str| {
+        let out = pmrun(store.path())
+            .envs(env.iter().copied())
+            .args(args)
+            .arg(heat)
+            .bounded_output()
+            .unwrap();
+        let t = text(&out);
+        assert!(
+            !out.status.success() && t.contains(expected),
+            "{env:?} {args:?}:\n{t}"
+        );
+    };
+    env_case(
+        &[("PM_EVERY", "2"), ("PM_INTERVAL", "3")],
+        &["-n", "2"],
+        "PM_EVERY and PM_INTERVAL (in the environment) both say",
+    );
+    env_case(
+        &[("PM_INTERVAL", "3")],
+        &[
+            "-n",
+            "2",
+            "--every",
+            "2",
+            "--local-nodes",
+            "2",
+            "--spare",
+            "2",
+        ],
+        "--spare 2 leaves none",
+    );
+    env_case(
+        &[("PM_SPARE", "2")],
+        &["-n", "2", "--local-nodes", "2"],
+        "--spare 2 leaves none",
+    );
+    env_case(&[("PM_REPLICAS", "x")], &["-n", "2"], "--replicas <R>");
 }
 
 #[test]

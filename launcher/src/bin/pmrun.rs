@@ -641,13 +641,19 @@ fn main() {
 /// by `#SBATCH --pm-every` for example); two flags, or two variables, are
 /// an error.
 fn parse_cli(args: Vec<String>) -> Cli {
+    try_parse_cli(args).unwrap_or_else(|e| e.exit())
+}
+
+fn try_parse_cli<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     use clap::parser::ValueSource;
     use clap::{CommandFactory, FromArgMatches};
     let mut command = Cli::command();
-    let matches = command
-        .try_get_matches_from_mut(args)
-        .unwrap_or_else(|e| e.exit());
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = command.try_get_matches_from_mut(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
     let from_flag = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
     if cli.every.is_some() && cli.interval.is_some() {
         match (from_flag("every"), from_flag("interval")) {
@@ -659,16 +665,14 @@ fn parse_cli(args: Vec<String>) -> Cli {
                 } else {
                     "PM_EVERY and PM_INTERVAL (in the environment)"
                 };
-                command
-                    .error(
-                        clap::error::ErrorKind::ArgumentConflict,
-                        format!("{what} both say when to checkpoint: give one"),
-                    )
-                    .exit()
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("{what} both say when to checkpoint: give one"),
+                ));
             }
         }
     }
-    cli
+    Ok(cli)
 }
 
 /// Structured logs on stderr, filtered by `PM_LOG` (errors, or warnings
@@ -838,18 +842,17 @@ mod tests {
         assert_eq!(cli.app, ["./app", "--flag", "-x"]);
         assert!(Cli::try_parse_from(["pmrun", "-n", "0", "./app"]).is_err());
         assert!(Cli::try_parse_from(["pmrun", "-n", "2"]).is_err());
-        assert!(
-            Cli::try_parse_from([
-                "pmrun",
-                "-n",
-                "2",
-                "--every",
-                "3",
-                "--interval",
-                "4",
-                "./app"
-            ])
-            .is_err()
-        );
+        let both = [
+            "pmrun",
+            "-n",
+            "2",
+            "--every",
+            "3",
+            "--interval",
+            "4",
+            "./app",
+        ];
+        let err = try_parse_cli(both).expect_err("--every with --interval");
+        assert!(err.to_string().contains("--every and --interval"), "{err}");
     }
 }
