@@ -78,14 +78,17 @@ fn main() {
     let slurm_mark = slurm_mark(&cli);
     let job_dir = cli.store.join(&cli.job);
     let result = run(cli);
-    if let Some(socket) = written {
-        agent::remove_written_secret(&socket);
-    }
+    // The mark first: the secret's directories go up to the node's store,
+    // which is removed once empty.
     if let Some(mark) = slurm_mark.filter(|_| !job_dir.exists()) {
         let _ = std::fs::remove_file(&mark);
-        if let Some(dir) = mark.parent() {
+        // `.slurm/<SLURM_JOB_ID>`, then `.slurm`, each once empty.
+        for dir in mark.ancestors().skip(1).take(2) {
             let _ = std::fs::remove_dir(dir);
         }
+    }
+    if let Some(socket) = written {
+        agent::remove_written_secret(&socket);
     }
     if let Err(e) = result {
         tracing::error!("{e:#}");
