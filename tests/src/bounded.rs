@@ -163,6 +163,29 @@ pub fn processes_of_group(group: i32) -> String {
     }
 }
 
+/// Calls `f` every 100 ms until it gives a value, for at most `limit`;
+/// past that, panics with `failure()` (say what was awaited, and why it
+/// matters). Every wait of the tests is bounded this way.
+pub fn poll_until<T>(
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    failure: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {} s: {}",
+            limit.as_secs(),
+            failure()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

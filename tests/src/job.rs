@@ -273,6 +273,18 @@ impl Drop for Job {
     }
 }
 
+/// The committed epoch of job `job` under `store`, asked with `pmrun ctl`
+/// (for jobs the test did not start itself: batch jobs).
+pub fn committed_epoch_of(store: &Path, job: &str) -> Option<u64> {
+    let out = pmrun()
+        .args(["ctl", "status", "--json", "--job", job, "--store"])
+        .arg(store)
+        .bounded_output()
+        .ok()?;
+    let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+    committed_epoch(&status)
+}
+
 pub fn committed_epoch(status: &Value) -> Option<u64> {
     status["committed"]["epoch"].as_u64()
 }

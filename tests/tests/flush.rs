@@ -5,11 +5,12 @@
 //! a damaged flushed chunk is detected, and the copy is kept.
 
 use pm_core::store::flush::read_job_record;
+use pm_tests::bounded::poll_until;
 use pm_tests::job::{Job, files_under, heat_args, reference};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The jobs share two cores; one at a time keeps their timing sane.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -29,20 +30,14 @@ fn start(id: &str, flush: &Path, extra: &[&str]) -> Job {
 
 /// Waits until the flush directory records an epoch of `id` of at least `epoch`.
 fn wait_for_flushed(job: &Job, flush: &Path, epoch: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(r) = read_job_record(flush, &job.id).unwrap()
-            && r.epoch >= epoch
-        {
-            return r.epoch;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no epoch {epoch} was flushed:\n{}",
-            job.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(
+        Duration::from_secs(60),
+        || {
+            let r = read_job_record(flush, &job.id).unwrap()?;
+            (r.epoch >= epoch).then_some(r.epoch)
+        },
+        || format!("no epoch {epoch} was flushed:\n{}", job.output()),
+    )
 }
 
 #[test]

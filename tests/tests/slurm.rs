@@ -4,9 +4,11 @@
 //! the allocation's nodes, the ranks as an srun step with PMIx.
 
 use pm_tests::Bounded;
+use pm_tests::bounded::poll_until;
+use pm_tests::job::committed_epoch_of;
 use pm_tests::mpi::{checksum, mpirun, text, workspace_bin};
 use pm_tests::slurm::Cluster;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// heat's plate in these tests.
 const PLATE: [&str; 6] = ["--rows", "96", "--cols", "64", "--pause-ms", "20"];
@@ -197,18 +199,11 @@ fn a_requeued_job_resumes_by_itself_from_its_flushed_checkpoint_bit_exact() {
     let id = cluster.sbatch(&["-N3", "-n6", "--requeue", "--open-mode=append"], &batch);
     let job = format!("heat-slurm{id}");
     wait_for_commit(&cluster, store.path(), &job);
-    let flushed = Instant::now() + Duration::from_secs(60);
-    while pm_core::store::flush::read_job_record(flush.path(), &job)
-        .unwrap()
-        .is_none()
-    {
-        assert!(
-            Instant::now() < flushed,
-            "nothing flushed:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(
+        Duration::from_secs(60),
+        || pm_core::store::flush::read_job_record(flush.path(), &job).unwrap(),
+        || format!("nothing flushed:\n{}", cluster.logs()),
+    );
     // What preemption with PreemptMode=REQUEUE (or an administrator) does.
     let requeue = |args: &[&str]| {
         let out = cluster
@@ -219,15 +214,11 @@ fn a_requeued_job_resumes_by_itself_from_its_flushed_checkpoint_bit_exact() {
         assert!(out.status.success(), "{}", text(&out));
     };
     requeue(&["requeue", &id]);
-    let pending = Instant::now() + Duration::from_secs(60);
-    while cluster.job_state(&id) != "PENDING" {
-        assert!(
-            Instant::now() < pending,
-            "not requeued:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll_until(
+        Duration::from_secs(60),
+        || (cluster.job_state(&id) == "PENDING").then_some(()),
+        || format!("not requeued:\n{}", cluster.logs()),
+    );
     // Its node stores are gone; Slurm holds a requeued job back for two
     // minutes, which the test does not wait for.
     clear(store.path());
@@ -263,28 +254,11 @@ fn completed(cluster: &Cluster, id: &str, secs: u64) -> String {
 
 /// Waits until job `job` under `store` has committed a checkpoint.
 fn wait_for_commit(cluster: &Cluster, store: &std::path::Path, job: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = pm_tests::job::pmrun()
-            .args(["ctl", "status", "--json", "--job", job, "--store"])
-            .arg(store)
-            .bounded_output()
-            .unwrap();
-        let status: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
-        if status
-            .as_ref()
-            .and_then(pm_tests::job::committed_epoch)
-            .is_some()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {job}: no commit within 2 minutes:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(
+        Duration::from_secs(120),
+        || committed_epoch_of(store, job),
+        || format!("job {job}: no commit:\n{}", cluster.logs()),
+    );
 }
 
 /// Every launch pmrun reports after the line containing `after` leaves `node` out.

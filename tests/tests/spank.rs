@@ -5,10 +5,12 @@
 //! left on its node.
 
 use pm_tests::Bounded;
+use pm_tests::bounded::poll_until;
+use pm_tests::job::committed_epoch_of;
 use pm_tests::mpi::{checksum, mpirun, text, workspace_bin};
 use pm_tests::slurm::Cluster;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// heat's plate in these tests.
 const PLATE: &str = "--rows 96 --cols 64 --pause-ms 20";
@@ -78,21 +80,23 @@ fn named(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// Waits (up to 30 s: the epilog runs as the job ends) until `store` holds
 /// no file and no directory of Slurm job `id` (pmrun job `job`).
 fn assert_store_emptied(cluster: &Cluster, store: &Path, id: &str, job: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let left = || {
         let mut left = files(store);
         left.extend(named(store, job));
         left.extend(named(store, id));
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left in the store 30 s after job {id} ended: {left:?}\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        left
+    };
+    poll_until(
+        Duration::from_secs(30),
+        || left().is_empty().then_some(()),
+        || {
+            format!(
+                "left in the store after job {id} ended: {:?}\n{}",
+                left(),
+                cluster.logs()
+            )
+        },
+    );
 }
 
 #[test]
@@ -238,23 +242,20 @@ fn srun_pm_outside_an_allocation_runs_pmrun_in_the_allocation_srun_makes_bit_exa
     assert_eq!(checksum(t).as_deref(), Some(expected.as_str()), "{t}");
     // pmrun's end ended the allocation srun made for it (after its
     // epilogs: COMPLETING for a moment).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = cluster
-            .command("squeue")
-            .arg("-h")
-            .bounded_output()
-            .unwrap();
-        let queue = text(&out);
-        if queue.trim().is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the allocation outlived pmrun by 30 s:\n{queue}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let queue = || {
+        text(
+            &cluster
+                .command("squeue")
+                .arg("-h")
+                .bounded_output()
+                .unwrap(),
+        )
+    };
+    poll_until(
+        Duration::from_secs(30),
+        || queue().trim().is_empty().then_some(()),
+        || format!("the allocation outlived pmrun:\n{}", queue()),
+    );
 }
 
 /// The pid of the pmd serving node `node` from the store `store`.
@@ -282,28 +283,15 @@ fn the_epilog_removes_what_a_killed_agent_left_on_its_node() {
     let id = cluster.sbatch(&["-N3", "-n6"], &script("--pm-every=10", store.path(), 300));
     let job = format!("heat-slurm{id}");
     // Once a checkpoint is committed, n2's agent dies without a word.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let n2_job = store.path().join("n2").join(&job);
-    let pmd = loop {
-        let committed = pm_tests::job::pmrun()
-            .args(["ctl", "status", "--json", "--job", &job, "--store"])
-            .arg(store.path())
-            .bounded_output()
-            .ok()
-            .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
-            .as_ref()
-            .and_then(pm_tests::job::committed_epoch)
-            .is_some();
-        if let Some(pid) = pmd_of(store.path(), "n2").filter(|_| committed) {
-            break pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {job}: no commit and agent on n2 within 2 minutes:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let pmd = poll_until(
+        Duration::from_secs(120),
+        || {
+            committed_epoch_of(store.path(), &job)?;
+            pmd_of(store.path(), "n2")
+        },
+        || format!("job {job}: no commit and agent on n2:\n{}", cluster.logs()),
+    );
     // SAFETY: kill(2) with a pid and a signal number touches no memory.
     assert_eq!(unsafe { libc::kill(pmd, libc::SIGKILL) }, 0);
     // What it leaves: its node store of the job, its secret, its mark.
