@@ -38,11 +38,12 @@ pub fn copy_snapshot(src: &Store, epoch: u64, dst: &mut Store) -> Result<ImportR
             buf.resize(f.len as usize, 0);
             file.read_exact_at(buf, f.source.offset)
                 .map_err(|e| StoreError::io("read data file", path, e))?;
+            // Checked while in cache, before it is written.
+            target.verify_bytes(f, buf)?;
             target
                 .file()
                 .write_all_at(buf, f.dest_offset)
-                .map_err(|e| StoreError::io("write data file", &dest, e))?;
-            target.verify(f)
+                .map_err(|e| StoreError::io("write data file", &dest, e))
         })
     })
 }

@@ -237,6 +237,28 @@ impl ImportTarget<'_> {
         self.len == 0
     }
 
+    /// Checks the hash of `bytes`, the chunk's contents that the fetcher
+    /// writes in full at its offset (and fails the fetch if it cannot): one
+    /// pass while they are in cache, instead of reading them back. Chunks
+    /// checked here are not checked again before publishing.
+    pub fn verify_bytes(&self, chunk: &ChunkFetch, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.len() as u64 != chunk.len || chunk_hash(bytes) != chunk.source.hash {
+            let (region, index) = locate(self.regions, chunk.dest_offset, self.epoch);
+            return Err(StoreError::ChunkCorrupt {
+                path: self.path.to_owned(),
+                region,
+                chunk: index,
+                offset: chunk.dest_offset,
+                end: chunk.dest_offset + chunk.len,
+            });
+        }
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(chunk.dest_offset);
+        Ok(())
+    }
+
     /// Checks the hash of a chunk that has arrived while others are still
     /// in flight, so that checking overlaps the transfers; chunks checked
     /// here are not checked again before publishing.
