@@ -14,6 +14,10 @@
 //!   them), paid once per epoch whatever the number of partners.
 //! * `replicate_incr_1pct_s` and `incr_bytes_fetched`: the same after 1% of
 //!   the chunks changed.
+//! * `replicate_2_partners_s` and `r2_over_r1`: a full snapshot pulled by
+//!   two partners (a third store, on 127.0.0.4) at once, as an agent asks
+//!   its partners, over the time for one. On loopback both pulls share
+//!   the machine's cores, not only a link.
 //!
 //! Each time is the median of `--repeat` runs.
 
@@ -70,6 +74,8 @@ struct Report {
     replicate_incr_1pct_s: f64,
     incr_bytes_fetched: u64,
     incr_bytes_over_full: f64,
+    replicate_2_partners_s: f64,
+    r2_over_r1: f64,
 }
 
 const PIECE: usize = 4 << 20;
@@ -114,13 +120,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let roots = [
         base.join(format!("pmbench-node-a-{pid}")),
         base.join(format!("pmbench-node-b-{pid}")),
+        base.join(format!("pmbench-node-c-{pid}")),
     ];
     let opts = StoreOptions {
         chunk_size: chunk,
         ..StoreOptions::default()
     };
     let mut src = Store::open(&roots[0], &job, 0, opts.clone())?;
-    let mut dst = Store::open(&roots[1], &job, 0, opts)?;
+    let mut dst = Store::open(&roots[1], &job, 0, opts.clone())?;
+    let mut dst2 = Store::open(&roots[2], &job, 0, opts)?;
     let secret = JobSecret::generate()?;
     let endpoint = |octet: u8, node: &str| {
         TcpTransport::bind(
@@ -133,7 +141,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             },
         )
     };
-    let (a, b) = (endpoint(2, "a")?, endpoint(3, "b")?);
+    let (a, b, c) = (endpoint(2, "a")?, endpoint(3, "b")?, endpoint(4, "c")?);
     let progress = crate::util::progress("replicate", args.json);
 
     progress("filling the state with pseudo-random bytes");
@@ -205,6 +213,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         incr_bytes = rd.fetched;
     }
 
+    progress("two partners at once (every chunk changed)");
+    drop(round);
+    let mut second = replicate::Puller::new(&c);
+    let mut two = Vec::new();
+    for r in 0..args.repeat + 3 {
+        touch_chunks(&mut state, chunk, 1, r as u8);
+        epoch += 1;
+        src.write(epoch, epoch, &[RegionRef::new("state", &state)])?;
+        let snap = src.open_snapshot(epoch)?;
+        let exposed = replicate::expose(&a, &src, &snap)?;
+        let from = a.local_addr();
+        let t = Instant::now();
+        let (one, other) = std::thread::scope(|s| {
+            let b_pull =
+                s.spawn(|| puller.pull(&from, &exposed.manifest, &exposed.data_keys, &mut dst));
+            let c_pull = second.pull(&from, &exposed.manifest, &exposed.data_keys, &mut dst2);
+            (b_pull.join().expect("pull thread"), c_pull)
+        });
+        let wall = t.elapsed().as_secs_f64();
+        one?;
+        other?;
+        exposed.withdraw(&a)?;
+        // The first three bring the third store to steady state.
+        if r >= 3 {
+            two.push(wall);
+        }
+    }
+
     progress("checking that the replica restores bit-exactly");
     let replica = dst.latest_valid()?.snapshot.context("no valid replica")?;
     sink.fill(0);
@@ -215,9 +251,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
 
     drop(puller);
-    drop((a, b));
+    drop(second);
+    drop((a, b, c));
     src.destroy()?;
     dst.destroy()?;
+    dst2.destroy()?;
     for r in &roots {
         let _ = std::fs::remove_dir_all(r);
     }
@@ -240,6 +278,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         replicate_incr_1pct_s: median(incr),
         incr_bytes_fetched: incr_bytes,
         incr_bytes_over_full: incr_bytes as f64 / full_bytes as f64,
+        replicate_2_partners_s: median(two.clone()),
+        r2_over_r1: median(two) / replicate_full_s,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -262,6 +302,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!(
             "1% replica       {:8.4} s  moved {:.4} of a full one",
             report.replicate_incr_1pct_s, report.incr_bytes_over_full
+        );
+        println!(
+            "two partners     {:8.4} s  {:.2}x the time for one",
+            report.replicate_2_partners_s, report.r2_over_r1
         );
     }
     Ok(())
