@@ -214,7 +214,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     progress("two partners at once (every chunk changed)");
-    drop(round);
     let mut second = replicate::Puller::new(&c);
     let mut two = Vec::new();
     for r in 0..args.repeat + 3 {
