@@ -13,7 +13,7 @@ use super::event_loop::Input;
 use super::{PARTNER_TIMEOUT, Resources, error_chain};
 use pm_core::Store;
 use pm_core::proto::{FromPartner, NodeId, ToPartner};
-use pm_core::replicate::{ExposedSnapshot, ReplicateError, expose};
+use pm_core::replicate::{ExposedSnapshot, Exposer, ReplicateError};
 use pm_core::wire::{Limits, Role, Session, WireError};
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpStream};
@@ -64,11 +64,12 @@ pub(super) fn start(rank: u32, res: Arc<Resources>, tx: Sender<Input>) -> Sender
 
 fn worker(rank: u32, res: &Resources, rx: &Receiver<ReplicateJob>, tx: &Sender<Input>) {
     let mut store: Option<Store> = None;
+    let mut exposer = Exposer::default();
     let mut partners: HashMap<NodeId, Partner> = HashMap::new();
     let mut exposed: VecDeque<ExposedSnapshot> = VecDeque::new();
     for job in rx {
         let epoch = job.epoch;
-        let snapshot = match open(res, &mut store, rank, epoch) {
+        let snapshot = match open(res, &mut store, &mut exposer, rank, epoch) {
             Ok(s) => s,
             Err(e) => {
                 let error = Some(error_chain(&e));
@@ -159,10 +160,12 @@ fn ask_partners(
     })
 }
 
-/// Opens the rank's store (once) and exposes its snapshot of `epoch`.
+/// Opens the rank's store (once) and exposes its snapshot of `epoch`
+/// (mapping only data files not mapped already).
 fn open(
     res: &Resources,
     store: &mut Option<Store>,
+    exposer: &mut Exposer,
     rank: u32,
     epoch: u64,
 ) -> Result<ExposedSnapshot, ReplicateError> {
@@ -171,7 +174,7 @@ fn open(
         None => store.insert(res.open_store(rank)?),
     };
     let snap = store.open_snapshot(epoch)?;
-    expose(&res.transport, store, &snap)
+    exposer.expose(&res.transport, store, &snap)
 }
 
 /// A connection to a partner agent, used request by request.
