@@ -39,11 +39,23 @@ pub struct FlushSettings {
 pub(super) struct Flushes {
     commits_since: u64,
     current: Option<Copying>,
-    /// The newest epoch recorded in the flush directory.
+    /// The newest epoch recorded in the flush directory (by this pmrun, or
+    /// before it: `FlushSettings::recorded`).
     pub(super) recorded: Option<Commit>,
     /// The epoch the job's end last tried to flush (tried once).
     tried_at_end: Option<u64>,
     said_first: bool,
+}
+
+impl Flushes {
+    pub(super) fn new(settings: Option<&FlushSettings>) -> Self {
+        Self {
+            recorded: settings
+                .and_then(|f| f.recorded)
+                .map(|(epoch, step, _)| Commit { epoch, step }),
+            ..Self::default()
+        }
+    }
 }
 
 /// A copy in progress, one way or the other.
