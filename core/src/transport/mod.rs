@@ -14,9 +14,12 @@
 //! |---|---|
 //! | [`Transport::register`] → [`RegionKey`] | `fi_mr_reg` (+ `fi_mr_bind`/`fi_mr_enable`), key = `fi_mr_key` (with `FI_MR_PROV_KEY`, or a random `requested_key`) |
 //! | [`Transport::deregister`] | `fi_close(&mr->fid)` |
-//! | [`Transport::read`] / [`Transport::write`] | `fi_read` / `fi_write` with the local region's `fi_mr_desc`, the peer's `fi_addr_t` and the remote key; the remote address is the offset (`mr_mode` without `FI_MR_VIRT_ADDR`) |
+//! | [`Transport::read`] / [`Transport::write`] | `fi_read` / `fi_write` with the local region's `fi_mr_desc`, the peer's `fi_addr_t` and the remote key; the remote address is base + offset under `FI_MR_VIRT_ADDR`, else the offset |
 //! | [`Completion`] / [`Transport::wait`] | the `context` of the operation, reaped from the completion queue (`fi_cq_read`) |
 //! | the TCP backend's server threads | the target's progress thread (`tcp;ofi_rxm` needs one) |
+//!
+//! That backend is the `pm-transport-fabric` crate; both run the
+//! conformance suite in [`suite`] (feature `transport-suite`).
 //!
 //! Both ends of a transfer are registered regions: the local side is named by
 //! a [`LocalSlice`] (as `fi_read` needs a local descriptor), so a transfer
