@@ -10,10 +10,16 @@
 //!   the partner's store (authenticated requests, one-sided reads into the
 //!   mapped data file, hash check of every chunk, atomic publish), in steady
 //!   state (the partner recycles the pages of its pruned epochs).
-//! * `expose_s`: the source registering the snapshot's data files (mapping
-//!   them), paid once per epoch whatever the number of partners.
+//! * `expose_s`: the source registering the snapshot's data files, paid
+//!   once per epoch whatever the number of partners, in steady state: the
+//!   source's `Exposer` keeps the mappings of the files the store recycles.
+//!   `expose_fresh_s`: the same for the first epoch, which maps its file.
 //! * `replicate_incr_1pct_s` and `incr_bytes_fetched`: the same after 1% of
 //!   the chunks changed.
+//! * `replicate_2_partners_s` and `r2_over_r1`: a full snapshot pulled by
+//!   two partners (a third store, on 127.0.0.4) at once, as an agent asks
+//!   its partners, over the time for one. On loopback both pulls share
+//!   the machine's cores, not only a link.
 //!
 //! Each time is the median of `--repeat` runs.
 
@@ -66,10 +72,13 @@ struct Report {
     replicate_gbs: f64,
     replicate_over_raw: f64,
     expose_s: f64,
+    expose_fresh_s: f64,
     full_bytes_fetched: u64,
     replicate_incr_1pct_s: f64,
     incr_bytes_fetched: u64,
     incr_bytes_over_full: f64,
+    replicate_2_partners_s: f64,
+    r2_over_r1: f64,
 }
 
 const PIECE: usize = 4 << 20;
@@ -114,13 +123,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let roots = [
         base.join(format!("pmbench-node-a-{pid}")),
         base.join(format!("pmbench-node-b-{pid}")),
+        base.join(format!("pmbench-node-c-{pid}")),
     ];
     let opts = StoreOptions {
         chunk_size: chunk,
         ..StoreOptions::default()
     };
     let mut src = Store::open(&roots[0], &job, 0, opts.clone())?;
-    let mut dst = Store::open(&roots[1], &job, 0, opts)?;
+    let mut dst = Store::open(&roots[1], &job, 0, opts.clone())?;
+    let mut dst2 = Store::open(&roots[2], &job, 0, opts)?;
     let secret = JobSecret::generate()?;
     let endpoint = |octet: u8, node: &str| {
         TcpTransport::bind(
@@ -133,7 +144,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             },
         )
     };
-    let (a, b) = (endpoint(2, "a")?, endpoint(3, "b")?);
+    let (a, b, c) = (endpoint(2, "a")?, endpoint(3, "b")?, endpoint(4, "c")?);
     let progress = crate::util::progress("replicate", args.json);
 
     progress("filling the state with pseudo-random bytes");
@@ -152,12 +163,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let mut epoch = 0u64;
     let mut puller = replicate::Puller::new(&b);
+    let mut exposer = replicate::Exposer::default();
     let mut round = |src: &mut Store, dst: &mut Store, state: &[u8]| -> anyhow::Result<Round> {
         epoch += 1;
         src.write(epoch, epoch, &[RegionRef::new("state", state)])?;
         let snap = src.open_snapshot(epoch)?;
         let t = Instant::now();
-        let exposed = replicate::expose(&a, src, &snap)?;
+        let exposed = exposer.expose(&a, src, &snap)?;
         let expose_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let report = puller.pull(&a.local_addr(), &exposed.manifest, &exposed.data_keys, dst)?;
@@ -172,9 +184,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     progress("warm-up: three full replicas fill both stores to steady state");
     // Keep (2) epochs and the spare: from the fourth on, pages are recycled.
+    let mut expose_fresh_s = 0.0;
     for r in 0..3 {
         touch_chunks(&mut state, chunk, 1, r);
-        round(&mut src, &mut dst, &state)?;
+        let rd = round(&mut src, &mut dst, &state)?;
+        if r == 0 {
+            expose_fresh_s = rd.expose_s;
+        }
     }
     progress("full replications (every chunk changed)");
     let mut full = Vec::new();
@@ -205,6 +221,33 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         incr_bytes = rd.fetched;
     }
 
+    progress("two partners at once (every chunk changed)");
+    let mut second = replicate::Puller::new(&c);
+    let mut two = Vec::new();
+    for r in 0..args.repeat + 3 {
+        touch_chunks(&mut state, chunk, 1, r as u8);
+        epoch += 1;
+        src.write(epoch, epoch, &[RegionRef::new("state", &state)])?;
+        let snap = src.open_snapshot(epoch)?;
+        let exposed = exposer.expose(&a, &src, &snap)?;
+        let from = a.local_addr();
+        let t = Instant::now();
+        let (one, other) = std::thread::scope(|s| {
+            let b_pull =
+                s.spawn(|| puller.pull(&from, &exposed.manifest, &exposed.data_keys, &mut dst));
+            let c_pull = second.pull(&from, &exposed.manifest, &exposed.data_keys, &mut dst2);
+            (b_pull.join().expect("pull thread"), c_pull)
+        });
+        let wall = t.elapsed().as_secs_f64();
+        one?;
+        other?;
+        exposed.withdraw(&a)?;
+        // The first three bring the third store to steady state.
+        if r >= 3 {
+            two.push(wall);
+        }
+    }
+
     progress("checking that the replica restores bit-exactly");
     let replica = dst.latest_valid()?.snapshot.context("no valid replica")?;
     sink.fill(0);
@@ -215,9 +258,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
 
     drop(puller);
-    drop((a, b));
+    drop(second);
+    drop((a, b, c));
     src.destroy()?;
     dst.destroy()?;
+    dst2.destroy()?;
     for r in &roots {
         let _ = std::fs::remove_dir_all(r);
     }
@@ -236,10 +281,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         replicate_gbs: gbs(replicate_full_s),
         replicate_over_raw: raw_tcp_s / replicate_full_s,
         expose_s: median(expose),
+        expose_fresh_s,
         full_bytes_fetched: full_bytes,
         replicate_incr_1pct_s: median(incr),
         incr_bytes_fetched: incr_bytes,
         incr_bytes_over_full: incr_bytes as f64 / full_bytes as f64,
+        replicate_2_partners_s: median(two.clone()),
+        r2_over_r1: median(two) / replicate_full_s,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -258,10 +306,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "full replica     {:8.4} s  {:6.2} GB/s  {:.2}x raw throughput",
             replicate_full_s, report.replicate_gbs, report.replicate_over_raw
         );
-        println!("expose (source)  {:8.4} s", report.expose_s);
+        println!(
+            "expose (source)  {:8.4} s  (first epoch, mapping its file: {:.4} s)",
+            report.expose_s, report.expose_fresh_s
+        );
         println!(
             "1% replica       {:8.4} s  moved {:.4} of a full one",
             report.replicate_incr_1pct_s, report.incr_bytes_over_full
+        );
+        println!(
+            "two partners     {:8.4} s  {:.2}x the time for one",
+            report.replicate_2_partners_s, report.r2_over_r1
         );
     }
     Ok(())

@@ -474,6 +474,9 @@ pub struct JobStatus {
     /// The balancing mode and the last decision.
     pub balance: String,
     pub last_decision: Option<Decision>,
+    /// With `--flush`: the directory and the newest epoch recorded there.
+    pub flush_dir: Option<String>,
+    pub flushed: Option<Committed>,
 }
 
 #[cfg(test)]

@@ -339,3 +339,46 @@ fn a_snapshot_ready_message_round_trips_and_inconsistent_ones_are_refused() {
     let err = replicate::ExposedSnapshot::from_announcement(&damaged).unwrap_err();
     assert!(matches!(err, ReplicateError::Store(_)), "{err}");
 }
+
+#[test]
+fn an_exposer_maps_recycled_data_files_once_and_replicas_stay_exact() {
+    let (mut a, mut b) = (node(2), node(3));
+    let mut exposer = replicate::Exposer::default();
+    let mut puller = replicate::Puller::new(&b.transport);
+    let mut s = state(7);
+    let mut made_after_warm_up = 0;
+    for epoch in 1..=8 {
+        // Every "grid" chunk changes: each epoch writes a new data file,
+        // which from the fourth on is a recycled one (keep 2, plus the spare).
+        touch(&mut s, CHUNKS, epoch as u8);
+        write(&mut a, epoch, &s);
+        let snap = a.store.open_snapshot(epoch).unwrap();
+        let exposed = exposer.expose(&a.transport, &a.store, &snap).unwrap();
+        puller
+            .pull(
+                &a.transport.local_addr(),
+                &exposed.manifest,
+                &exposed.data_keys,
+                &mut b.store,
+            )
+            .unwrap();
+        exposed.withdraw(&a.transport).unwrap();
+        assert_restores(&b, epoch, &s);
+        if epoch == 4 {
+            made_after_warm_up = exposer.mappings_made();
+        }
+    }
+    assert_eq!(
+        exposer.mappings_made(),
+        made_after_warm_up,
+        "recycled data files were mapped again"
+    );
+    // What the last three rounds exposed: their own data files, and epoch
+    // 1's, which still holds the unchanged "aux" chunks.
+    let file = (CHUNK * CHUNKS) as u64;
+    assert!(
+        exposer.mapped_bytes() <= 4 * file,
+        "{} bytes kept mapped",
+        exposer.mapped_bytes()
+    );
+}

@@ -47,6 +47,14 @@ fn a_job_that_lost_every_node_store_resumes_from_the_flushed_copy_bit_exact() {
     let flush = tempfile::tempdir().unwrap();
     let job = start("flush-all", flush.path(), &[]);
     let flushed = wait_for_flushed(&job, flush.path(), 2);
+    let status = job.status().expect("ctl status");
+    assert_eq!(status["flush_dir"], flush.path().to_str().unwrap());
+    assert!(
+        status["flushed"]["epoch"].as_u64() >= Some(flushed),
+        "{status}"
+    );
+    let (_, text) = job.ctl(&["status"]);
+    assert!(text.contains("flushed to "), "{text}");
     // Every process of the job SIGKILLed, and its store with every
     // virtual node's directory removed.
     drop(job);

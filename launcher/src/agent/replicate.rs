@@ -1,18 +1,19 @@
 //! Outgoing replication: one worker thread per local rank carries out the
 //! core's [`Action::Replicate`](super::core::Action::Replicate) jobs in
 //! order. It exposes the snapshot's data files on the transport and asks
-//! each partner agent to pull it (`SnapshotReady`); a partner answers
-//! `Stored` once the replica is published in its store. Every answer goes
-//! back to the core as an event (the core tells pmrun and decides on
-//! retries). The worker keeps its partner connections and the last few
-//! exposed snapshots between jobs.
+//! every partner agent at once to pull it (`SnapshotReady`), one thread per
+//! partner, so that R partners share the link instead of taking turns; a
+//! partner answers `Stored` once the replica is published in its store.
+//! Every answer goes back to the core as an event as it comes (the core
+//! tells pmrun and decides on retries). The worker keeps its partner
+//! connections and the last few exposed snapshots between jobs.
 
 use super::core::{Event, Target};
 use super::event_loop::Input;
 use super::{PARTNER_TIMEOUT, Resources, error_chain};
 use pm_core::Store;
 use pm_core::proto::{FromPartner, NodeId, ToPartner};
-use pm_core::replicate::{ExposedSnapshot, ReplicateError, expose};
+use pm_core::replicate::{ExposedSnapshot, Exposer, ReplicateError};
 use pm_core::wire::{Limits, Role, Session, WireError};
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpStream};
@@ -63,11 +64,12 @@ pub(super) fn start(rank: u32, res: Arc<Resources>, tx: Sender<Input>) -> Sender
 
 fn worker(rank: u32, res: &Resources, rx: &Receiver<ReplicateJob>, tx: &Sender<Input>) {
     let mut store: Option<Store> = None;
+    let mut exposer = Exposer::default();
     let mut partners: HashMap<NodeId, Partner> = HashMap::new();
     let mut exposed: VecDeque<ExposedSnapshot> = VecDeque::new();
     for job in rx {
         let epoch = job.epoch;
-        let snapshot = match open(res, &mut store, rank, epoch) {
+        let snapshot = match open(res, &mut store, &mut exposer, rank, epoch) {
             Ok(s) => s,
             Err(e) => {
                 let error = Some(error_chain(&e));
@@ -77,29 +79,11 @@ fn worker(rank: u32, res: &Resources, rx: &Receiver<ReplicateJob>, tx: &Sender<I
         };
         let announcement = snapshot.announcement();
         exposed.push_back(snapshot);
-        for target in job.to {
-            let partner = target.node;
-            let started = std::time::Instant::now();
-            let result = send_to(res, &mut partners, &target, &announcement);
-            match &result {
-                Ok(()) => {
-                    tracing::debug!(rank, epoch, partner = %partner, ms = started.elapsed().as_millis() as u64, "replica stored");
-                }
-                Err(e) => {
-                    partners.remove(&partner);
-                    tracing::warn!(rank, epoch, partner = %partner, error = %error_chain(e), "replication failed");
-                }
-            }
-            let result = result.map_err(|e| error_chain(&e));
-            let ev = Event::Replicated {
-                rank,
-                epoch,
-                partner,
-                result,
-            };
-            if tx.send(ev.into()).is_err() {
-                return;
-            }
+        let (kept, reported) =
+            ask_partners(res, rank, epoch, job.to, &mut partners, &announcement, tx);
+        partners.extend(kept);
+        if !reported {
+            return;
         }
         while exposed.len() > KEEP_EXPOSED {
             if let Some(old) = exposed.pop_front() {
@@ -120,10 +104,68 @@ fn worker(rank: u32, res: &Resources, rx: &Receiver<ReplicateJob>, tx: &Sender<I
     }
 }
 
-/// Opens the rank's store (once) and exposes its snapshot of `epoch`.
+/// Asks every target to pull the announced snapshot, all at once, and
+/// reports each answer as it comes. Returns the connections still good,
+/// and whether the core could be told (false: the agent is ending).
+fn ask_partners(
+    res: &Resources,
+    rank: u32,
+    epoch: u64,
+    targets: Vec<Target>,
+    partners: &mut HashMap<NodeId, Partner>,
+    announcement: &ToPartner,
+    tx: &Sender<Input>,
+) -> (Vec<(NodeId, Partner)>, bool) {
+    std::thread::scope(|s| {
+        let asks: Vec<_> = targets
+            .into_iter()
+            .map(|target| {
+                let conn = partners.remove(&target.node);
+                let tx = tx.clone();
+                s.spawn(move || {
+                    let partner = target.node;
+                    let started = std::time::Instant::now();
+                    let (conn, result) = send_to(res, conn, &target, announcement);
+                    match &result {
+                        Ok(()) => {
+                            tracing::debug!(rank, epoch, partner = %partner, ms = started.elapsed().as_millis() as u64, "replica stored");
+                        }
+                        Err(e) => {
+                            tracing::warn!(rank, epoch, partner = %partner, error = %error_chain(e), "replication failed");
+                        }
+                    }
+                    let result = result.map_err(|e| error_chain(&e));
+                    let ev = Event::Replicated {
+                        rank,
+                        epoch,
+                        partner,
+                        result,
+                    };
+                    (partner, conn, tx.send(ev.into()).is_ok())
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        let mut reported = true;
+        for ask in asks {
+            match ask.join() {
+                Ok((node, conn, told)) => {
+                    reported &= told;
+                    kept.extend(conn.map(|c| (node, c)));
+                }
+                Err(_) => tracing::error!(rank, epoch, "a replication thread panicked"),
+            }
+        }
+        (kept, reported)
+    })
+}
+
+/// Opens the rank's store (once) and exposes its snapshot of `epoch`
+/// (mapping only data files not mapped already).
 fn open(
     res: &Resources,
     store: &mut Option<Store>,
+    exposer: &mut Exposer,
     rank: u32,
     epoch: u64,
 ) -> Result<ExposedSnapshot, ReplicateError> {
@@ -132,7 +174,7 @@ fn open(
         None => store.insert(res.open_store(rank)?),
     };
     let snap = store.open_snapshot(epoch)?;
-    expose(&res.transport, store, &snap)
+    exposer.expose(&res.transport, store, &snap)
 }
 
 /// A connection to a partner agent, used request by request.
@@ -178,22 +220,29 @@ pub(super) fn connect(
     Ok(Partner { stream, session })
 }
 
-/// Asks the partner to pull the announced snapshot and waits for its answer.
+/// Asks the partner to pull the announced snapshot over `conn` (or a new
+/// connection) and waits for its answer; the connection, unless it failed.
 fn send_to(
     res: &Resources,
-    partners: &mut HashMap<NodeId, Partner>,
+    conn: Option<Partner>,
     target: &Target,
     announcement: &ToPartner,
-) -> Result<(), SendError> {
-    let p = match partners.entry(target.node) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            e.insert(connect(res, target, PARTNER_TIMEOUT)?)
-        }
+) -> (Option<Partner>, Result<(), SendError>) {
+    let mut p = match conn {
+        Some(p) => p,
+        None => match connect(res, target, PARTNER_TIMEOUT) {
+            Ok(p) => p,
+            Err(e) => return (None, Err(e)),
+        },
     };
-    p.session.send(&mut p.stream, announcement)?;
-    match p.session.recv(&mut p.stream)? {
-        FromPartner::Stored { .. } => Ok(()),
-        FromPartner::Refused { reason } => Err(SendError::Refused(reason)),
+    let answer = p
+        .session
+        .send(&mut p.stream, announcement)
+        .and_then(|()| p.session.recv(&mut p.stream));
+    match answer {
+        Ok(FromPartner::Stored { .. }) => (Some(p), Ok(())),
+        // A refusal is an answer: the connection stays good.
+        Ok(FromPartner::Refused { reason }) => (Some(p), Err(SendError::Refused(reason))),
+        Err(e) => (None, Err(e.into())),
     }
 }

@@ -44,6 +44,15 @@ pub fn text(s: &JobStatus) -> String {
         }
         None => out.push_str("  no checkpoint committed yet\n"),
     }
+    if let Some(dir) = &s.flush_dir {
+        match s.flushed {
+            Some(k) => out.push_str(&format!(
+                "  flushed to {dir}: epoch {} at step {}\n",
+                k.epoch, k.step
+            )),
+            None => out.push_str(&format!("  nothing flushed to {dir} yet\n")),
+        }
+    }
     for r in &s.recoveries {
         out.push_str(&format!(
             "  {} of {}: {:.2} s in all\n",

@@ -39,11 +39,23 @@ pub struct FlushSettings {
 pub(super) struct Flushes {
     commits_since: u64,
     current: Option<Copying>,
-    /// The newest epoch recorded in the flush directory.
+    /// The newest epoch recorded in the flush directory (by this pmrun, or
+    /// before it: `FlushSettings::recorded`).
     pub(super) recorded: Option<Commit>,
     /// The epoch the job's end last tried to flush (tried once).
     tried_at_end: Option<u64>,
     said_first: bool,
+}
+
+impl Flushes {
+    pub(super) fn new(settings: Option<&FlushSettings>) -> Self {
+        Self {
+            recorded: settings
+                .and_then(|f| f.recorded)
+                .map(|(epoch, step, _)| Commit { epoch, step }),
+            ..Self::default()
+        }
+    }
 }
 
 /// A copy in progress, one way or the other.
@@ -76,8 +88,9 @@ impl Job {
     fn start_copy(&mut self, way: FlushWay, commit: Commit, now: Instant) {
         let mut by_node: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
         for rank in 0..self.cfg.ranks {
-            let node = self.flush_source(rank, way);
-            by_node.entry(node).or_default().push(rank);
+            for node in self.copiers(rank, way) {
+                by_node.entry(node).or_default().push(rank);
+            }
         }
         self.flushes.commits_since = 0;
         self.flushes.current = Some(Copying {
@@ -101,21 +114,32 @@ impl Job {
         }
     }
 
-    /// The node that copies `rank`: out, the rank's own node when it holds
-    /// the committed snapshot (it wrote it), else a live holder; in, the
-    /// node the rank is placed on.
-    fn flush_source(&self, rank: u32, way: FlushWay) -> NodeId {
+    /// The nodes that copy `rank`. Out: one, the rank's own node when it
+    /// holds the committed snapshot (it wrote it), else a live holder. In:
+    /// the node the rank is placed on and its partners, so that the
+    /// resumed epoch has as many holders as a committed one (a node lost
+    /// before the next commit is recovered from like any other).
+    fn copiers(&self, rank: u32, way: FlushWay) -> Vec<NodeId> {
         let placed = self.state.placement[rank as usize];
         if way == FlushWay::In {
-            return placed;
+            return self.in_holders(rank);
         }
         let holders = self.state.holders_of_committed(rank);
         let alive = |n: &&NodeId| self.state.node(**n).health != Health::Dead;
-        if holders.contains(&placed) && alive(&&placed) {
+        let source = if holders.contains(&placed) && alive(&&placed) {
             placed
         } else {
             holders.iter().find(alive).copied().unwrap_or(placed)
-        }
+        };
+        vec![source]
+    }
+
+    /// Where a resume from the flushed copy puts `rank`'s snapshot.
+    fn in_holders(&self, rank: u32) -> Vec<NodeId> {
+        let r = rank as usize;
+        let placed = self.state.placement[r];
+        let partners = self.state.partners[r].iter().filter(|&&n| n != placed);
+        std::iter::once(placed).chain(partners.copied()).collect()
     }
 
     /// A node's answer to its copy.
@@ -174,9 +198,7 @@ impl Job {
             FlushWay::In => {
                 let c = self.flushes.current.take().expect("checked above");
                 self.flushes.recorded = Some(c.commit);
-                let holders = (0..self.cfg.ranks)
-                    .map(|r| vec![self.state.placement[r as usize]])
-                    .collect();
+                let holders = (0..self.cfg.ranks).map(|r| self.in_holders(r)).collect();
                 let secs = now.duration_since(c.started).as_secs_f64();
                 let dir = self.flush_dir();
                 self.resume_from(

@@ -448,7 +448,7 @@ impl Job {
             started: now,
             balancer,
             pending_cpus: Vec::new(),
-            flushes: flush::Flushes::default(),
+            flushes: flush::Flushes::new(cfg.flush.as_ref()),
             stats: Stats::default(),
             cfg,
         };

@@ -115,6 +115,11 @@ impl Job {
                 step: k.step,
             }),
             committed_bytes: bytes(self.state.committed_bytes),
+            flush_dir: self.cfg.flush.as_ref().map(|f| f.dir.clone()),
+            flushed: self.flushes.recorded.map(|k| Committed {
+                epoch: k.epoch,
+                step: k.step,
+            }),
             committed_holders: (0..self.cfg.ranks)
                 .map(|r| {
                     self.state

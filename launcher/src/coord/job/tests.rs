@@ -576,6 +576,18 @@ fn a_job_resumes_from_the_flushed_copy_when_it_is_newer_than_the_nodes_stores() 
     );
     assert!(log(&sim).contains("(epoch 7, step 70)"), "{}", log(&sim));
 
+    // A node lost before the resumed job's first commit: its ranks
+    // resume from the copies their partners fetched too.
+    let mut sim = SimCluster::new(flushing(100, Some((7, 70, 8))));
+    sim.fail(n(1), Failure::Crash, Duration::from_millis(400));
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    assert!(
+        log(&sim).contains("relaunching from the committed checkpoint (epoch 7,"),
+        "{}",
+        log(&sim)
+    );
+
     // The nodes' newer commit wins over an older flushed one.
     let mut sim = SimCluster::new(flushing(100, Some((2, 20, 8))));
     let all = (0..8).map(|r| (r, vec![3])).collect();
