@@ -28,10 +28,11 @@ set -euo pipefail
 #   gfortran                    the compiler behind Open MPI's mpif90 (`use pm`, heat_f, make install)
 #   slurm-wlm munge              a real Slurm that the tests and demo-slurm start (slurm/cluster.sh)
 #   libslurm-dev                 Slurm's spank.h, for the SPANK plugin (slurm/)
+#   libfabric-dev libfabric-bin  libfabric 1.17 headers and fi_info, for transport-fabric/
 BASE_PACKAGES="openmpi-bin libopenmpi-dev hwloc libhwloc-dev libclang-dev libudev-dev pkg-config clang"
 SLURM_PACKAGES="slurm-wlm munge"
-BUILD_PACKAGES="$BASE_PACKAGES gfortran libslurm-dev"
-TEST_PACKAGES="$BASE_PACKAGES gfortran $SLURM_PACKAGES libslurm-dev"
+BUILD_PACKAGES="$BASE_PACKAGES gfortran libslurm-dev libfabric-dev"
+TEST_PACKAGES="$BASE_PACKAGES gfortran $SLURM_PACKAGES libslurm-dev libfabric-dev libfabric-bin"
 DEMO_PACKAGES="$BASE_PACKAGES gfortran"
 BENCH_PACKAGES="$BASE_PACKAGES"
 

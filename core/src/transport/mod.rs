@@ -14,9 +14,12 @@
 //! |---|---|
 //! | [`Transport::register`] → [`RegionKey`] | `fi_mr_reg` (+ `fi_mr_bind`/`fi_mr_enable`), key = `fi_mr_key` (with `FI_MR_PROV_KEY`, or a random `requested_key`) |
 //! | [`Transport::deregister`] | `fi_close(&mr->fid)` |
-//! | [`Transport::read`] / [`Transport::write`] | `fi_read` / `fi_write` with the local region's `fi_mr_desc`, the peer's `fi_addr_t` and the remote key; the remote address is the offset (`mr_mode` without `FI_MR_VIRT_ADDR`) |
+//! | [`Transport::read`] / [`Transport::write`] | `fi_read` / `fi_write` with the local region's `fi_mr_desc`, the peer's `fi_addr_t` and the remote key; the remote address is base + offset under `FI_MR_VIRT_ADDR`, else the offset |
 //! | [`Completion`] / [`Transport::wait`] | the `context` of the operation, reaped from the completion queue (`fi_cq_read`) |
 //! | the TCP backend's server threads | the target's progress thread (`tcp;ofi_rxm` needs one) |
+//!
+//! That backend is the `pm-transport-fabric` crate; both run the
+//! conformance suite in [`suite`] (feature `transport-suite`).
 //!
 //! Both ends of a transfer are registered regions: the local side is named by
 //! a [`LocalSlice`] (as `fi_read` needs a local descriptor), so a transfer
@@ -29,6 +32,8 @@
 //! (authenticated) manifest before they publish anything built from the bytes.
 
 mod region;
+#[cfg(any(test, feature = "transport-suite"))]
+pub mod suite;
 pub mod tcp;
 
 pub use region::{Access, Region};
@@ -39,30 +44,47 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::mpsc;
 
-/// The key of a registered region: 128 random bits, so a peer can reach only
-/// the regions whose keys it was given.
+/// The key of a registered region: [`RegionKey::LEN`] bytes whose meaning
+/// belongs to the backend that issued it. The TCP backend's keys are random
+/// bytes, so a peer can reach only the regions whose keys it was given; a
+/// libfabric backend packs the provider's (≤ 64-bit) key, the remote address
+/// and the region's length and access into it, as its initiators need them
+/// and a key travels only inside authenticated control messages.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct RegionKey(u128);
+pub struct RegionKey([u8; RegionKey::LEN]);
 
 impl RegionKey {
+    /// The size of a key in bytes.
+    pub const LEN: usize = 32;
+
     /// A fresh random key.
     pub fn random() -> Result<Self, getrandom::Error> {
-        Ok(Self(u128::from_le_bytes(crate::wire::random_bytes()?)))
+        Ok(Self(crate::wire::random_bytes()?))
     }
 
-    pub const fn from_u128(v: u128) -> Self {
-        Self(v)
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
     }
 
-    pub const fn as_u128(self) -> u128 {
+    pub const fn to_bytes(self) -> [u8; Self::LEN] {
         self.0
+    }
+
+    /// A key whose first 16 bytes are `v` (little-endian) and the rest zero:
+    /// made-up keys in tests and examples.
+    pub fn from_u128(v: u128) -> Self {
+        let mut b = [0; Self::LEN];
+        b[..16].copy_from_slice(&v.to_le_bytes());
+        Self(b)
     }
 }
 
 impl fmt::Display for RegionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Only a prefix: logs should identify a key, not hand it out.
-        write!(f, "{:08x}…", (self.0 >> 96) as u32)
+        // Only a prefix: logs should identify a key, not hand it out. The
+        // last bytes are random in both backends.
+        let t = &self.0[Self::LEN - 4..];
+        write!(f, "{:02x}{:02x}{:02x}{:02x}…", t[0], t[1], t[2], t[3])
     }
 }
 
@@ -95,18 +117,20 @@ pub struct Completion {
 }
 
 /// The backend's half of a [`Completion`]: reports the outcome once.
-pub(crate) struct Completer {
+pub struct Completer {
     tx: mpsc::Sender<Result<u64, TransportError>>,
 }
 
 impl Completion {
-    pub(crate) fn new() -> (Completion, Completer) {
+    /// A transfer's two halves: the caller waits on the first, the backend
+    /// completes the second (from any thread, once).
+    pub fn new() -> (Completion, Completer) {
         let (tx, rx) = mpsc::channel();
         (Completion { rx }, Completer { tx })
     }
 
     /// A completion that is already done (an error found before queueing).
-    pub(crate) fn ready(outcome: Result<u64, TransportError>) -> Completion {
+    pub fn ready(outcome: Result<u64, TransportError>) -> Completion {
         let (c, done) = Self::new();
         done.complete(outcome);
         c
@@ -119,7 +143,7 @@ impl Completion {
 }
 
 impl Completer {
-    pub(crate) fn complete(self, outcome: Result<u64, TransportError>) {
+    pub fn complete(self, outcome: Result<u64, TransportError>) {
         // The waiter may have given up; nothing to do then.
         let _ = self.tx.send(outcome);
     }
@@ -127,9 +151,11 @@ impl Completer {
 
 /// One-sided transfers between registered regions (see the module docs).
 pub trait Transport: Send + Sync {
-    /// How a peer is addressed (a socket address for TCP, an `fi_addr_t`
-    /// resolved from an address vector for libfabric).
-    type Peer: Clone + fmt::Debug + Send + Sync;
+    /// How a peer is addressed (a socket address for TCP, the endpoint name
+    /// from `fi_getname` for libfabric, which the backend resolves to an
+    /// `fi_addr_t`). Serialisable, since peers learn each other's addresses
+    /// from control messages.
+    type Peer: Clone + fmt::Debug + Send + Sync + Serialize + serde::de::DeserializeOwned;
 
     /// Exposes `region` for remote access (reads always; writes if its
     /// access allows) and for use as the local side of transfers.
@@ -220,4 +246,4 @@ pub enum TransportError {
 }
 
 /// The peer name local errors carry.
-pub(crate) const LOCAL: &str = "local";
+pub const LOCAL: &str = "local";

@@ -123,8 +123,10 @@ impl Region {
         self.access
     }
 
-    /// The start of `offset..offset + len`, if that range lies inside.
-    pub(crate) fn range_ptr(&self, offset: u64, len: u64) -> Option<*mut u8> {
+    /// The start of `offset..offset + len`, if that range lies inside. For
+    /// backends: the memory behind it may be written by peers at any time,
+    /// so it must only be handed to system calls or to a fabric.
+    pub fn range_ptr(&self, offset: u64, len: u64) -> Option<*mut u8> {
         let end = offset.checked_add(len)?;
         if end > self.len as u64 {
             return None;

@@ -1,0 +1,69 @@
+//! `pm-transport-fabric`: the libfabric backend of pm-core's
+//! [`Transport`](pm_core::transport::Transport) trait: one-sided `fi_read`
+//! and `fi_write` over RDM endpoints (`verbs;ofi_rxm`, `cxi`, `efa` on
+//! clusters; `tcp;ofi_rxm` and `shm` here, libfabric 1.17).
+//!
+//! * **Building without libfabric.** The build script looks for
+//!   `rdma/fabric.h` under `PM_FABRIC_INCLUDE` (default `/usr/include`).
+//!   Found, it generates the bindings (bindgen) and compiles the shim (cc)
+//!   and the crate has its backend; missing, the crate builds *empty* with a
+//!   cargo warning ([`AVAILABLE`] is false, nothing else is exported), so
+//!   `cargo build --workspace` works on a machine without `libfabric-dev`
+//!   and only the fabric tests skip (they say so). Headers present but
+//!   broken is a build error, not a silent no-op.
+//! * **Sys layer** (`sys.rs`, all of the crate's `unsafe`): bindgen over
+//!   `fabric.h`, `fi_domain.h`, `fi_endpoint.h`, `fi_rma.h`, `fi_cm.h`,
+//!   `fi_eq.h`, `fi_errno.h`; the static-inline calls through
+//!   `shim/shim.c`. Handles close in libfabric's order; the endpoint owns
+//!   every operation in flight with the memory the provider may touch
+//!   (context, registration, region) until its completion is read or the
+//!   endpoint is closed, so safe code cannot free memory under the NIC.
+//! * **Opening.** [`FabricTransport::open`]`(provider, opts)`: `fi_getinfo`
+//!   for `FI_EP_RDM`, `FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ |
+//!   FI_REMOTE_WRITE`, `FI_THREAD_SAFE`, writes delivery-complete, and
+//!   `mr_mode` `FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED |
+//!   FI_MR_PROV_KEY | FI_MR_ENDPOINT`, all of which we handle: every region
+//!   is registered and its descriptor passed (LOCAL), mapped files and
+//!   buffers are allocated memory (ALLOCATED), registrations are bound to
+//!   the endpoint and enabled (ENDPOINT), the provider's key is used
+//!   (PROV_KEY; else a random key of `mr_key_size` bytes is requested), and
+//!   the remote address is base + offset (VIRT_ADDR) or the offset.
+//!   `None` takes the first configuration `fi_getinfo` offers; a provider
+//!   it does not offer is [`FabricError::NoProvider`], naming it and
+//!   listing what is offered ([`providers`]).
+//! * **Progress**: see `progress.rs`: a thread per endpoint, because the
+//!   providers here progress only inside libfabric calls and the target of
+//!   a read takes no part in it otherwise.
+//! * **Keys and addresses**: a [`RegionKey`](pm_core::transport::RegionKey)
+//!   packs the provider key, remote address, length and access (see
+//!   `key.rs`), so initiators refuse out-of-bounds ranges and writes to
+//!   read-only regions before sending, with TCP's errors; read-only regions
+//!   are registered with `FI_REMOTE_READ` only, so the provider refuses
+//!   forged keys too. Peers are [`FabricAddr`]s, the bytes of `fi_getname`,
+//!   resolved with `fi_av_insert` on first use.
+
+#[cfg(pm_fabric)]
+mod addr;
+#[cfg(pm_fabric)]
+mod error;
+#[cfg(pm_fabric)]
+mod key;
+#[cfg(pm_fabric)]
+mod progress;
+#[cfg(pm_fabric)]
+mod sys;
+#[cfg(pm_fabric)]
+mod transport;
+
+#[cfg(pm_fabric)]
+pub use addr::FabricAddr;
+#[cfg(pm_fabric)]
+pub use error::FabricError;
+#[cfg(pm_fabric)]
+pub use sys::FiError;
+#[cfg(pm_fabric)]
+pub use transport::{FabricOptions, FabricTransport, providers};
+
+/// Whether this build has the libfabric backend (it had libfabric's
+/// headers when it was compiled).
+pub const AVAILABLE: bool = cfg!(pm_fabric);
