@@ -6,13 +6,13 @@ use crate::key::FabricKey;
 use crate::progress::{self, Pending, Retry};
 use crate::sys::{self, Endpoint, FiError, InfoList, MemoryRegion, Query};
 use pm_core::transport::{
-    Access, Completion, LOCAL, LocalSlice, Region, RegionKey, RemoteSlice, Transport,
+    Access, Completion, LOCAL, LocalSlice, Region, RegionKey, Registry, RemoteSlice, Transport,
     TransportError,
 };
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,7 @@ impl Default for FabricOptions {
 }
 
 /// A registered region and, unless it is empty, its registration.
+#[derive(Clone)]
 struct Registered {
     region: Arc<Region>,
     mr: Option<Arc<MemoryRegion>>,
@@ -88,7 +89,7 @@ pub(crate) struct Inner {
     pub opts: FabricOptions,
     pub provider: String,
     name: FabricAddr,
-    regions: RwLock<HashMap<RegionKey, Registered>>,
+    regions: Registry<Registered>,
     peers: Mutex<HashMap<FabricAddr, u64>>,
     pub shutdown: AtomicBool,
 }
@@ -153,7 +154,7 @@ impl FabricTransport {
             opts,
             provider: prov.clone(),
             name,
-            regions: RwLock::new(HashMap::new()),
+            regions: Registry::default(),
             peers: Mutex::new(HashMap::new()),
             shutdown: AtomicBool::new(false),
         });
@@ -179,9 +180,7 @@ impl FabricTransport {
 
     /// A registered region, for local access.
     pub fn region(&self, key: RegionKey) -> Option<Arc<Region>> {
-        lock_read(&self.inner.regions)
-            .get(&key)
-            .map(|r| r.region.clone())
+        self.inner.regions.get(key).map(|r| r.region)
     }
 
     /// Stops the endpoint as if the node had died: the progress thread
@@ -198,7 +197,7 @@ impl FabricTransport {
         for p in self.inner.ep.close() {
             p.fail(TransportError::Shutdown);
         }
-        lock_write(&self.inner.regions).clear();
+        self.inner.regions.clear();
         tracing::debug!(provider = %self.inner.provider, node = %self.inner.opts.node, "fabric endpoint shut down");
     }
 
@@ -207,11 +206,14 @@ impl FabricTransport {
         local: LocalSlice,
         writable: bool,
     ) -> Result<Option<Arc<MemoryRegion>>, TransportError> {
-        let regions = lock_read(&self.inner.regions);
-        let r = regions.get(&local.key).ok_or(TransportError::UnknownKey {
-            peer: LOCAL.into(),
-            key: local.key,
-        })?;
+        let r = self
+            .inner
+            .regions
+            .get(local.key)
+            .ok_or(TransportError::UnknownKey {
+                peer: LOCAL.into(),
+                key: local.key,
+            })?;
         if r.region.range_ptr(local.offset, local.len).is_none() {
             return Err(TransportError::OutOfBounds {
                 peer: LOCAL.into(),
@@ -378,20 +380,14 @@ impl Transport for FabricTransport {
             tag,
         }
         .encode();
-        lock_write(&self.inner.regions).insert(key, Registered { region, mr });
+        self.inner.regions.insert(key, Registered { region, mr });
         Ok(key)
     }
 
     fn deregister(&self, key: RegionKey) -> Result<(), TransportError> {
         // Dropping the entry closes the registration once no transfer of
         // ours uses it any more (they hold it); peers' later requests fail.
-        match lock_write(&self.inner.regions).remove(&key) {
-            Some(_) => Ok(()),
-            None => Err(TransportError::UnknownKey {
-                peer: LOCAL.into(),
-                key,
-            }),
-        }
+        self.inner.regions.remove(key).map(drop)
     }
 
     fn read(&self, peer: &FabricAddr, remote: RemoteSlice, local: LocalSlice) -> Completion {
@@ -422,10 +418,4 @@ fn getrandom_array<const N: usize>() -> Result<[u8; N], getrandom::Error> {
 // maps stay consistent (single inserts and removes), so keep going.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-fn lock_read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
-}
-fn lock_write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|p| p.into_inner())
 }

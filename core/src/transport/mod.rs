@@ -32,11 +32,13 @@
 //! (authenticated) manifest before they publish anything built from the bytes.
 
 mod region;
+mod registry;
 #[cfg(any(test, feature = "transport-suite"))]
 pub mod suite;
 pub mod tcp;
 
 pub use region::{Access, Region};
+pub use registry::Registry;
 pub use tcp::{TcpOptions, TcpTransport};
 
 use crate::wire::WireError;

@@ -16,8 +16,8 @@
 //! refused request gets an error reply and the connection goes on serving.
 
 use super::{
-    Access, Completer, Completion, LOCAL, LocalSlice, Region, RegionKey, RemoteSlice, Transport,
-    TransportError,
+    Access, Completer, Completion, LOCAL, LocalSlice, Region, RegionKey, Registry, RemoteSlice,
+    Transport, TransportError,
 };
 use crate::wire::{JobSecret, Limits, Role, Session, WireError, WireErrorKind};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ struct Inner {
     secret: JobSecret,
     opts: TcpOptions,
     addr: SocketAddr,
-    regions: RwLock<HashMap<RegionKey, Arc<Region>>>,
+    regions: Registry<Arc<Region>>,
     peers: Mutex<HashMap<SocketAddr, mpsc::Sender<Job>>>,
     /// Server-side connections, so that shutdown can cut them.
     server_conns: Mutex<HashMap<u64, TcpStream>>,
@@ -128,7 +128,7 @@ impl TcpTransport {
             secret,
             addr: listener.local_addr()?,
             opts,
-            regions: RwLock::new(HashMap::new()),
+            regions: Registry::default(),
             peers: Mutex::new(HashMap::new()),
             server_conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -152,7 +152,7 @@ impl TcpTransport {
 
     /// A registered region, for local access.
     pub fn region(&self, key: RegionKey) -> Option<Arc<Region>> {
-        lock_read(&self.inner.regions).get(&key).cloned()
+        self.inner.regions.get(key)
     }
 
     /// Stops serving: closes the listener and cuts every connection, as if
@@ -245,18 +245,12 @@ impl Transport for TcpTransport {
 
     fn register(&self, region: Arc<Region>) -> Result<RegionKey, TransportError> {
         let key = RegionKey::random().map_err(|e| TransportError::Register(e.to_string()))?;
-        lock_write(&self.inner.regions).insert(key, region);
+        self.inner.regions.insert(key, region);
         Ok(key)
     }
 
     fn deregister(&self, key: RegionKey) -> Result<(), TransportError> {
-        match lock_write(&self.inner.regions).remove(&key) {
-            Some(_) => Ok(()),
-            None => Err(TransportError::UnknownKey {
-                peer: LOCAL.into(),
-                key,
-            }),
-        }
+        self.inner.regions.remove(key).map(drop)
     }
 
     fn read(&self, peer: &SocketAddr, remote: RemoteSlice, local: LocalSlice) -> Completion {
@@ -272,12 +266,6 @@ impl Transport for TcpTransport {
 // maps stay consistent (single inserts and removes), so keep going.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-fn lock_read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
-}
-fn lock_write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|p| p.into_inner())
 }
 
 // ---------------------------------------------------------------- client
@@ -540,7 +528,7 @@ fn serve_request(
         Request::Read { key, offset, len } => (false, key, offset, len),
         Request::Write { key, offset, len } => (true, key, offset, len),
     };
-    let region = lock_read(&inner.regions).get(&key).cloned();
+    let region = inner.regions.get(key);
     let target = match &region {
         None => Err(Refusal::UnknownKey),
         Some(r) if write && r.access() != Access::ReadWrite => Err(Refusal::ReadOnly),
