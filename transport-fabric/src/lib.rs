@@ -7,9 +7,11 @@
 //!   `rdma/fabric.h` under `PM_FABRIC_INCLUDE` (default `/usr/include`).
 //!   Found, it generates the bindings (bindgen) and compiles the shim (cc)
 //!   and the crate has its backend; missing, the crate builds *empty* with a
-//!   cargo warning ([`AVAILABLE`] is false, nothing else is exported), so
-//!   `cargo build --workspace` works on a machine without `libfabric-dev`
-//!   and only the fabric tests skip (they say so). Headers present but
+//!   cargo warning ([`AVAILABLE`] is false; the same names exist, but
+//!   [`FabricTransport::open`] fails with an error that says how to get the
+//!   backend), so `cargo build --workspace` works on a machine without
+//!   `libfabric-dev`, callers need no `cfg`, and only the fabric tests skip
+//!   (they say so). Headers present but
 //!   broken is a build error, not a silent no-op.
 //! * **Sys layer** (`sys.rs`, all of the crate's `unsafe`): bindgen over
 //!   `fabric.h`, `fi_domain.h`, `fi_endpoint.h`, `fi_rma.h`, `fi_cm.h`,
@@ -42,27 +44,31 @@
 //!   forged keys too. Peers are [`FabricAddr`]s, the bytes of `fi_getname`,
 //!   resolved with `fi_av_insert` on first use.
 
-#[cfg(pm_fabric)]
 mod addr;
 #[cfg(pm_fabric)]
 mod error;
 #[cfg(pm_fabric)]
 mod key;
+mod options;
 #[cfg(pm_fabric)]
 mod progress;
 #[cfg(pm_fabric)]
 mod sys;
 #[cfg(pm_fabric)]
 mod transport;
+#[cfg(not(pm_fabric))]
+mod unavailable;
 
-#[cfg(pm_fabric)]
 pub use addr::FabricAddr;
 #[cfg(pm_fabric)]
 pub use error::FabricError;
+pub use options::FabricOptions;
 #[cfg(pm_fabric)]
 pub use sys::FiError;
 #[cfg(pm_fabric)]
-pub use transport::{FabricOptions, FabricTransport, providers};
+pub use transport::{FabricTransport, providers};
+#[cfg(not(pm_fabric))]
+pub use unavailable::{FabricError, FabricTransport, providers};
 
 /// Whether this build has the libfabric backend (it had libfabric's
 /// headers when it was compiled).
