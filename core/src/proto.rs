@@ -156,6 +156,8 @@ pub enum FromAgent {
     Ready {
         control: String,
         transport: String,
+        /// The bulk transport it opened: `tcp` or `fabric:<provider>`.
+        provider: String,
         pid: u32,
     },
     /// Periodically, from the agent's event loop: it is alive and making
@@ -373,6 +375,9 @@ pub struct NodeStatus {
     pub rank_pids: Vec<u32>,
     pub agent_pid: Option<u32>,
     pub control: Option<String>,
+    /// The bulk transport its agent opened: `tcp` or `fabric:<provider>`.
+    #[serde(default)]
+    pub transport: Option<String>,
     pub store: String,
     pub log: Option<String>,
     pub last_heard_s: f64,

@@ -26,7 +26,7 @@ use std::io::{self, Read, Write};
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"PMWR";
 /// The frame format this build speaks.
-pub const WIRE_VERSION: u32 = 3;
+pub const WIRE_VERSION: u32 = 4;
 /// Header: magic, version (u32 LE), body length (u32 LE), sequence (u64 LE).
 pub const HEADER_LEN: usize = 20;
 /// Keyed BLAKE3 of header and body.

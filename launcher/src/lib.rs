@@ -7,3 +7,4 @@ pub mod coord;
 pub mod hosts;
 pub mod options;
 pub mod slurm;
+pub mod transport;

@@ -281,6 +281,7 @@ fn coordinator_heap(args: &Args) -> usize {
         let ready = FromAgent::Ready {
             control: String::new(),
             transport: String::new(),
+            provider: "tcp".into(),
             pid: 0,
         };
         say(&mut job, n, ready);

@@ -9,6 +9,7 @@
 use super::core::Event;
 use super::event_loop::Input;
 use super::{AgentError, AgentOptions, HANDSHAKE_TIMEOUT, io_err};
+use crate::transport::NodeTransport;
 use pm_core::proto::{FromAgent, ToAgent};
 use pm_core::wire::{Limits, Role, Session, SessionReceiver, SessionSender, WireErrorKind};
 use std::net::{SocketAddr, TcpStream};
@@ -32,7 +33,7 @@ pub(super) struct Link {
 pub(super) fn connect(
     opts: &AgentOptions,
     control: SocketAddr,
-    transport: SocketAddr,
+    transport: &NodeTransport,
 ) -> Result<Link, AgentError> {
     let mut stream = TcpStream::connect_timeout(&opts.launcher, HANDSHAKE_TIMEOUT)
         .map_err(io_err(format!("reach pmrun at {}", opts.launcher)))?;
@@ -55,7 +56,8 @@ pub(super) fn connect(
         &mut stream,
         &FromAgent::Ready {
             control: control.to_string(),
-            transport: transport.to_string(),
+            transport: transport.address().to_wire(),
+            provider: transport.describe(),
             pid: std::process::id(),
         },
     )?;

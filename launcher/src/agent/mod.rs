@@ -28,9 +28,9 @@ mod partners;
 mod ranks;
 mod replicate;
 
+use crate::transport::{NodeTransport, OpenError, TransportChoice};
 use pm_core::Store;
 use pm_core::proto::NodeId;
-use pm_core::transport::{TcpOptions, TcpTransport};
 use pm_core::wire::{JobSecret, WireError};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -59,6 +59,8 @@ pub struct AgentOptions {
     pub cgroup: Option<PathBuf>,
     /// CPUs the node offers (its cgroup quota or the machine's cores).
     pub cpus: f64,
+    /// The bulk transport replicas move over (`pmrun --transport`).
+    pub transport: TransportChoice,
     /// The flush directory (`pmrun --flush`), where committed snapshots
     /// are copied to outlive the node's store.
     pub flush: Option<PathBuf>,
@@ -77,6 +79,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Transport(#[from] OpenError),
     #[error("pmrun refused this agent: {0}")]
     Launcher(#[from] WireError),
     #[error("the job's secret {path} has {len} bytes, not 32")]
@@ -102,7 +106,7 @@ enum ConnError {
     #[error("the partner did not say where its transport listens")]
     NoHello,
     #[error("the partner's transport address: {0}")]
-    Address(#[from] std::net::AddrParseError),
+    Address(#[from] crate::transport::BadPeer),
 }
 
 /// `map_err` for I/O errors: says what the agent was doing.
@@ -121,7 +125,7 @@ const PARTNER_TIMEOUT: Duration = Duration::from_secs(120);
 /// agent state (that is the core's).
 struct Resources {
     opts: AgentOptions,
-    transport: TcpTransport,
+    transport: NodeTransport,
     /// Stores opened to import replicas, by rank, kept between imports
     /// (their data files stay mapped). The core runs one import per rank at
     /// a time, so a store is only ever taken out by one import.
@@ -174,15 +178,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     std::fs::create_dir_all(&opts.store)
         .map_err(io_err(format!("create the store {}", opts.store.display())))?;
-    let transport = TcpTransport::bind(
-        SocketAddr::new(opts.addr, 0),
-        opts.secret.clone(),
-        TcpOptions {
-            node: opts.node.clone(),
-            ..TcpOptions::default()
-        },
-    )
-    .map_err(io_err(format!("listen on {} for transfers", opts.addr)))?;
+    let transport =
+        NodeTransport::open(&opts.transport, opts.addr, &opts.node, opts.secret.clone())?;
     let partner_listener = TcpListener::bind(SocketAddr::new(opts.addr, 0)).map_err(io_err(
         format!("listen on {} for partner agents", opts.addr),
     ))?;
@@ -193,8 +190,11 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let rank_listener = std::os::unix::net::UnixListener::bind(&opts.socket).map_err(io_err(
         format!("create the rank socket {}", opts.socket.display()),
     ))?;
-    let link = launcher::connect(&opts, control, transport.local_addr())?;
-    tracing::info!(node = %opts.node, control = %control, "agent ready");
+    let link = launcher::connect(&opts, control, &transport)?;
+    tracing::info!(
+        node = %opts.node, control = %control, transport = %transport.describe(),
+        address = %transport.address(), "agent ready"
+    );
 
     let res = std::sync::Arc::new(Resources {
         opts,

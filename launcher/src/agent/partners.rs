@@ -11,11 +11,11 @@
 use super::core::{ConnId, Event, ImportRequest};
 use super::event_loop::Input;
 use super::{ConnError, HANDSHAKE_TIMEOUT, Resources, error_chain, lock};
+use crate::transport::{NodePeer, NodeTransport};
 use pm_core::proto::{FromPartner, ToPartner};
 use pm_core::replicate::{ExposedSnapshot, Puller, ReplicateError};
-use pm_core::transport::TcpTransport;
 use pm_core::wire::{Limits, Role, Session, WireErrorKind};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ fn serve(
     let ToPartner::Hello { transport, .. } = session.recv(&mut stream)? else {
         return Err(ConnError::NoHello);
     };
-    let source: SocketAddr = transport.parse()?;
+    let source = NodePeer::from_wire(&transport)?;
     // Between requests the source may be quiet for long; answers are small
     // and keep the write timeout.
     stream.set_read_timeout(None)?;
@@ -150,8 +150,8 @@ fn serve(
 fn answer(
     conn: ConnId,
     res: &Resources,
-    puller: &mut Puller<'_, TcpTransport>,
-    source: &SocketAddr,
+    puller: &mut Puller<'_, NodeTransport>,
+    source: &NodePeer,
     snapshot: Option<ExposedSnapshot>,
     commands: &Receiver<PartnerCommand>,
     tx: &Sender<Input>,
@@ -215,8 +215,8 @@ impl<'a> Progress<'a> {
 /// Pulls the announced snapshot into this node's store.
 fn import(
     res: &Resources,
-    puller: &mut Puller<'_, TcpTransport>,
-    source: &SocketAddr,
+    puller: &mut Puller<'_, NodeTransport>,
+    source: &NodePeer,
     snapshot: &ExposedSnapshot,
     progress: &mut Progress<'_>,
 ) -> Result<(), ImportError> {
@@ -241,8 +241,8 @@ fn import(
 
 fn pull(
     res: &Resources,
-    puller: &mut Puller<'_, TcpTransport>,
-    source: &SocketAddr,
+    puller: &mut Puller<'_, NodeTransport>,
+    source: &NodePeer,
     snapshot: &ExposedSnapshot,
     store: &mut pm_core::Store,
     progress: &mut Progress<'_>,

@@ -214,7 +214,7 @@ pub(super) fn connect(
         &mut stream,
         &ToPartner::Hello {
             node: res.opts.node_id,
-            transport: res.transport.local_addr().to_string(),
+            transport: res.transport.address().to_wire(),
         },
     )?;
     Ok(Partner { stream, session })

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use pm_launcher::agent::{self, AgentOptions};
+use pm_launcher::transport::TransportChoice;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ struct Cli {
     /// snapshots are copied to outlive the node's store.
     #[arg(long)]
     flush: Option<PathBuf>,
+    /// The bulk transport: tcp, fabric or fabric:PROVIDER.
+    #[arg(long, default_value = "tcp")]
+    transport: TransportChoice,
     /// CPUs the node offers.
     #[arg(long, default_value_t = 1.0)]
     cpus: f64,
@@ -156,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cgroup: cli.cgroup,
         cpus: cli.cpus,
         flush: cli.flush,
+        transport: cli.transport,
         import_delay,
         refuse_imports,
     })?)

@@ -15,6 +15,7 @@ use pm_launcher::coord::{self, JobSpec, cgroup, control};
 use pm_launcher::hosts::{self, Host};
 use pm_launcher::options;
 use pm_launcher::slurm::{self, Allocation};
+use pm_launcher::transport::TransportChoice;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,17 @@ struct Cli {
     /// Partner nodes that hold a replica of every checkpoint.
     #[arg(long, default_value_t = 1, value_name = "R", env = "PM_REPLICAS")]
     replicas: usize,
+    /// How the agents move replicas between nodes: tcp (authenticated TCP,
+    /// everywhere), fabric (libfabric RMA with the best provider it
+    /// offers: verbs, cxi, efa, ...) or fabric:PROVIDER (e.g.
+    /// fabric:verbs;ofi_rxm; `fi_info -l` lists them).
+    #[arg(
+        long,
+        default_value = "tcp",
+        value_name = "tcp|fabric[:PROVIDER]",
+        env = "PM_TRANSPORT"
+    )]
+    transport: TransportChoice,
     /// Nodes (the last ones) kept free of ranks: replica holders and
     /// places to recover to.
     #[arg(long, default_value_t = 0, value_name = "K", env = "PM_SPARE")]
@@ -687,6 +699,38 @@ fn init_logging(verbose: bool) {
         .try_init();
 }
 
+/// Whether this machine can open the `--transport` asked for.
+fn check_transport_here(choice: &TransportChoice) -> anyhow::Result<()> {
+    let TransportChoice::Fabric { provider } = choice else {
+        return Ok(());
+    };
+    let offered =
+        pm_transport_fabric::providers(None).with_context(|| format!("--transport {choice}"))?;
+    let known = match provider {
+        Some(p) => offered.iter().any(|o| o == p),
+        None => !offered.is_empty(),
+    };
+    if !known {
+        bail!(
+            "--transport {choice}: libfabric offers {} here with RDM endpoints and RMA; {}",
+            match provider {
+                Some(p) => format!("no provider {p:?}"),
+                None => "no provider".into(),
+            },
+            if offered.is_empty() {
+                "none is offered: use --transport tcp, or check `fi_info`".to_owned()
+            } else {
+                format!(
+                    "pick one of: {} (e.g. --transport fabric:{}), or use --transport tcp",
+                    offered.join(", "),
+                    offered[0]
+                )
+            }
+        );
+    }
+    Ok(())
+}
+
 /// `--flush DIR`, made absolute (agents on other nodes get the same path)
 /// and created if needed, private to the user.
 fn flush_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -751,7 +795,15 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             Some(dir) => Some((flush_dir(dir)?, cli.flush_every)),
             None => None,
         },
+        transport: cli.transport.clone(),
     };
+    if alloc.is_none() {
+        // The agents run here: a provider this machine lacks is said now,
+        // with what it offers, rather than by every agent as it dies.
+        // (Under Slurm the nodes say it themselves: this may be a login
+        // node without the fabric.)
+        check_transport_here(&spec.transport)?;
+    }
     if spec.fail_after <= spec.heartbeat {
         bail!(
             "--fail-after {} must be longer than --heartbeat {}",

@@ -9,6 +9,7 @@
 //! (`FromAgent::Ready`); that part is [`super::links`].
 
 use crate::hosts::Host;
+use crate::transport::TransportChoice;
 use anyhow::Context;
 use pm_core::proto::NodeId;
 use pm_core::wire::JobSecret;
@@ -49,6 +50,8 @@ pub struct AgentLaunch<'a> {
     pub launcher: SocketAddr,
     /// The flush directory (`--flush`), the same path on every node.
     pub flush: Option<&'a Path>,
+    /// The bulk transport (`--transport`).
+    pub transport: &'a TransportChoice,
 }
 
 /// Starts a job's agents and ends what is left of them.
@@ -121,6 +124,7 @@ fn pmd_args(id: usize, node: &NodeSpec, launch: &AgentLaunch<'_>, socket: &Path)
     if let Some(dir) = launch.flush {
         arg("--flush", dir.as_os_str());
     }
+    arg("--transport", launch.transport.to_string().as_ref());
     args
 }
 

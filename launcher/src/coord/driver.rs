@@ -125,6 +125,7 @@ pub fn run(
                 heartbeat: spec.heartbeat,
                 launcher,
                 flush: spec.flush.as_ref().map(|(dir, _)| dir.as_path()),
+                transport: &spec.transport,
             },
         )
         .map_err(|e| {

@@ -67,4 +67,6 @@ pub struct JobSpec {
     pub slurm_watch: Option<Duration>,
     /// `--flush DIR` and `--flush-every N`.
     pub flush: Option<(PathBuf, u64)>,
+    /// The bulk transport the agents replicate over (`--transport`).
+    pub transport: crate::transport::TransportChoice,
 }

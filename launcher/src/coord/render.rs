@@ -29,6 +29,17 @@ pub fn text(s: &JobStatus) -> String {
             if n.spare { " (spare)" } else { "" }
         ));
     }
+    let mut transports: Vec<&str> = s
+        .nodes
+        .iter()
+        .filter(|n| n.health != Health::Dead)
+        .filter_map(|n| n.transport.as_deref())
+        .collect();
+    transports.sort_unstable();
+    transports.dedup();
+    if !transports.is_empty() {
+        out.push_str(&format!("  replicas move over {}\n", transports.join(", ")));
+    }
     match s.committed {
         Some(k) => {
             let size = s.committed_bytes.map_or(String::new(), |b| {

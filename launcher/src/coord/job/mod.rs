@@ -264,6 +264,8 @@ struct NodeRt {
     ready: bool,
     pid: Option<u32>,
     control: Option<std::sync::Arc<str>>,
+    /// The bulk transport the agent opened (`tcp`, `fabric:<provider>`).
+    transport: Option<std::sync::Arc<str>>,
     /// Replications the node failed since it last stored one.
     replica_failures: u32,
     /// While a placement waits for the node: its deadline, and the work it
@@ -404,6 +406,7 @@ impl Job {
             ready: false,
             pid: None,
             control: None,
+            transport: None,
             replica_failures: 0,
             placement_deadline: None,
             waiting: None,
@@ -601,11 +604,17 @@ impl Job {
         }
         self.nodes[node.index()].last_heard = now;
         match msg {
-            FromAgent::Ready { control, pid, .. } => {
+            FromAgent::Ready {
+                control,
+                provider,
+                pid,
+                ..
+            } => {
                 let rt = &mut self.nodes[node.index()];
                 let first = !rt.ready;
                 rt.ready = true;
                 rt.control = Some(control.into());
+                rt.transport = Some(provider.into());
                 rt.pid = Some(pid);
                 if first && matches!(self.phase, Phase::Starting { .. }) {
                     self.waiting_on -= 1;

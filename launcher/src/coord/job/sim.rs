@@ -291,6 +291,7 @@ impl SimCluster {
             let ready = FromAgent::Ready {
                 control: format!("sim:{i}"),
                 transport: format!("sim:{i}"),
+                provider: "tcp".into(),
                 pid: 1000 + i as u32,
             };
             sim.at(

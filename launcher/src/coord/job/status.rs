@@ -80,6 +80,7 @@ impl Job {
                     rank_pids,
                     agent_pid: rt.pid,
                     control: rt.control.as_deref().map(str::to_owned),
+                    transport: rt.transport.as_deref().map(str::to_owned),
                     store: n.store.clone(),
                     log: n.log.clone(),
                     last_heard_s: now.saturating_duration_since(rt.last_heard).as_secs_f64(),
