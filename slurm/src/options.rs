@@ -24,9 +24,10 @@ pub enum Opt {
     Store,
     Flush,
     Spare,
+    Transport,
 }
 
-pub const SPECS: [Spec; 7] = [
+pub const SPECS: [Spec; 8] = [
     Spec {
         opt: Opt::Pm,
         name: c"pm",
@@ -69,6 +70,12 @@ pub const SPECS: [Spec; 7] = [
         arginfo: Some(c"K"),
         usage: c"pmrun: keep the allocation's last K nodes free of ranks, to recover onto (default 0; PM_SPARE)",
     },
+    Spec {
+        opt: Opt::Transport,
+        name: c"pm-transport",
+        arginfo: Some(c"T"),
+        usage: c"pmrun: how replicas move: tcp, fabric (libfabric RMA, its first provider) or fabric:PROVIDER (default tcp; PM_TRANSPORT)",
+    },
 ];
 
 impl Opt {
@@ -100,6 +107,7 @@ impl Opt {
             Opt::Store => "PM_STORE",
             Opt::Flush => "PM_FLUSH",
             Opt::Spare => "PM_SPARE",
+            Opt::Transport => "PM_TRANSPORT",
         })
     }
 }
@@ -117,7 +125,7 @@ pub enum OptionError {
     #[error(
         "--pm runs one step under pmrun: give it to srun in the batch script (srun --pm ./app), \
          or run pmrun there; #SBATCH lines take --pm-replicas, --pm-every, --pm-interval, \
-         --pm-store, --pm-flush and --pm-spare"
+         --pm-store, --pm-flush, --pm-spare and --pm-transport"
     )]
     PmOutsideSrun,
 }
@@ -137,6 +145,11 @@ pub fn check(opt: Opt, value: &str) -> Result<String, OptionError> {
         Opt::Every => value.parse::<u64>().is_ok_and(|n| n >= 1),
         Opt::Interval => value.parse::<f64>().is_ok_and(|s| s > 0.0 && s.is_finite()),
         Opt::Store | Opt::Flush => plain_absolute(Path::new(value)),
+        // pmrun's --transport syntax; the provider is checked on the nodes.
+        Opt::Transport => match value.split_once(':') {
+            None => value == "tcp" || value == "fabric",
+            Some((kind, provider)) => kind == "fabric" && !provider.is_empty(),
+        },
     };
     if ok {
         Ok(value.to_owned())
@@ -153,6 +166,7 @@ pub fn check(opt: Opt, value: &str) -> Result<String, OptionError> {
             Opt::Flush => {
                 "an absolute directory without `..` on a file system every node shares (e.g. /scratch/ckpt)"
             }
+            Opt::Transport => "tcp, fabric or fabric:PROVIDER (e.g. fabric:verbs;ofi_rxm)",
         }))
     }
 }
@@ -269,6 +283,9 @@ mod tests {
             (Opt::Store, "/a/./b"),
             (Opt::Store, ""),
             (Opt::Flush, "scratch"),
+            (Opt::Transport, "rdma"),
+            (Opt::Transport, "fabric:"),
+            (Opt::Transport, "tcp:x"),
         ] {
             let e = check(opt, bad).unwrap_err().to_string();
             assert!(
@@ -286,6 +303,7 @@ mod tests {
         s.set(Opt::Store, "/dev/shm/ckpt").unwrap();
         s.set(Opt::Flush, "/scratch/ckpt/").unwrap();
         s.set(Opt::Spare, "1").unwrap();
+        s.set(Opt::Transport, "fabric:verbs;ofi_rxm").unwrap();
         s.set(Opt::Replicas, "3").unwrap();
         s.set(Opt::Pm, "").unwrap();
         assert!(s.pm);
@@ -298,6 +316,7 @@ mod tests {
                 ("PM_STORE", "/dev/shm/ckpt".to_owned()),
                 ("PM_FLUSH", "/scratch/ckpt/".to_owned()),
                 ("PM_SPARE", "1".to_owned()),
+                ("PM_TRANSPORT", "fabric:verbs;ofi_rxm".to_owned()),
                 ("PM_REPLICAS", "3".to_owned()),
             ]
         );

@@ -117,6 +117,7 @@ fn the_options_show_in_help_and_a_bad_value_is_refused_at_submission() {
             "--pm-store=DIR",
             "--pm-flush=DIR",
             "--pm-spare=K",
+            "--pm-transport=T",
         ] {
             assert!(
                 help.contains(option),
@@ -130,7 +131,12 @@ fn the_options_show_in_help_and_a_bad_value_is_refused_at_submission() {
     // naming the option and what it expects, and nothing is queued.
     let batch = cluster.dir().join("bad.sh");
     std::fs::write(&batch, "#!/bin/bash\n#SBATCH --pm-replicas=x\ntrue\n").unwrap();
-    let refused: [(&str, Vec<String>, &str); 6] = [
+    let refused: [(&str, Vec<String>, &str); 7] = [
+        (
+            "sbatch",
+            vec!["--pm-transport=rdma".into(), "--wrap=true".into()],
+            "pmrun: --pm-transport=rdma: expected tcp, fabric or fabric:PROVIDER",
+        ),
         (
             "sbatch",
             vec!["--pm-replicas=x".into(), "--wrap=true".into()],
