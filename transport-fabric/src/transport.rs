@@ -2,8 +2,8 @@
 
 use crate::addr::FabricAddr;
 use crate::error::FabricError;
-use crate::options::FabricOptions;
 use crate::key::FabricKey;
+use crate::options::FabricOptions;
 use crate::progress::{self, Pending, Retry};
 use crate::sys::{self, Endpoint, FiError, InfoList, MemoryRegion, Query};
 use pm_core::transport::{
