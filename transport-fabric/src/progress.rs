@@ -206,6 +206,7 @@ fn repost(inner: &Inner, mut p: Pending, r: Retry) -> Result<(), (Pending, Trans
     if inner.shutdown.load(Ordering::SeqCst) {
         return Err((p, TransportError::Shutdown));
     }
+    let _using = inner.posting.read().unwrap_or_else(|e| e.into_inner());
     let addr = match inner.resolve(&p.peer) {
         Ok(a) => a,
         Err(_) => {

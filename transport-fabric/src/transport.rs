@@ -13,7 +13,7 @@ use pm_core::transport::{
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -46,6 +46,7 @@ impl Inner {
     /// provider does not reconnect by itself), unless it was re-resolved
     /// meanwhile: the next transfer connects afresh.
     pub fn forget_peer(&self, peer: &FabricAddr, fi_addr: u64) {
+        let _removing = self.posting.write().unwrap_or_else(|e| e.into_inner());
         let mut peers = lock(&self.peers);
         if peers.get(peer) == Some(&fi_addr) {
             peers.remove(peer);
@@ -63,6 +64,11 @@ pub(crate) struct Inner {
     name: FabricAddr,
     regions: Registry<Registered>,
     peers: Mutex<HashMap<FabricAddr, u64>>,
+    /// Held shared from resolving a peer's address until the operation
+    /// using it is posted, and exclusively while an address is removed from
+    /// the AV: libfabric 1.17's `ofi_rxm` crashes in `fi_read` on an
+    /// address another thread has just removed.
+    pub posting: RwLock<()>,
     pub shutdown: AtomicBool,
 }
 
@@ -128,6 +134,7 @@ impl FabricTransport {
             name,
             regions: Registry::default(),
             peers: Mutex::new(HashMap::new()),
+            posting: RwLock::new(()),
             shutdown: AtomicBool::new(false),
         });
         let thread = progress::spawn(inner.clone()).map_err(|source| FabricError::Thread {
@@ -249,7 +256,6 @@ impl FabricTransport {
         let Some(mr) = mr.filter(|_| len > 0) else {
             return Ok(Completion::ready(Ok(0)));
         };
-        let addr = self.inner.resolve(peer)?;
         let (completion, done) = Completion::new();
         let deadline = Instant::now() + self.inner.opts.timeout;
         let mut pending = Pending {
@@ -258,7 +264,8 @@ impl FabricTransport {
             write,
             len,
             peer: peer.clone(),
-            fi_addr: addr,
+            // Resolved below, under `posting`.
+            fi_addr: 0,
             key: remote.key,
             retry: Some(Retry {
                 mr: mr.clone(),
@@ -269,6 +276,15 @@ impl FabricTransport {
             first_error: None,
         };
         loop {
+            let _using = self.inner.posting.read().unwrap_or_else(|e| e.into_inner());
+            let addr = match self.inner.resolve(peer) {
+                Ok(a) => a,
+                Err(e) => {
+                    pending.fail(e);
+                    return Ok(completion);
+                }
+            };
+            pending.fi_addr = addr;
             match self.inner.ep.post(
                 write,
                 &mr,
@@ -287,6 +303,9 @@ impl FabricTransport {
                 }
                 Err((e, p)) if e.is_again() && Instant::now() < deadline => {
                     pending = p;
+                    // Not holding `posting`: the progress thread may need
+                    // it to drain the queue.
+                    drop(_using);
                     std::thread::yield_now();
                 }
                 Err((e, p)) => {
