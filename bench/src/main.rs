@@ -38,7 +38,7 @@ enum Scenario {
     /// Cluster simulator: gossip dissemination and balancing at up to 10^5 nodes.
     #[command(subcommand)]
     Sim(sim::Sim),
-    /// Replication of a snapshot to a partner over loopback against raw TCP.
+    /// Replication of a snapshot to a partner over loopback (TCP or libfabric) against a raw transfer.
     Replicate(replicate::Args),
     /// Live balancing: heat with one slow node, static vs. balanced vs. the ideal placement.
     Balance(balance::Args),

@@ -32,4 +32,6 @@ pub enum FabricError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the raw fi_read loop over provider {provider} failed: {reason}")]
+    RawRead { provider: String, reason: String },
 }

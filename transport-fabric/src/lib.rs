@@ -43,6 +43,10 @@
 //!   are registered with `FI_REMOTE_READ` only, so the provider refuses
 //!   forged keys too. Peers are [`FabricAddr`]s, the bytes of `fi_getname`,
 //!   resolved with `fi_av_insert` on first use.
+//! * **Baseline**: [`raw_read`] times a plain `fi_read` loop between two
+//!   endpoints of a provider in this process, without the backend's
+//!   registry, keys or deadlines (see `raw.rs`): what `pmbench replicate
+//!   --transport fabric` compares the backend with.
 
 mod addr;
 #[cfg(pm_fabric)]
@@ -52,6 +56,7 @@ mod key;
 mod options;
 #[cfg(pm_fabric)]
 mod progress;
+mod raw;
 #[cfg(pm_fabric)]
 mod sys;
 #[cfg(pm_fabric)]
@@ -64,11 +69,14 @@ pub use addr::FabricAddr;
 pub use error::FabricError;
 pub use options::FabricOptions;
 #[cfg(pm_fabric)]
+pub use raw::raw_read;
+pub use raw::{RawReadOptions, RawReadReport};
+#[cfg(pm_fabric)]
 pub use sys::FiError;
 #[cfg(pm_fabric)]
 pub use transport::{FabricTransport, providers};
 #[cfg(not(pm_fabric))]
-pub use unavailable::{FabricError, FabricTransport, providers};
+pub use unavailable::{FabricError, FabricTransport, providers, raw_read};
 
 /// Whether this build has the libfabric backend (it had libfabric's
 /// headers when it was compiled).

@@ -8,9 +8,13 @@
 //! per endpoint reads the CQ in a loop: it completes our operations (each
 //! operation's context maps to its [`Completer`]), fails those past their
 //! deadline, and serves peers. It spins (yielding) while operations of its
-//! own are in flight or completions came recently, and otherwise polls
-//! every `idle_poll`, which bounds an idle agent's CPU use at the price of
-//! up to that much latency for the first bytes a peer asks of it.
+//! own are in flight or completions came recently, or while it serves
+//! peers (seen as polls that cost more CPU time than its idle ones: a
+//! target gets no completions for reads of its regions), and otherwise polls every
+//! `idle_poll`, which bounds an idle agent's CPU use at the price of up to
+//! that much latency for the first bytes a peer asks of it. Sleeping
+//! between the polls of a transfer it serves cost `shm` half its
+//! throughput on loopback.
 
 use crate::addr::FabricAddr;
 use crate::sys::{FiError, Finished, MemoryRegion, code};
@@ -100,6 +104,19 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> io::Result<JoinHandle<()>> {
 
 /// How long after the last sign of work the thread keeps spinning.
 const BUSY_WINDOW: Duration = Duration::from_millis(2);
+/// A poll that cost this much more CPU time than the cheapest recent one
+/// served peers: the thread then stays busy, as for operations of its
+/// own. An idle poll costs a microsecond or two here, but the first after
+/// a sleep now and then tens to a hundred (cold caches); the first after a
+/// sleep that finds a peer's read to serve, from half a millisecond
+/// (`tcp;ofi_rxm`, a socket buffer's worth) to milliseconds (`shm`), and
+/// the polls of a transfer being served, tens of microseconds and more.
+/// CPU time, not wall time, so that a poll preempted on a busy node (ranks
+/// on every core) is not taken for work; against the cheapest poll, so
+/// that an endpoint whose idle polls are dear (many connections) is not
+/// either.
+const SERVING: Duration = Duration::from_micros(20);
+const SERVING_AFTER_SLEEP: Duration = Duration::from_micros(250);
 /// How often deadlines are checked.
 const SWEEP: Duration = Duration::from_millis(5);
 
@@ -113,10 +130,24 @@ fn run(inner: &Inner) {
     let mut next_sweep = Instant::now();
     let mut live = 0usize;
     let mut retries: Vec<(Instant, Pending, Retry)> = Vec::new();
+    // The cheapest poll of the last sweep period, and of this one.
+    let (mut cheapest, mut cheapest_now) = (Duration::MAX, Duration::MAX);
+    let mut slept = false;
+    let mut cpu = thread_cpu_time();
     while !inner.shutdown.load(Ordering::SeqCst) {
         let done = inner.ep.poll(64);
+        // A target learns of peers' reads only from the work the provider
+        // did serving them inside the poll: no completion tells it. (The
+        // cost also counts the rest of the last round, a little, to save a
+        // system call per poll.)
+        let cost = {
+            let before = std::mem::replace(&mut cpu, thread_cpu_time());
+            cpu.saturating_sub(before)
+        };
         let now = Instant::now();
-        if !done.is_empty() {
+        cheapest_now = cheapest_now.min(cost);
+        let serving = if slept { SERVING_AFTER_SLEEP } else { SERVING };
+        if !done.is_empty() || cost >= cheapest.saturating_add(serving) {
             last_busy = now;
         }
         for f in done {
@@ -139,13 +170,24 @@ fn run(inner: &Inner) {
         if now >= next_sweep {
             live = sweep(inner, now);
             next_sweep = now + SWEEP;
+            cheapest = std::mem::replace(&mut cheapest_now, Duration::MAX);
         }
-        if live > 0 || now.duration_since(last_busy) < BUSY_WINDOW {
-            std::thread::yield_now();
-        } else {
+        slept = live == 0 && now.duration_since(last_busy) >= BUSY_WINDOW;
+        if slept {
             std::thread::sleep(inner.opts.idle_poll);
+        } else {
+            std::thread::yield_now();
         }
     }
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Reports an operation's end, or hands it back for a retry.

@@ -1,8 +1,8 @@
 //! The crate's face in a build without libfabric: the same names, so
-//! callers need no `cfg`, and [`FabricTransport::open`] and [`providers`]
-//! fail with [`FabricError::NotBuilt`], which says how to get the backend.
+//! callers need no `cfg`, and [`FabricTransport::open`], [`providers`] and
+//! [`raw_read`] fail with [`FabricError::NotBuilt`], which says how to get the backend.
 
-use crate::{FabricAddr, FabricOptions};
+use crate::{FabricAddr, FabricOptions, RawReadOptions, RawReadReport};
 use pm_core::transport::{
     Completion, LocalSlice, Region, RegionKey, RemoteSlice, Transport, TransportError,
 };
@@ -67,5 +67,15 @@ impl Transport for FabricTransport {
 
 /// The providers `fi_getinfo` offers: none without libfabric.
 pub fn providers(_source: Option<&str>) -> Result<Vec<String>, FabricError> {
+    Err(FabricError::NotBuilt)
+}
+
+/// The plain `fi_read` loop (see `raw.rs`): not without libfabric.
+pub fn raw_read(
+    _provider: Option<&str>,
+    _src: &Arc<Region>,
+    _sink: &Arc<Region>,
+    _opts: &RawReadOptions,
+) -> Result<RawReadReport, FabricError> {
     Err(FabricError::NotBuilt)
 }
