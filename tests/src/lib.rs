@@ -3,6 +3,7 @@
 //! live in `src/bin/`; what they share with the tests lives here.
 
 pub mod bounded;
+pub mod fabric;
 pub mod header;
 pub mod job;
 pub mod mpi;

@@ -10,27 +10,15 @@
 use pm_tests::Bounded;
 use pm_tests::job::{Job, files_under, heat_args, node, placement, reference, relaunch_epochs};
 use pm_tests::mpi::{checksum, resumed_step, text};
-use std::io::Write;
 use std::sync::Mutex;
 
 /// The jobs share two cores; one at a time keeps their timing sane.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Whether libfabric offers `provider` here; says why not on stderr.
-fn offered(provider: &str) -> bool {
-    let why = match pm_transport_fabric::providers(Some("127.0.0.1")) {
-        Ok(list) if list.iter().any(|p| p == provider) => return true,
-        Ok(list) => format!("libfabric offers no {provider} here ({list:?})"),
-        Err(e) => e.to_string(),
-    };
-    let _ = writeln!(std::io::stderr(), "fabric test skipped: {why}");
-    false
-}
-
 /// Loses node2 of an 8-rank job replicating over `provider`; the job must
 /// resume on the holders of node2's replicas and end bit-exact.
 fn a_lost_node_is_recovered_from_replicas_moved_over(provider: &str) {
-    if !offered(provider) {
+    if !pm_tests::fabric::offered(provider) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,7 +86,7 @@ fn over_shm_a_lost_node_is_recovered_bit_exact() {
 
 #[test]
 fn a_provider_libfabric_does_not_offer_is_refused_naming_those_it_does() {
-    if !offered("tcp;ofi_rxm") {
+    if !pm_tests::fabric::offered("tcp;ofi_rxm") {
         return;
     }
     let store = tempfile::tempdir().unwrap();

@@ -14,7 +14,6 @@ use pm_core::{RegionRef, Store, StoreOptions};
 use pm_launcher::transport::NodeTransport;
 use pm_transport_fabric::{FabricOptions, FabricTransport};
 use std::fs::File;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::sync::{Mutex, MutexGuard};
@@ -39,17 +38,8 @@ fn available(kind: Kind) -> Option<Option<MutexGuard<'static, ()>>> {
     let Kind::Fabric(provider) = kind else {
         return Some(None);
     };
-    let skip = |why: String| {
-        let _ = writeln!(std::io::stderr(), "fabric test skipped: {why}");
-        None
-    };
-    match pm_transport_fabric::providers(Some("127.0.0.1")) {
-        Err(e) => skip(e.to_string()),
-        Ok(offered) if !offered.iter().any(|p| p == provider) => {
-            skip(format!("libfabric offers no {provider} here ({offered:?})"))
-        }
-        Ok(_) => Some(Some(FABRIC.lock().unwrap_or_else(|e| e.into_inner()))),
-    }
+    pm_tests::fabric::offered(provider)
+        .then(|| Some(FABRIC.lock().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// Declares `#[test]`s that run each body once per backend.

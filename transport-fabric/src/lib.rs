@@ -74,9 +74,9 @@ pub use raw::{RawReadOptions, RawReadReport};
 #[cfg(pm_fabric)]
 pub use sys::FiError;
 #[cfg(pm_fabric)]
-pub use transport::{FabricTransport, providers};
+pub use transport::{FabricTransport, choose_provider, providers};
 #[cfg(not(pm_fabric))]
-pub use unavailable::{FabricError, FabricTransport, providers, raw_read};
+pub use unavailable::{FabricError, FabricTransport, choose_provider, providers, raw_read};
 
 /// Whether this build has the libfabric backend (it had libfabric's
 /// headers when it was compiled).

@@ -74,8 +74,8 @@ pub use imp::raw_read;
 mod imp {
     use super::{RawReadOptions, RawReadReport};
     use crate::error::FabricError;
-    use crate::sys::{self, Endpoint, FiError, InfoList, MemoryRegion, Query};
-    use crate::transport::providers;
+    use crate::sys::{self, Endpoint, FiError, MemoryRegion};
+    use crate::transport::{first_offered, offered};
     use pm_core::transport::Region;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,17 +96,8 @@ mod imp {
         sink: &Arc<Region>,
         opts: &RawReadOptions,
     ) -> Result<RawReadReport, FabricError> {
-        let list = InfoList::query(&Query {
-            provider,
-            source: opts.source.as_deref(),
-        })
-        .map_err(FabricError::GetInfo)?;
-        let Some(info) = list.iter().next() else {
-            return Err(FabricError::NoProvider {
-                provider: provider.map(str::to_owned),
-                offered: providers(opts.source.as_deref()).unwrap_or_default(),
-            });
-        };
+        let list = offered(provider, opts.source.as_deref())?;
+        let info = first_offered(&list, provider, opts.source.as_deref())?;
         let prov = info.provider();
         let failed = |reason: String| FabricError::RawRead {
             provider: prov.clone(),

@@ -96,22 +96,46 @@ pub fn providers(source: Option<&str>) -> Result<Vec<String>, FabricError> {
     Ok(names)
 }
 
+/// The provider [`FabricTransport::open`] would take for `provider` (the
+/// first offered when `None`), without opening anything; an unknown one
+/// is [`FabricError::NoProvider`], naming those offered.
+pub fn choose_provider(
+    provider: Option<&str>,
+    source: Option<&str>,
+) -> Result<String, FabricError> {
+    let list = offered(provider, source)?;
+    Ok(first_offered(&list, provider, source)?.provider())
+}
+
+/// What `fi_getinfo` offers of `provider` (any when `None`) with what we
+/// need, best first; take the first with [`first_offered`].
+pub(crate) fn offered(
+    provider: Option<&str>,
+    source: Option<&str>,
+) -> Result<InfoList, FabricError> {
+    InfoList::query(&Query { provider, source }).map_err(FabricError::GetInfo)
+}
+
+/// The first configuration of `list` (from [`offered`]), or
+/// [`FabricError::NoProvider`] naming the providers that are offered.
+pub(crate) fn first_offered<'a>(
+    list: &'a InfoList,
+    provider: Option<&str>,
+    source: Option<&str>,
+) -> Result<sys::Info<'a>, FabricError> {
+    list.iter().next().ok_or_else(|| FabricError::NoProvider {
+        provider: provider.map(str::to_owned),
+        offered: providers(source).unwrap_or_default(),
+    })
+}
+
 impl FabricTransport {
     /// Opens an endpoint of `provider` (e.g. `tcp;ofi_rxm`, `shm`, `verbs;ofi_rxm`),
     /// or of the first provider `fi_getinfo` offers with RMA when `None`,
     /// and starts its progress thread.
     pub fn open(provider: Option<&str>, opts: FabricOptions) -> Result<Self, FabricError> {
-        let list = InfoList::query(&Query {
-            provider,
-            source: opts.source.as_deref(),
-        })
-        .map_err(FabricError::GetInfo)?;
-        let Some(info) = list.iter().next() else {
-            return Err(FabricError::NoProvider {
-                provider: provider.map(str::to_owned),
-                offered: providers(opts.source.as_deref()).unwrap_or_default(),
-            });
-        };
+        let list = offered(provider, opts.source.as_deref())?;
+        let info = first_offered(&list, provider, opts.source.as_deref())?;
         let (prov, fabric, domain) = (info.provider(), info.fabric(), info.domain());
         let open_err = |source: FiError| FabricError::Open {
             provider: prov.clone(),

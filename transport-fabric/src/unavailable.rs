@@ -65,6 +65,14 @@ impl Transport for FabricTransport {
     }
 }
 
+/// The provider `open` would take: none without libfabric.
+pub fn choose_provider(
+    _provider: Option<&str>,
+    _source: Option<&str>,
+) -> Result<String, FabricError> {
+    Err(FabricError::NotBuilt)
+}
+
 /// The providers `fi_getinfo` offers: none without libfabric.
 pub fn providers(_source: Option<&str>) -> Result<Vec<String>, FabricError> {
     Err(FabricError::NotBuilt)

@@ -3,13 +3,8 @@
 //! (`tcp;ofi_rxm` on loopback, `shm`). Where libfabric or a provider is
 //! missing, each test says on stderr that it skipped and why, and passes.
 
-use std::io::Write;
-
-/// Says why a test did not run; stderr is written directly so that the
-/// line shows even though the test passes (libtest captures only print!).
-fn skipped(why: &str) {
-    let _ = writeln!(std::io::stderr(), "fabric test skipped: {why}");
-}
+mod common;
+use common::skipped;
 
 #[cfg(not(pm_fabric))]
 #[test]

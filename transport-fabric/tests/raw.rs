@@ -4,11 +4,8 @@
 //! libfabric or the provider is missing, each test says so on stderr and
 //! passes.
 
-use std::io::Write;
-
-fn skipped(why: &str) {
-    let _ = writeln!(std::io::stderr(), "fabric test skipped: {why}");
-}
+mod common;
+use common::skipped;
 
 #[cfg(not(pm_fabric))]
 #[test]

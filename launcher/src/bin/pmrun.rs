@@ -704,30 +704,8 @@ fn check_transport_here(choice: &TransportChoice) -> anyhow::Result<()> {
     let TransportChoice::Fabric { provider } = choice else {
         return Ok(());
     };
-    let offered =
-        pm_transport_fabric::providers(None).with_context(|| format!("--transport {choice}"))?;
-    let known = match provider {
-        Some(p) => offered.iter().any(|o| o == p),
-        None => !offered.is_empty(),
-    };
-    if !known {
-        bail!(
-            "--transport {choice}: libfabric offers {} here with RDM endpoints and RMA; {}",
-            match provider {
-                Some(p) => format!("no provider {p:?}"),
-                None => "no provider".into(),
-            },
-            if offered.is_empty() {
-                "none is offered: use --transport tcp, or check `fi_info`".to_owned()
-            } else {
-                format!(
-                    "pick one of: {} (e.g. --transport fabric:{}), or use --transport tcp",
-                    offered.join(", "),
-                    offered[0]
-                )
-            }
-        );
-    }
+    pm_transport_fabric::choose_provider(provider.as_deref(), None)
+        .with_context(|| format!("--transport {choice} (--transport tcp needs no libfabric)"))?;
     Ok(())
 }
 
