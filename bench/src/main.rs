@@ -49,6 +49,8 @@ enum Scenario {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any handler of ours: libfabric's libraries install their own.
+    pm_transport_fabric::reset_library_signal_handlers();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PM_LOG"))
         .with_writer(std::io::stderr)

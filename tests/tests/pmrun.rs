@@ -153,6 +153,55 @@ fn gives_up_after_max_restarts_and_can_be_resumed_by_job_id() {
     assert_eq!(checksum(&t).as_deref(), Some(reference.as_str()), "{t}");
 }
 
+/// SIGTERM (Slurm ending a job, `kill`) and SIGINT (Ctrl-C) reach pmrun's
+/// own handling, whatever the libraries it links install before `main`: the
+/// run stops, the checkpoints are kept, and a rerun resumes bit-exact.
+#[test]
+fn sigterm_and_sigint_keep_the_checkpoints_and_a_rerun_resumes_bit_exact() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let reference = reference(store.path());
+    let heat = workspace_bin("heat");
+    for (signal, job) in [(libc::SIGTERM, "termed"), (libc::SIGINT, "inted")] {
+        let child = pmrun(store.path())
+            .args(["-n", "4", "--every", "10", "--job", job])
+            .arg(&heat)
+            .args(HEAT)
+            .arg("15")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn_grouped()
+            .unwrap();
+        let record = store.path().join(job).join("committed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !record.exists() {
+            assert!(Instant::now() < deadline, "no checkpoint within a minute");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: kill has no memory-safety preconditions; pmrun is our child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = bounded::wait_output(child, bounded::LIMIT, "pmrun");
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(130), "signal {signal}:\n{t}");
+        assert!(
+            t.contains(&format!(
+                "interrupted; the job's checkpoints are kept: run pmrun again with --job {job}"
+            )),
+            "signal {signal}:\n{t}"
+        );
+        let out = pmrun(store.path())
+            .args(["-n", "4", "--every", "10", "--job", job])
+            .arg(&heat)
+            .args(HEAT)
+            .arg("0")
+            .bounded_output()
+            .unwrap();
+        let t = text(&out);
+        assert!(out.status.success() && resumed_step(&t).is_some(), "{t}");
+        assert_eq!(checksum(&t).as_deref(), Some(reference.as_str()), "{t}");
+    }
+}
+
 #[test]
 fn exit_status_is_the_applications() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

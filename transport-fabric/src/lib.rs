@@ -81,3 +81,32 @@ pub use unavailable::{FabricError, FabricTransport, choose_provider, providers, 
 /// Whether this build has the libfabric backend (it had libfabric's
 /// headers when it was compiled).
 pub const AVAILABLE: bool = cfg!(pm_fabric);
+
+/// Undoes what libraries loaded with libfabric do to signals before `main`:
+/// libinfinipath (under libfabric's `psm` provider, loaded with
+/// `libfabric.so` on Debian) installs handlers for SIGINT, SIGTERM,
+/// SIGSEGV, SIGBUS, SIGILL and SIGABRT that print a backtrace and
+/// `exit(1)`, so a program's own SIGTERM handling (Slurm ending a job,
+/// `pmrun`'s stop) never runs. Programs that link this crate call this
+/// first thing in `main`, before installing their own handlers; it resets
+/// handlers that a shared library installed and leaves the program's own
+/// and ignored signals alone. Returns the signals reset.
+pub fn reset_library_signal_handlers() -> Vec<i32> {
+    #[cfg(pm_fabric)]
+    {
+        const SIGNALS: [i32; 9] = [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGABRT,
+            libc::SIGFPE,
+        ];
+        sys::reset_library_signal_handlers(&SIGNALS)
+    }
+    #[cfg(not(pm_fabric))]
+    Vec::new()
+}

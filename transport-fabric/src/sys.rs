@@ -117,6 +117,47 @@ pub fn strerror(code: i32) -> String {
     unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
 }
 
+/// Resets to the default each of `signals` whose handler was installed by
+/// a shared library (its code lies outside the object this function is
+/// in); ignored signals stay ignored and the program's own handlers (Rust's
+/// stack-overflow guard) stay. The signals reset, in order.
+pub fn reset_library_signal_handlers(signals: &[i32]) -> Vec<i32> {
+    let own = object_base(reset_library_signal_handlers as *const () as usize);
+    let mut reset = Vec::new();
+    for &sig in signals {
+        // SAFETY: sigaction is plain old data; all-zero is a valid value.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only reads the current one into `old`.
+        if unsafe { libc::sigaction(sig, ptr::null(), &mut old) } != 0 {
+            continue;
+        }
+        let handler = old.sa_sigaction;
+        if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+            continue;
+        }
+        if own.is_some() && object_base(handler) == own {
+            continue;
+        }
+        // SAFETY: the default disposition needs no handler code; nothing of
+        // this program relies on the library's handler.
+        if unsafe { libc::signal(sig, libc::SIG_DFL) } != libc::SIG_ERR {
+            reset.push(sig);
+        }
+    }
+    reset
+}
+
+/// The load address of the object (executable or shared library) that
+/// holds code address `addr`.
+fn object_base(addr: usize) -> Option<usize> {
+    // SAFETY: Dl_info is plain old data; all-zero is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables and fills `info`; any
+    // address is accepted (0 is returned when no object holds it).
+    let found = unsafe { libc::dladdr(addr as *const c_void, &mut info) } != 0;
+    found.then_some(info.dli_fbase as usize)
+}
+
 fn check(call: &'static str, ret: isize) -> Result<(), FiError> {
     if ret < 0 {
         Err(FiError::new(call, ret))

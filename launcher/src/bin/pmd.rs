@@ -62,6 +62,8 @@ struct Cli {
 }
 
 fn main() {
+    // Before any handler of ours: libfabric's libraries install their own.
+    pm_transport_fabric::reset_library_signal_handlers();
     let filter = std::env::var("PM_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

@@ -631,6 +631,8 @@ fn ctl(args: Vec<String>) -> anyhow::Result<i32> {
 }
 
 fn main() {
+    // Before any handler of ours: libfabric's libraries install their own.
+    pm_transport_fabric::reset_library_signal_handlers();
     let args: Vec<String> = std::env::args().collect();
     let result = if args.get(1).map(String::as_str) == Some("ctl") {
         ctl(args[1..].to_vec())

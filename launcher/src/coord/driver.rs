@@ -485,6 +485,17 @@ impl Driver {
         if let Err(e) = watch {
             tracing::error!(error = %e, "cannot watch the run's process");
         }
+        let inputs = self.inputs.clone();
+        let orphans = std::thread::Builder::new()
+            .name("pmrun-orphans".into())
+            .spawn(move || {
+                super::orphan_watch::watch(run, pid, super::orphan_watch::ORPHAN_AFTER, |e| {
+                    let _ = inputs.send(Input::Core(e));
+                })
+            });
+        if let Err(e) = orphans {
+            tracing::warn!(error = %e, "cannot watch the run's launcher for a hang after its ranks");
+        }
     }
 
     fn signal(&self, run: u64, signal: RunSignal) {

@@ -20,6 +20,7 @@ pub mod driver;
 pub mod history;
 pub mod job;
 mod links;
+mod orphan_watch;
 pub mod render;
 mod slurm_watch;
 pub mod state;

@@ -234,6 +234,7 @@ impl Job {
     fn launch(&mut self, now: Instant) {
         self.run += 1;
         self.run_pid = None;
+        self.run_orphaned = false;
         self.run_started = now;
         self.notice_at = (!self.said_no_pm).then_some(now + NO_PM_NOTICE);
         self.balancer.next_decision = Some(now + self.cfg.balance.every);
@@ -570,8 +571,34 @@ impl Job {
         ));
     }
 
+    /// The launcher hangs with every rank of the run gone (Open MPI's
+    /// mpirun can, after a rank dies in MPI_Init or an abort): it is killed,
+    /// and its end is handled as any failed run's — or, when every rank had
+    /// finished, as the job's end.
+    pub(super) fn run_orphaned(&mut self, idle: Duration) {
+        let Some(pid) = self.run_pid.filter(|_| !self.run_orphaned) else {
+            return;
+        };
+        self.run_orphaned = true;
+        self.say(format!(
+            "every rank of the run ended {} s ago but the launcher (pid {pid}) did not: killing it",
+            idle.as_secs()
+        ));
+        self.actions.push_back(Action::Signal {
+            run: self.run,
+            signal: RunSignal::Kill,
+        });
+    }
+
     pub(super) fn run_exited(&mut self, code: i32, now: Instant) {
         self.run_pid = None;
+        let all_finished = self.finished.len() == self.cfg.ranks as usize;
+        // Killed for hanging after its ranks ended well: the job is done.
+        let code = if self.run_orphaned && all_finished {
+            0
+        } else {
+            code
+        };
         if code != 0 {
             self.no_pm_notice(now, true);
         }
@@ -598,7 +625,6 @@ impl Job {
             return self.settle(now);
         }
         // A run that stopped at a checkpoint is never the job's end.
-        let all_finished = self.finished.len() == self.cfg.ranks as usize;
         let target = self.state.newest_published().unwrap_or(0);
         let then = match &self.drain {
             _ if !all_finished && self.stop_asked.is_some() => AfterCommit::Stop,

@@ -94,6 +94,9 @@ pub enum Event {
     RunFailedToStart { run: u64, reason: String },
     /// The run (mpirun) ended with exit code `code` (128 + N for signal N).
     RunExited { run: u64, code: i32 },
+    /// The run's launcher had child processes (its ranks) and has had none
+    /// for `idle`, yet it has not ended: it hangs.
+    RunOrphaned { run: u64, idle: Duration },
     /// A `pmrun ctl` request; answered by [`Action::Reply`] with the same id.
     Ctl { id: u64, req: CtlRequest },
     /// pmrun was asked to stop (SIGINT/SIGTERM).
@@ -336,6 +339,9 @@ pub struct Job {
     generation: u64,
     run: u64,
     run_pid: Option<u32>,
+    /// The current run's launcher was killed because it hung with every
+    /// rank gone ([`Event::RunOrphaned`]).
+    run_orphaned: bool,
     run_started: Instant,
     restarts: u32,
     /// Rank processes of the current run, as their agents reported them.
@@ -429,6 +435,7 @@ impl Job {
             generation: 0,
             run: 0,
             run_pid: None,
+            run_orphaned: false,
             run_started: now,
             restarts: 0,
             pids: BTreeMap::new(),
@@ -531,8 +538,11 @@ impl Job {
                 self.finish_keeping(1, now);
             }
             Event::RunExited { run, code } if run == self.run => self.run_exited(code, now),
-            Event::RunStarted { .. } | Event::RunFailedToStart { .. } | Event::RunExited { .. } => {
-            }
+            Event::RunOrphaned { run, idle } if run == self.run => self.run_orphaned(idle),
+            Event::RunStarted { .. }
+            | Event::RunFailedToStart { .. }
+            | Event::RunExited { .. }
+            | Event::RunOrphaned { .. } => {}
             Event::Ctl { id, req } => self.ctl(id, req, now),
             Event::Interrupted => {
                 self.explain_slurm_end();

@@ -167,6 +167,8 @@ struct Run {
     next_epoch: u64,
     /// mpirun is ending it (a rank died, or it was signalled).
     ending: bool,
+    /// Every rank is gone but mpirun hangs until it is killed.
+    hung: bool,
 }
 
 /// Counts of what happened, for assertions and the benchmark.
@@ -217,6 +219,9 @@ pub struct SimCluster {
     speeds: Vec<f64>,
     gossip_version: u32,
     noise_seed: u64,
+    /// The next time the run would end by itself, mpirun hangs instead
+    /// (with every rank gone) and the driver reports it orphaned.
+    pub launcher_hangs: bool,
 }
 
 impl SimCluster {
@@ -284,6 +289,7 @@ impl SimCluster {
             speeds: (0..cfg.nodes).map(|i| cfg.speed(i)).collect(),
             gossip_version: 0,
             noise_seed: 1,
+            launcher_hangs: false,
             cfg,
         };
         for i in 0..sim.cfg.nodes {
@@ -528,10 +534,7 @@ impl SimCluster {
                 if let Some(run) = self.run.as_mut().filter(|r| !r.ending) {
                     run.ending = true;
                     let r = run.run;
-                    self.at(
-                        self.cfg.abort_delay,
-                        Ev::Core(Event::RunExited { run: r, code: 137 }),
-                    );
+                    self.run_ends(r, 137, self.cfg.abort_delay);
                 }
             }
         }
@@ -696,13 +699,7 @@ impl SimCluster {
             for (r, &n) in placement.iter().enumerate() {
                 self.reply_from(n, FromAgent::Finished { rank: r as u32 });
             }
-            self.at(
-                cfg.latency * 2,
-                Ev::Core(Event::RunExited {
-                    run: run_id,
-                    code: 0,
-                }),
-            );
+            self.run_ends(run_id, 0, cfg.latency * 2);
             return;
         }
         if kind == Kind::Scheduled {
@@ -836,13 +833,48 @@ impl SimCluster {
             steps_done: step as f64,
             next_epoch: plan.first_epoch,
             ending: false,
+            hung: false,
         });
     }
 
+    /// mpirun ends run `run_id` with `code` after `after` — or hangs, when
+    /// [`Self::launcher_hangs`], until the kill its orphan report brings.
+    fn run_ends(&mut self, run_id: u64, code: i32, after: Duration) {
+        if !std::mem::take(&mut self.launcher_hangs) {
+            return self.at(after, Ev::Core(Event::RunExited { run: run_id, code }));
+        }
+        if let Some(run) = self.run.as_mut() {
+            run.hung = true;
+        }
+        let idle = Duration::from_secs(10);
+        self.at(
+            after + idle,
+            Ev::Core(Event::RunOrphaned { run: run_id, idle }),
+        );
+    }
+
     fn signal(&mut self, run_id: u64, signal: RunSignal) {
-        let Some(run) = self.run.as_mut().filter(|r| r.run == run_id && !r.ending) else {
+        let Some(run) = self
+            .run
+            .as_mut()
+            .filter(|r| r.run == run_id && (!r.ending || r.hung))
+        else {
             return;
         };
+        if run.hung {
+            run.hung = false;
+            if signal == RunSignal::Kill {
+                let at = self.cfg.latency;
+                self.at(
+                    at,
+                    Ev::Core(Event::RunExited {
+                        run: run_id,
+                        code: 137,
+                    }),
+                );
+            }
+            return;
+        }
         match signal {
             RunSignal::Checkpoint => self.at(
                 self.cfg.latency,

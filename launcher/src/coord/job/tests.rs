@@ -255,6 +255,27 @@ fn a_rank_dying_on_a_live_node_restarts_the_job_counted_and_gives_up_after_max_r
 }
 
 #[test]
+fn a_launcher_hanging_after_its_ranks_ended_is_killed_and_the_job_goes_on() {
+    // A rank died and mpirun hangs: killed, then a restart as usual.
+    let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
+    sim.launcher_hangs = true;
+    sim.rank_dies(Duration::from_secs(2));
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    assert_eq!(said(&sim, "but the launcher (pid"), 1, "{}", log(&sim));
+    assert_eq!(sim.job.restarts, 1);
+
+    // Every rank finished and mpirun hangs: killed, and the job is done.
+    let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
+    sim.advance(Duration::from_secs(1));
+    sim.launcher_hangs = true;
+    sim.run_until_done(LIMIT);
+    assert_done(&sim);
+    assert_eq!(said(&sim, "but the launcher (pid"), 1, "{}", log(&sim));
+    assert_eq!((sim.job.restarts, sim.stats.launches), (0, 1));
+}
+
+#[test]
 fn a_stop_nobody_asked_pmrun_for_ends_the_job_with_its_checkpoints() {
     let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
     sim.outside_signal(RunSignal::Stop, Duration::from_secs(2));
