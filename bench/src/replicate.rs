@@ -49,10 +49,20 @@
 //!   replication measured in the same run, and `fabric_over_tcp`, the
 //!   fabric backend's throughput over TCP's.
 //!
+//! CPU figures: every endpoint of the measurement lives in this process, so
+//! its CPU time over a transfer is the work the transfer cost all "nodes"
+//! together (`raw_cpu_s`, `replicate_full_cpu_s`,
+//! `replicate_2_partners_cpu_s`, medians like the times). On a real
+//! cluster each partner has its own cores; here they share `cores`, and
+//! two partners cannot take less than `r2_floor_here` = max(1, two-partner
+//! CPU seconds / `cores` / one-partner time) times one partner's time
+//! however parallel the serving is: `r2_over_floor` is `r2_over_r1` over
+//! that floor (1.0: the partners were served fully in parallel).
+//!
 //! Each time is the median of `--repeat` runs.
 
 use crate::size::parse_size;
-use crate::util::{fill_pseudo_random, median, touch_chunks};
+use crate::util::{fill_pseudo_random, median, process_cpu_s, touch_chunks};
 use anyhow::{Context, ensure};
 use clap::Args as ClapArgs;
 use pm_core::replicate;
@@ -152,6 +162,12 @@ struct Report {
     incr_bytes_over_full: f64,
     replicate_2_partners_s: f64,
     r2_over_r1: f64,
+    cores: usize,
+    raw_cpu_s: f64,
+    replicate_full_cpu_s: f64,
+    replicate_2_partners_cpu_s: f64,
+    r2_floor_here: f64,
+    r2_over_floor: f64,
 }
 
 /// The raw `fi_read` loop over the measured provider.
@@ -268,18 +284,22 @@ struct Measured {
     /// The median of the baseline passes run before each full replication.
     baseline_s: Option<f64>,
     baseline_best_s: Option<f64>,
+    baseline_cpu_s: Option<f64>,
     replicate_full_s: f64,
+    replicate_full_cpu_s: f64,
     replicate_full_best_s: f64,
     expose_s: f64,
     expose_fresh_s: f64,
     full_bytes_fetched: u64,
     incr: Option<(f64, u64)>,
-    two_partners_s: Option<f64>,
+    /// Wall and CPU seconds.
+    two_partners: Option<(f64, f64)>,
 }
 
 struct Round {
     expose_s: f64,
     pull_s: f64,
+    pull_cpu_s: f64,
     fetched: u64,
 }
 
@@ -360,13 +380,15 @@ fn measure<T: Transport>(
         let t = Instant::now();
         let exposed = exposer.expose(a, src, &snap)?;
         let expose_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), process_cpu_s());
         let report = puller.pull(from, &exposed.manifest, &exposed.data_keys, dst)?;
         let pull_s = t.elapsed().as_secs_f64();
+        let pull_cpu_s = process_cpu_s() - cpu;
         exposed.withdraw(a)?;
         Ok(Round {
             expose_s,
             pull_s,
+            pull_cpu_s,
             fetched: report.bytes_fetched,
         })
     };
@@ -392,12 +414,16 @@ fn measure<T: Transport>(
         }
     ));
     let mut full = Vec::new();
+    let mut full_cpu = Vec::new();
     let mut expose = Vec::new();
     let mut base_runs = Vec::new();
+    let mut base_cpu = Vec::new();
     let mut full_bytes = 0;
     for r in 0..args.repeat {
         if let Some(f) = baseline.as_mut() {
+            let cpu = process_cpu_s();
             base_runs.push(f()?);
+            base_cpu.push(process_cpu_s() - cpu);
         }
         touch_chunks(state, chunk, 1, r as u8);
         let rd = round(src, dst, state)?;
@@ -408,11 +434,12 @@ fn measure<T: Transport>(
             args.size
         );
         full.push(rd.pull_s);
+        full_cpu.push(rd.pull_cpu_s);
         expose.push(rd.expose_s);
         full_bytes = rd.fetched;
     }
     let mut incr_figures = None;
-    let mut two_partners_s = None;
+    let mut two_partners = None;
     if everything {
         progress(&format!(
             "{tag}: incremental replications (1% of chunks changed)"
@@ -435,13 +462,14 @@ fn measure<T: Transport>(
         let c = third()?;
         let mut second = replicate::Puller::new(&c);
         let mut two = Vec::new();
+        let mut two_cpu = Vec::new();
         for r in 0..args.repeat + 3 {
             touch_chunks(state, chunk, 1, r as u8);
             epoch += 1;
             src.write(epoch, epoch, &[RegionRef::new("state", state)])?;
             let snap = src.open_snapshot(epoch)?;
             let exposed = exposer.expose(a, src, &snap)?;
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), process_cpu_s());
             let (one, other) = std::thread::scope(|s| {
                 let b_pull =
                     s.spawn(|| puller.pull(from, &exposed.manifest, &exposed.data_keys, dst));
@@ -449,15 +477,17 @@ fn measure<T: Transport>(
                 (b_pull.join().expect("pull thread"), c_pull)
             });
             let wall = t.elapsed().as_secs_f64();
+            let used = process_cpu_s() - cpu;
             one?;
             other?;
             exposed.withdraw(a)?;
             // The first three bring the third store to steady state.
             if r >= 3 {
                 two.push(wall);
+                two_cpu.push(used);
             }
         }
-        two_partners_s = Some(median(two));
+        two_partners = Some((median(two), median(two_cpu)));
         drop(second);
     }
 
@@ -477,13 +507,15 @@ fn measure<T: Transport>(
     Ok(Measured {
         baseline_best_s: base_runs.iter().copied().reduce(f64::min),
         baseline_s: (!base_runs.is_empty()).then(|| median(base_runs)),
+        baseline_cpu_s: (!base_cpu.is_empty()).then(|| median(base_cpu)),
         replicate_full_best_s: full.iter().copied().fold(f64::INFINITY, f64::min),
         replicate_full_s: median(full),
+        replicate_full_cpu_s: median(full_cpu),
         expose_s: median(expose),
         expose_fresh_s,
         full_bytes_fetched: full_bytes,
         incr: incr_figures,
-        two_partners_s,
+        two_partners,
     })
 }
 
@@ -645,15 +677,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (measured, transport, provider, raw_s, raw_tcp, raw_fabric, tcp) = match provider {
         None => {
             progress("raw TCP baseline");
-            let raw: Vec<f64> = (0..args.repeat)
-                .map(|_| raw_tcp(&state, &mut sink))
-                .collect::<Result<_, _>>()?;
+            let (mut raw, mut cpu) = (Vec::new(), Vec::new());
+            for _ in 0..args.repeat {
+                let used = process_cpu_s();
+                raw.push(raw_tcp(&state, &mut sink)?);
+                cpu.push(process_cpu_s() - used);
+            }
             ensure!(
                 sink[..] == state[..],
                 "the raw stream delivered other bytes"
             );
             let raw_tcp_s = median(raw);
-            let m = measure_tcp(args, &mut state, &mut sink, true, &progress)?;
+            let mut m = measure_tcp(args, &mut state, &mut sink, true, &progress)?;
+            m.baseline_cpu_s = Some(median(cpu));
             (m, "tcp", None, raw_tcp_s, Some(raw_tcp_s), None, None)
         }
         Some(name) => {
@@ -688,8 +724,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
 
     let (incr_s, incr_bytes) = measured.incr.context("no incremental figures")?;
-    let two = measured.two_partners_s.context("no two-partner figures")?;
+    let (two, two_cpu) = measured.two_partners.context("no two-partner figures")?;
     let full_s = measured.replicate_full_s;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let r2_floor_here = (two_cpu / cores as f64 / full_s).max(1.0);
     let report = Report {
         transport,
         provider,
@@ -713,6 +751,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         incr_bytes_over_full: incr_bytes as f64 / measured.full_bytes_fetched as f64,
         replicate_2_partners_s: two,
         r2_over_r1: two / full_s,
+        cores,
+        raw_cpu_s: measured.baseline_cpu_s.unwrap_or(0.0),
+        replicate_full_cpu_s: measured.replicate_full_cpu_s,
+        replicate_2_partners_cpu_s: two_cpu,
+        r2_floor_here,
+        r2_over_floor: two / full_s / r2_floor_here,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -765,6 +809,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "two partners     {:8.4} s  {:.2}x the time for one",
         report.replicate_2_partners_s, report.r2_over_r1
+    );
+    println!(
+        "CPU              raw {:.2} s, one partner {:.2} s, two {:.2} s on {} cores: \
+         two partners take at least {:.2}x one here ({:.2}x that floor)",
+        report.raw_cpu_s,
+        report.replicate_full_cpu_s,
+        report.replicate_2_partners_cpu_s,
+        report.cores,
+        report.r2_floor_here,
+        report.r2_over_floor
     );
     Ok(())
 }
