@@ -51,20 +51,23 @@ fn reference(store: &Path) -> String {
     checksum(&text(&out)).expect("reference checksum")
 }
 
-/// Starts heat under pmrun as job `job` and SIGKILLs one rank once a
-/// checkpoint is committed; returns pmrun's output.
-fn kill_one_rank(store: &Path, job: &str, extra: &[&str]) -> Output {
-    let heat = workspace_bin("heat");
-    let child = pmrun(store)
-        .args(["-np", "4", "--every", "10", "--job", job])
+/// Starts heat on 4 ranks under pmrun as job `job`, a checkpoint every 10
+/// steps, its output piped.
+fn start_heat(store: &Path, job: &str, extra: &[&str]) -> std::process::Child {
+    pmrun(store)
+        .args(["-n", "4", "--every", "10", "--job", job])
         .args(extra)
-        .arg(&heat)
+        .arg(workspace_bin("heat"))
         .args(HEAT)
         .arg("15")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn_grouped()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits until job `job` in `store` has committed a checkpoint.
+fn wait_for_commit(store: &Path, job: &str) {
     let record = store.join(job).join("committed");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !record.exists() {
@@ -74,6 +77,14 @@ fn kill_one_rank(store: &Path, job: &str, extra: &[&str]) -> Output {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts heat under pmrun as job `job` and SIGKILLs one rank once a
+/// checkpoint is committed; returns pmrun's output.
+fn kill_one_rank(store: &Path, job: &str, extra: &[&str]) -> Output {
+    let child = start_heat(store, job, extra);
+    wait_for_commit(store, job);
+    let heat = workspace_bin("heat");
     sigkill(wait_for_ranks(&heat, job, 4)[1]);
     bounded::wait_output(child, bounded::LIMIT, "pmrun")
 }
@@ -163,21 +174,8 @@ fn sigterm_and_sigint_keep_the_checkpoints_and_a_rerun_resumes_bit_exact() {
     let reference = reference(store.path());
     let heat = workspace_bin("heat");
     for (signal, job) in [(libc::SIGTERM, "termed"), (libc::SIGINT, "inted")] {
-        let child = pmrun(store.path())
-            .args(["-n", "4", "--every", "10", "--job", job])
-            .arg(&heat)
-            .args(HEAT)
-            .arg("15")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn_grouped()
-            .unwrap();
-        let record = store.path().join(job).join("committed");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !record.exists() {
-            assert!(Instant::now() < deadline, "no checkpoint within a minute");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = start_heat(store.path(), job, &[]);
+        wait_for_commit(store.path(), job);
         // SAFETY: kill has no memory-safety preconditions; pmrun is our child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let out = bounded::wait_output(child, bounded::LIMIT, "pmrun");

@@ -154,6 +154,21 @@ fn pull(
     pull_reporting(src, dst, epoch, &mut |_, _| {})
 }
 
+/// `dst` pulls what `src` exposed, as it stands.
+fn pull_exposed(
+    src: &Node,
+    dst: &mut Node,
+    exposed: &replicate::ExposedSnapshot,
+) -> Result<pm_core::store::ImportReport, ReplicateError> {
+    replicate::pull(
+        &dst.transport,
+        &src.transport.address(),
+        &exposed.manifest,
+        &exposed.data_keys,
+        &mut dst.store,
+    )
+}
+
 /// [`pull`], passing the pull's progress to `progress(moved, total)`.
 fn pull_reporting(
     src: &Node,
@@ -267,14 +282,7 @@ fn a_transfer_interrupted_midway_leaves_the_previous_replica_intact(kind: Kind) 
     let exposed = replicate::expose(&a.transport, &a.store, &snap).unwrap();
     let (_, key3) = *exposed.data_keys.iter().find(|(e, _)| *e == 3).unwrap();
     a.transport.deregister(key3).unwrap();
-    let err = replicate::pull(
-        &b.transport,
-        &a.transport.address(),
-        &exposed.manifest,
-        &exposed.data_keys,
-        &mut b.store,
-    )
-    .unwrap_err();
+    let err = pull_exposed(&a, &mut b, &exposed).unwrap_err();
     assert!(
         matches!(
             &err,
@@ -309,14 +317,7 @@ fn a_dead_source_fails_the_pull_without_touching_the_replica(kind: Kind) {
     let snap = a.store.open_snapshot(2).unwrap();
     let exposed = replicate::expose(&a.transport, &a.store, &snap).unwrap();
     a.transport.shutdown();
-    let err = replicate::pull(
-        &b.transport,
-        &a.transport.address(),
-        &exposed.manifest,
-        &exposed.data_keys,
-        &mut b.store,
-    )
-    .unwrap_err();
+    let err = pull_exposed(&a, &mut b, &exposed).unwrap_err();
     assert!(
         matches!(&err, ReplicateError::Store(StoreError::Fetch { .. })),
         "{err}"
