@@ -51,8 +51,8 @@
 //!
 //! CPU figures: every endpoint of the measurement lives in this process, so
 //! its CPU time over a transfer is the work the transfer cost all "nodes"
-//! together (`raw_cpu_s`, `replicate_full_cpu_s`,
-//! `replicate_2_partners_cpu_s`, medians like the times). On a real
+//! together (`replicate_full_cpu_s`, `replicate_2_partners_cpu_s`,
+//! medians like the times). On a real
 //! cluster each partner has its own cores; here they share `cores`, and
 //! two partners cannot take less than `r2_floor_here` = max(1, two-partner
 //! CPU seconds / `cores` / one-partner time) times one partner's time
@@ -163,7 +163,6 @@ struct Report {
     replicate_2_partners_s: f64,
     r2_over_r1: f64,
     cores: usize,
-    raw_cpu_s: f64,
     replicate_full_cpu_s: f64,
     replicate_2_partners_cpu_s: f64,
     r2_floor_here: f64,
@@ -284,7 +283,6 @@ struct Measured {
     /// The median of the baseline passes run before each full replication.
     baseline_s: Option<f64>,
     baseline_best_s: Option<f64>,
-    baseline_cpu_s: Option<f64>,
     replicate_full_s: f64,
     replicate_full_cpu_s: f64,
     replicate_full_best_s: f64,
@@ -417,13 +415,10 @@ fn measure<T: Transport>(
     let mut full_cpu = Vec::new();
     let mut expose = Vec::new();
     let mut base_runs = Vec::new();
-    let mut base_cpu = Vec::new();
     let mut full_bytes = 0;
     for r in 0..args.repeat {
         if let Some(f) = baseline.as_mut() {
-            let cpu = process_cpu_s();
             base_runs.push(f()?);
-            base_cpu.push(process_cpu_s() - cpu);
         }
         touch_chunks(state, chunk, 1, r as u8);
         let rd = round(src, dst, state)?;
@@ -507,7 +502,6 @@ fn measure<T: Transport>(
     Ok(Measured {
         baseline_best_s: base_runs.iter().copied().reduce(f64::min),
         baseline_s: (!base_runs.is_empty()).then(|| median(base_runs)),
-        baseline_cpu_s: (!base_cpu.is_empty()).then(|| median(base_cpu)),
         replicate_full_best_s: full.iter().copied().fold(f64::INFINITY, f64::min),
         replicate_full_s: median(full),
         replicate_full_cpu_s: median(full_cpu),
@@ -677,19 +671,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (measured, transport, provider, raw_s, raw_tcp, raw_fabric, tcp) = match provider {
         None => {
             progress("raw TCP baseline");
-            let (mut raw, mut cpu) = (Vec::new(), Vec::new());
-            for _ in 0..args.repeat {
-                let used = process_cpu_s();
-                raw.push(raw_tcp(&state, &mut sink)?);
-                cpu.push(process_cpu_s() - used);
-            }
+            let raw: Vec<f64> = (0..args.repeat)
+                .map(|_| raw_tcp(&state, &mut sink))
+                .collect::<Result<_, _>>()?;
             ensure!(
                 sink[..] == state[..],
                 "the raw stream delivered other bytes"
             );
             let raw_tcp_s = median(raw);
-            let mut m = measure_tcp(args, &mut state, &mut sink, true, &progress)?;
-            m.baseline_cpu_s = Some(median(cpu));
+            let m = measure_tcp(args, &mut state, &mut sink, true, &progress)?;
             (m, "tcp", None, raw_tcp_s, Some(raw_tcp_s), None, None)
         }
         Some(name) => {
@@ -752,7 +742,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         replicate_2_partners_s: two,
         r2_over_r1: two / full_s,
         cores,
-        raw_cpu_s: measured.baseline_cpu_s.unwrap_or(0.0),
         replicate_full_cpu_s: measured.replicate_full_cpu_s,
         replicate_2_partners_cpu_s: two_cpu,
         r2_floor_here,
@@ -811,9 +800,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         report.replicate_2_partners_s, report.r2_over_r1
     );
     println!(
-        "CPU              raw {:.2} s, one partner {:.2} s, two {:.2} s on {} cores: \
+        "CPU              one partner {:.2} s, two {:.2} s on {} cores: \
          two partners take at least {:.2}x one here ({:.2}x that floor)",
-        report.raw_cpu_s,
         report.replicate_full_cpu_s,
         report.replicate_2_partners_cpu_s,
         report.cores,

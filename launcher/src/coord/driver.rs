@@ -489,7 +489,7 @@ impl Driver {
         let orphans = std::thread::Builder::new()
             .name("pmrun-orphans".into())
             .spawn(move || {
-                super::orphan_watch::watch(run, pid, super::orphan_watch::ORPHAN_AFTER, |e| {
+                super::orphan_watch::watch(run, pid, |e| {
                     let _ = inputs.send(Input::Core(e));
                 })
             });

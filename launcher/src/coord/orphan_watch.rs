@@ -1,18 +1,15 @@
-//! Notices a launcher that hangs after its ranks are gone. Open MPI's
-//! mpirun can stay in its teardown forever once a rank died at the wrong
-//! moment (in MPI_Init, or while mpirun aborts the job), and a program
-//! without pm gives pmrun no other sign of its ranks. On this host the
-//! launcher's ranks (or its remote shells) are its children: once it had
-//! some and has had none for [`ORPHAN_AFTER`], the core is told
-//! ([`Event::RunOrphaned`]). A launcher whose ranks run elsewhere (srun)
-//! never has such children, so it is never reported.
+//! Watches the run's launcher for a hang after its ranks are gone. Open
+//! MPI's mpirun can stay in its teardown forever once a rank died at the
+//! wrong moment (in MPI_Init, or while mpirun aborts the job), and a
+//! program without pm gives pmrun no other sign of its ranks. On this host
+//! the launcher's ranks (or its remote shells) are its children: once it
+//! had some, each change between having children and having none is
+//! reported ([`Event::RunChildren`]); the core decides when a launcher left
+//! alone hangs. A launcher whose ranks run elsewhere (srun) never has such
+//! children, so it is never reported.
 
 use super::job::Event;
-use std::time::{Duration, Instant};
-
-/// How long a launcher may outlive its last child before it counts as hung:
-/// mpirun ends within a second of its last rank when it does not hang.
-pub const ORPHAN_AFTER: Duration = Duration::from_secs(10);
+use std::time::Duration;
 
 const POLL: Duration = Duration::from_secs(1);
 
@@ -28,29 +25,18 @@ pub fn children(pid: u32) -> Option<usize> {
     Some(count)
 }
 
-/// Watches run `run`'s launcher `pid` until it is gone or has been
-/// childless for `after`; `report` gets the [`Event::RunOrphaned`] once.
-pub fn watch(run: u64, pid: u32, after: Duration, report: impl Fn(Event)) {
-    let mut had_children = false;
-    let mut childless_since: Option<Instant> = None;
+/// Polls run `run`'s launcher `pid` every second until it is gone; `report`
+/// gets an [`Event::RunChildren`] at its first child and at each change
+/// after.
+pub fn watch(run: u64, pid: u32, report: impl Fn(Event)) {
+    let mut reported: Option<bool> = None;
     loop {
         std::thread::sleep(POLL);
         let Some(n) = children(pid) else { return };
-        let now = Instant::now();
-        if n > 0 {
-            had_children = true;
-            childless_since = None;
-            continue;
-        }
-        if !had_children {
-            continue;
-        }
-        let since = *childless_since.get_or_insert(now);
-        if now - since >= after {
-            return report(Event::RunOrphaned {
-                run,
-                idle: now - since,
-            });
+        let any = n > 0;
+        if reported != Some(any) && (any || reported.is_some()) {
+            reported = Some(any);
+            report(Event::RunChildren { run, any });
         }
     }
 }
@@ -61,6 +47,7 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::{Child, Command};
     use std::sync::mpsc;
+    use std::time::Instant;
 
     /// `sh -c script` in a process group of its own, killed whole on drop.
     struct Group(Child);
@@ -85,10 +72,23 @@ mod tests {
         }
     }
 
-    fn watched(pid: u32, within: Duration) -> Option<Event> {
+    /// What the watcher of `pid` reports within `within`.
+    fn watched(pid: u32, within: Duration) -> Vec<bool> {
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || watch(7, pid, Duration::from_secs(1), |e| tx.send(e).unwrap()));
-        rx.recv_timeout(within).ok()
+        std::thread::spawn(move || {
+            watch(7, pid, |e| {
+                let _ = tx.send(e);
+            })
+        });
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match e {
+                Event::RunChildren { run: 7, any } => seen.push(any),
+                other => panic!("expected RunChildren for run 7, got {other:?}"),
+            }
+        }
+        seen
     }
 
     #[test]
@@ -106,20 +106,20 @@ mod tests {
     }
 
     #[test]
-    fn a_launcher_that_outlives_its_children_is_reported_once() {
-        // Its child ends after a second; it goes on alone.
-        let sh = Group::start("sleep 1 & wait; exec sleep 60");
-        match watched(sh.0.id(), Duration::from_secs(20)) {
-            Some(Event::RunOrphaned { run: 7, idle }) => assert!(idle >= Duration::from_secs(1)),
-            other => panic!("expected RunOrphaned for run 7, got {other:?}"),
-        }
+    fn a_launcher_that_outlives_its_children_is_reported_with_them_then_alone() {
+        // Its child ends after two seconds; it goes on alone.
+        let sh = Group::start("sleep 2 & wait; exec sleep 60");
+        assert_eq!(watched(sh.0.id(), Duration::from_secs(6)), [true, false]);
     }
 
     #[test]
-    fn a_launcher_that_never_had_children_or_keeps_them_is_not_reported() {
+    fn a_launcher_that_never_had_children_is_not_reported_and_one_that_keeps_them_once() {
         let alone = Group::start("exec sleep 60");
         let busy = Group::start("sleep 60 & wait");
-        assert_eq!(watched(alone.0.id(), Duration::from_secs(4)), None);
-        assert_eq!(watched(busy.0.id(), Duration::from_secs(4)), None);
+        assert_eq!(
+            watched(alone.0.id(), Duration::from_secs(4)),
+            [] as [bool; 0]
+        );
+        assert_eq!(watched(busy.0.id(), Duration::from_secs(4)), [true]);
     }
 }

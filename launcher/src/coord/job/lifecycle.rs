@@ -234,6 +234,7 @@ impl Job {
     fn launch(&mut self, now: Instant) {
         self.run += 1;
         self.run_pid = None;
+        self.launcher_alone_since = None;
         self.run_orphaned = false;
         self.run_started = now;
         self.notice_at = (!self.said_no_pm).then_some(now + NO_PM_NOTICE);
@@ -536,6 +537,9 @@ impl Job {
             }
             Phase::Settling { .. } => self.settle(now),
             Phase::Running => {
+                if self.orphaned_at().is_some_and(|t| now >= t) {
+                    self.kill_orphaned_launcher();
+                }
                 self.no_pm_notice(now, false);
                 let due = self.balancer.next_decision.is_some_and(|t| now >= t);
                 if due && self.cfg.balance.mode != BalanceMode::Off {
@@ -571,18 +575,23 @@ impl Job {
         ));
     }
 
+    /// When the current run's launcher, alone since its last child ended,
+    /// counts as hung.
+    pub(super) fn orphaned_at(&self) -> Option<Instant> {
+        let alone = self.launcher_alone_since.filter(|_| !self.run_orphaned)?;
+        self.run_pid.map(|_| alone + ORPHAN_AFTER)
+    }
+
     /// The launcher hangs with every rank of the run gone (Open MPI's
     /// mpirun can, after a rank dies in MPI_Init or an abort): it is killed,
     /// and its end is handled as any failed run's — or, when every rank had
     /// finished, as the job's end.
-    pub(super) fn run_orphaned(&mut self, idle: Duration) {
-        let Some(pid) = self.run_pid.filter(|_| !self.run_orphaned) else {
-            return;
-        };
+    fn kill_orphaned_launcher(&mut self) {
+        let Some(pid) = self.run_pid else { return };
         self.run_orphaned = true;
         self.say(format!(
             "every rank of the run ended {} s ago but the launcher (pid {pid}) did not: killing it",
-            idle.as_secs()
+            ORPHAN_AFTER.as_secs()
         ));
         self.actions.push_back(Action::Signal {
             run: self.run,

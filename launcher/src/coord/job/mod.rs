@@ -94,9 +94,11 @@ pub enum Event {
     RunFailedToStart { run: u64, reason: String },
     /// The run (mpirun) ended with exit code `code` (128 + N for signal N).
     RunExited { run: u64, code: i32 },
-    /// The run's launcher had child processes (its ranks) and has had none
-    /// for `idle`, yet it has not ended: it hangs.
-    RunOrphaned { run: u64, idle: Duration },
+    /// Whether the run's launcher has child processes on this host (its
+    /// ranks, or its remote shells), each time that changes once it had
+    /// some: `true` first. A launcher left alone for [`ORPHAN_AFTER`]
+    /// without ending hangs.
+    RunChildren { run: u64, any: bool },
     /// A `pmrun ctl` request; answered by [`Action::Reply`] with the same id.
     Ctl { id: u64, req: CtlRequest },
     /// pmrun was asked to stop (SIGINT/SIGTERM).
@@ -204,6 +206,10 @@ const LINGER_GRACE: Duration = Duration::from_secs(1);
 /// How long pmrun waits for a rank of a run to reach its agent before it
 /// says that the application seems not to use pm.
 const NO_PM_NOTICE: Duration = Duration::from_secs(15);
+/// How long a launcher may outlive its last child process before it counts
+/// as hung and is killed: mpirun ends within a second of its last rank
+/// when it does not hang.
+pub const ORPHAN_AFTER: Duration = Duration::from_secs(10);
 
 /// What the job is doing.
 #[derive(Clone, Debug, PartialEq)]
@@ -339,8 +345,11 @@ pub struct Job {
     generation: u64,
     run: u64,
     run_pid: Option<u32>,
+    /// Since when the current run's launcher has had no child process
+    /// ([`Event::RunChildren`]).
+    launcher_alone_since: Option<Instant>,
     /// The current run's launcher was killed because it hung with every
-    /// rank gone ([`Event::RunOrphaned`]).
+    /// rank gone.
     run_orphaned: bool,
     run_started: Instant,
     restarts: u32,
@@ -435,6 +444,7 @@ impl Job {
             generation: 0,
             run: 0,
             run_pid: None,
+            launcher_alone_since: None,
             run_orphaned: false,
             run_started: now,
             restarts: 0,
@@ -516,6 +526,7 @@ impl Job {
             Phase::Running => {
                 at(self.notice_at);
                 at(self.balancer.next_decision);
+                at(self.orphaned_at());
             }
             _ => {}
         }
@@ -538,11 +549,13 @@ impl Job {
                 self.finish_keeping(1, now);
             }
             Event::RunExited { run, code } if run == self.run => self.run_exited(code, now),
-            Event::RunOrphaned { run, idle } if run == self.run => self.run_orphaned(idle),
+            Event::RunChildren { run, any } if run == self.run => {
+                self.launcher_alone_since = (!any).then_some(now);
+            }
             Event::RunStarted { .. }
             | Event::RunFailedToStart { .. }
             | Event::RunExited { .. }
-            | Event::RunOrphaned { .. } => {}
+            | Event::RunChildren { .. } => {}
             Event::Ctl { id, req } => self.ctl(id, req, now),
             Event::Interrupted => {
                 self.explain_slurm_end();

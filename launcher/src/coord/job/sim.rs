@@ -219,8 +219,8 @@ pub struct SimCluster {
     speeds: Vec<f64>,
     gossip_version: u32,
     noise_seed: u64,
-    /// The next time the run would end by itself, mpirun hangs instead
-    /// (with every rank gone) and the driver reports it orphaned.
+    /// The next time the run would end by itself, mpirun hangs instead,
+    /// with every rank gone (the driver reports it alone).
     pub launcher_hangs: bool,
 }
 
@@ -802,6 +802,7 @@ impl SimCluster {
         }
         let step = state.committed.map_or(0, |c| c.step);
         self.timed(|job, now| job.handle(Event::RunStarted { run, pid: 1 }, now));
+        self.timed(|job, now| job.handle(Event::RunChildren { run, any: true }, now));
         for (r, &n) in plan.placement.iter().enumerate() {
             let hello = FromAgent::RankHello {
                 rank: r as u32,
@@ -846,10 +847,13 @@ impl SimCluster {
         if let Some(run) = self.run.as_mut() {
             run.hung = true;
         }
-        let idle = Duration::from_secs(10);
+        // Its ranks are gone; it stays.
         self.at(
-            after + idle,
-            Ev::Core(Event::RunOrphaned { run: run_id, idle }),
+            after,
+            Ev::Core(Event::RunChildren {
+                run: run_id,
+                any: false,
+            }),
         );
     }
 

@@ -260,6 +260,9 @@ fn a_launcher_hanging_after_its_ranks_ended_is_killed_and_the_job_goes_on() {
     let mut sim = SimCluster::new(SimConfig::small(4, 8, 1));
     sim.launcher_hangs = true;
     sim.rank_dies(Duration::from_secs(2));
+    // Left alone, it counts as hung only after ORPHAN_AFTER.
+    sim.advance(Duration::from_secs(2) + sim.cfg.abort_delay + ORPHAN_AFTER / 2);
+    assert_eq!(said(&sim, "but the launcher (pid"), 0, "{}", log(&sim));
     sim.run_until_done(LIMIT);
     assert_done(&sim);
     assert_eq!(said(&sim, "but the launcher (pid"), 1, "{}", log(&sim));
