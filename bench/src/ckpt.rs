@@ -1,12 +1,18 @@
 //! `pmbench ckpt`: the node-local store against a plain memcpy of the same bytes.
 //!
 //! * `memcpy_s`: copying the state into a pre-faulted buffer (the baseline).
-//! * `ckpt_first_s`: the first checkpoint into an empty store (pays for
-//!   allocating the store's pages).
+//! * `prefault_s`: the background work that makes the store's data files
+//!   ready once the layout is known (the application computes meanwhile).
+//! * `ckpt_first_cold_s`: the first checkpoint into a store that was not
+//!   pre-faulted (what every first checkpoint cost before).
+//! * `ckpt_first_s`: the first checkpoint after pre-faulting.
 //! * `ckpt_full_s`: a checkpoint in which every chunk changed, in steady
 //!   state (the store recycles the pages of pruned epochs).
 //! * `ckpt_incr_1pct_s`: a checkpoint in which 1% of the chunks changed.
-//! * `restore_s`: reading the newest snapshot back into a pre-faulted buffer,
+//! * `ckpt_async_blocked_s`: the time an asynchronous checkpoint blocks (the
+//!   copy), and `ckpt_async_publish_s` the background hashing and publishing.
+//! * `restore_s`: what a restarted rank waits for: opening the store and the
+//!   newest snapshot afresh and reading it into a pre-faulted buffer,
 //!   verifying every chunk.
 //!
 //! Checkpoint times run until the snapshot is published, which on a
@@ -17,10 +23,11 @@ use crate::size::parse_size;
 use crate::util::{fill_pseudo_random, median, memcpy_seconds, timed, touch_chunks};
 use anyhow::{Context, ensure};
 use clap::Args as ClapArgs;
-use pm_core::store::{DEFAULT_CHUNK_SIZE, default_root};
+use pm_core::store::{DEFAULT_CHUNK_SIZE, data_file_len, default_root};
 use pm_core::{RegionBuf, RegionRef, Store, StoreOptions};
 use serde::Serialize;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -49,13 +56,22 @@ struct Report {
     durable: bool,
     threads: usize,
     memcpy_s: f64,
+    prefault_s: f64,
+    ckpt_first_cold_s: f64,
     ckpt_first_s: f64,
     ckpt_full_s: f64,
     ckpt_incr_1pct_s: f64,
+    ckpt_async_blocked_s: f64,
+    ckpt_async_publish_s: f64,
     restore_s: f64,
+    restore_cold_s: f64,
     incr_bytes: u64,
+    ckpt_first_cold_over_memcpy: f64,
+    ckpt_first_over_memcpy: f64,
     ckpt_full_over_memcpy: f64,
+    ckpt_async_blocked_over_memcpy: f64,
     restore_over_memcpy: f64,
+    restore_cold_over_memcpy: f64,
     incr_bytes_over_full: f64,
 }
 
@@ -66,15 +82,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let chunk = args.chunk_size as usize;
     let root = args.store.clone().unwrap_or_else(default_root);
     let job = format!("pmbench-{}", std::process::id());
-    let mut store = Store::open(
-        &root,
-        &job,
-        0,
-        StoreOptions {
-            chunk_size: chunk,
-            ..StoreOptions::default()
-        },
-    )?;
+    let opts = StoreOptions {
+        chunk_size: chunk,
+        ..StoreOptions::default()
+    };
     let progress = crate::util::progress("ckpt", args.json);
 
     progress("filling the state with pseudo-random bytes");
@@ -92,7 +103,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok((report.publish_time.as_secs_f64(), report.bytes_written))
     };
 
-    progress("first checkpoint into an empty store");
+    progress("first checkpoint into a store that was not pre-faulted");
+    let cold_job = format!("{job}-cold");
+    let mut cold = Store::open(&root, &cold_job, 0, opts.clone())?;
+    let ckpt_first_cold_s = cold
+        .write(1, 1, &[RegionRef::new("state", &state)])?
+        .publish_time
+        .as_secs_f64();
+    cold.destroy()?;
+
+    progress("pre-faulting the store's data files");
+    let mut store = Store::open(&root, &job, 0, opts.clone())?;
+    let prefault_s = timed(|| {
+        store.prefault(data_file_len([args.size]))?;
+        store.prefault_wait();
+        Ok(())
+    })?;
+    progress("first checkpoint into the pre-faulted store");
     let (ckpt_first, _) = write(&mut store, &state)?;
     // Two more full checkpoints fill the store up to `keep` + spare, so the
     // measured ones run in steady state.
@@ -124,16 +151,48 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         incr_bytes = written;
     }
 
-    progress("restores (every chunk verified)");
-    let mut restore = Vec::new();
-    for _ in 0..args.repeat {
-        copy.fill(0);
-        let snapshot = store.open_snapshot(epoch)?;
-        restore.push(timed(|| Ok(snapshot.read_region("state", &mut copy)?))?);
+    progress("asynchronous checkpoints (every chunk changed)");
+    let (mut async_blocked, mut async_publish) = (Vec::new(), Vec::new());
+    for round in 0..args.repeat {
+        touch_chunks(&mut state, chunk, 1, round as u8);
+        epoch += 1;
+        let staged = store.write_async(epoch, epoch, &[RegionRef::new("state", &state)])?;
+        let report = store
+            .finish_staged()?
+            .context("the asynchronous checkpoint was not in flight")?;
         ensure!(
-            copy[..] == state[..],
+            report.bytes_written == args.size,
+            "an asynchronous full checkpoint wrote {} of {} bytes",
+            report.bytes_written,
+            args.size
+        );
+        async_blocked.push(staged.blocked.as_secs_f64());
+        async_publish.push(report.publish_time.as_secs_f64() - staged.blocked.as_secs_f64());
+    }
+
+    progress("restores by a restarted rank (every chunk verified)");
+    // A restarted rank opens its store and snapshot, allocates its regions
+    // (the application's own cost, here a buffer as large as the state:
+    // the snapshot's pages are mapped meanwhile), then reads each region.
+    let (mut restore, mut restore_cold) = (Vec::new(), Vec::new());
+    drop(copy);
+    for _ in 0..args.repeat {
+        let t = Instant::now();
+        let restarted = Store::open(&root, &job, 0, opts.clone())?;
+        let snapshot = restarted.open_snapshot(epoch)?;
+        let opened = t.elapsed().as_secs_f64();
+        let mut dst = RegionBuf::new(size)?;
+        restore.push(opened + timed(|| Ok(snapshot.read_region("state", &mut dst)?))?);
+        ensure!(
+            dst[..] == state[..],
             "the restored state differs from the checkpointed one"
         );
+        // The same with nothing to overlap the mapping with.
+        drop(snapshot);
+        restore_cold.push(timed(|| {
+            let snapshot = restarted.open_snapshot(epoch)?;
+            Ok(snapshot.read_region("state", &mut dst)?)
+        })?);
     }
 
     let durable = store.is_durable();
@@ -147,13 +206,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         durable,
         threads: rayon::current_num_threads(),
         memcpy_s,
+        prefault_s,
+        ckpt_first_cold_s,
         ckpt_first_s: ckpt_first,
         ckpt_full_s,
         ckpt_incr_1pct_s: median(incr),
+        ckpt_async_blocked_s: median(async_blocked.clone()),
+        ckpt_async_publish_s: median(async_publish),
         restore_s,
+        restore_cold_s: median(restore_cold.clone()),
         incr_bytes,
+        ckpt_first_cold_over_memcpy: ckpt_first_cold_s / memcpy_s,
+        ckpt_first_over_memcpy: ckpt_first / memcpy_s,
         ckpt_full_over_memcpy: ckpt_full_s / memcpy_s,
+        ckpt_async_blocked_over_memcpy: median(async_blocked) / memcpy_s,
         restore_over_memcpy: restore_s / memcpy_s,
+        restore_cold_over_memcpy: median(restore_cold) / memcpy_s,
         incr_bytes_over_full: incr_bytes as f64 / args.size as f64,
     };
     if args.json {
@@ -173,9 +241,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             gbs(memcpy_s)
         );
         println!(
-            "first checkpoint {:8.4} s  {:6.2} GB/s",
+            "pre-faulting     {:8.4} s  in the background, before the first checkpoint",
+            prefault_s
+        );
+        println!(
+            "first, cold      {:8.4} s  {:6.2} GB/s  {:.2}x memcpy (no pre-faulting)",
+            ckpt_first_cold_s,
+            gbs(ckpt_first_cold_s),
+            report.ckpt_first_cold_over_memcpy
+        );
+        println!(
+            "first checkpoint {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
             ckpt_first,
-            gbs(ckpt_first)
+            gbs(ckpt_first),
+            report.ckpt_first_over_memcpy
         );
         println!(
             "full checkpoint  {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
@@ -188,10 +267,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             report.ckpt_incr_1pct_s, report.incr_bytes_over_full
         );
         println!(
+            "async, blocked   {:8.4} s  {:6.2} GB/s  {:.2}x memcpy (then {:.4} s in the background)",
+            report.ckpt_async_blocked_s,
+            gbs(report.ckpt_async_blocked_s),
+            report.ckpt_async_blocked_over_memcpy,
+            report.ckpt_async_publish_s
+        );
+        println!(
             "restore+verify   {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
             restore_s,
             gbs(restore_s),
             report.restore_over_memcpy
+        );
+        println!(
+            "  nothing overlap {:8.4} s  {:6.2} GB/s  {:.2}x memcpy (the mapping not overlapped with allocation)",
+            report.restore_cold_s,
+            gbs(report.restore_cold_s),
+            report.restore_cold_over_memcpy
         );
     }
     Ok(())

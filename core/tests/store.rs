@@ -478,3 +478,134 @@ fn destroying_the_last_rank_removes_the_job_directory() {
     b.destroy().unwrap();
     assert!(!dir.path().join("job-1").exists());
 }
+
+/// Names of the files in the rank's store directory.
+fn names(store: &Store) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(store.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_checkpoint_taken_while_prefaulting_runs_is_exact_and_the_pool_stays_bounded() {
+    let root = tempfile::tempdir().unwrap();
+    let mut store = open(root.path(), 2);
+    let (a, b) = (pattern(1, 300_000), pattern(2, 10_001));
+    let len = pm_core::store::data_file_len([a.len() as u64, b.len() as u64]);
+    store.prefault(len).unwrap();
+    // At once, with the pre-faulting still under way.
+    write(&mut store, 1, &[("a", &a), ("b", &b)]);
+    assert_eq!(read(&store, 1, "a", a.len()), a);
+    store.prefault_wait();
+    for epoch in 2..10u64 {
+        let a = pattern(epoch * 7, a.len());
+        write(&mut store, epoch, &[("a", &a), ("b", &b)]);
+        assert_eq!(read(&store, epoch, "a", a.len()), a);
+        assert_eq!(read(&store, epoch, "b", b.len()), b);
+        store.prefault_wait();
+        let files = names(&store);
+        let data = files.iter().filter(|n| n.ends_with(".data")).count();
+        let pending = files.iter().filter(|n| n.starts_with("prefault-")).count();
+        // Two kept epochs, `b` shared from epoch 1's file, and one spare
+        // (recycled, or pre-faulted and not taken yet).
+        assert!(data + pending <= 4, "epoch {epoch}: {files:?}");
+        let spares = files
+            .iter()
+            .filter(|n| n.starts_with("spare-") || n.starts_with("prefault-"))
+            .count();
+        assert!(spares >= 1, "epoch {epoch}: {files:?}");
+    }
+}
+
+#[test]
+fn prefaulting_a_store_with_snapshots_only_adds_what_the_pool_lacks() {
+    let root = tempfile::tempdir().unwrap();
+    let a = pattern(3, 50_000);
+    {
+        let mut store = open(root.path(), 2);
+        for epoch in 1..4 {
+            write(&mut store, epoch, &[("a", &pattern(epoch, a.len()))]);
+        }
+    }
+    // A restarted writer: two kept epochs and a spare, so the pool is full.
+    let mut store = open(root.path(), 2);
+    store
+        .prefault(a.len().div_ceil(4096) as u64 * 4096)
+        .unwrap();
+    store.prefault_wait();
+    let files = names(&store);
+    assert!(
+        !files.iter().any(|n| n.starts_with("prefault-")),
+        "{files:?}"
+    );
+    write(&mut store, 4, &[("a", &a)]);
+    assert_eq!(read(&store, 4, "a", a.len()), a);
+}
+
+#[test]
+fn asynchronous_snapshots_restore_exactly_and_reuse_unchanged_chunks() {
+    let root = tempfile::tempdir().unwrap();
+    let mut store = open(root.path(), 2);
+    let fixed = pattern(9, 40_000);
+    for epoch in 1..6u64 {
+        let moving = pattern(epoch, 70_001);
+        let refs = [
+            RegionRef::new("fixed", &fixed),
+            RegionRef::new("moving", &moving),
+        ];
+        let staged = store.write_async(epoch, epoch * 10, &refs).unwrap();
+        assert_eq!(staged.state_bytes, 110_001);
+        assert_eq!(store.staged_epoch(), Some(epoch));
+        let report = store.finish_staged().unwrap().unwrap();
+        assert_eq!(store.staged_epoch(), None);
+        // Only the changed chunks count as written (and are replicated).
+        let expected = if epoch == 1 { 110_001 } else { 70_001 };
+        assert_eq!(report.bytes_written, expected, "epoch {epoch}");
+        assert_eq!(read(&store, epoch, "moving", moving.len()), moving);
+        assert_eq!(read(&store, epoch, "fixed", fixed.len()), fixed);
+        let m = store.manifest(epoch).unwrap();
+        assert!(
+            m.region("fixed")
+                .unwrap()
+                .chunks
+                .iter()
+                .all(|c| c.file_epoch == 1)
+        );
+    }
+    assert_eq!(store.epochs().unwrap(), vec![4, 5]);
+    // A synchronous write after an asynchronous one in flight waits for it.
+    let moving = pattern(77, 70_001);
+    let refs = [
+        RegionRef::new("fixed", &fixed),
+        RegionRef::new("moving", &moving),
+    ];
+    store.write_async(6, 60, &refs).unwrap();
+    write(&mut store, 7, &[("fixed", &fixed), ("moving", &moving)]);
+    assert_eq!(store.epochs().unwrap(), vec![6, 7]);
+    assert_eq!(read(&store, 6, "moving", moving.len()), moving);
+}
+
+#[test]
+fn a_truncated_data_file_is_a_missing_chunk_on_restore_not_a_signal() {
+    let root = tempfile::tempdir().unwrap();
+    let mut store = open(root.path(), 2);
+    let a = pattern(5, 5 * CHUNK);
+    write(&mut store, 1, &[("a", &a)]);
+    let snapshot = store.open_snapshot(1).unwrap();
+    // Truncated after the snapshot was opened (and its file mapped).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(store.data_path(1))
+        .unwrap()
+        .set_len(2 * CHUNK as u64)
+        .unwrap();
+    let mut out = vec![0; a.len()];
+    let err = snapshot.read_region("a", &mut out).unwrap_err();
+    assert!(
+        matches!(err, StoreError::ChunkMissing { chunk: 2, .. }),
+        "{err}"
+    );
+}

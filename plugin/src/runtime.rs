@@ -17,6 +17,7 @@ use mpi::ffi::MPI_Comm;
 use mpi::raw::AsRaw;
 use pm_core::proto::{FromRank, RankLoad};
 use pm_core::store::commit::{self, CommitRecord};
+use pm_core::store::data_file_len;
 use pm_core::{RegionBuf, RegionRef, Snapshot, Store, StoreOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -90,6 +91,8 @@ pub struct Runtime {
     checkpoint_requested: Arc<AtomicBool>,
     /// The epoch and step this rank stopped at after [`Action::Exit`].
     stopped: Option<(u64, u64)>,
+    /// Whether the store's data files are being pre-faulted (from the first step on).
+    prefaulting: bool,
 }
 
 impl Runtime {
@@ -186,6 +189,7 @@ impl Runtime {
             exit_requested,
             checkpoint_requested,
             stopped: None,
+            prefaulting: false,
         };
         if found == 1 {
             if ranks != u64::from(rt.comm.size) {
@@ -397,6 +401,9 @@ impl Runtime {
                 });
             self.comm
                 .agree("restore every region", unregistered.map_or(Ok(()), Err))?;
+        }
+        if !self.prefaulting {
+            self.start_prefault();
         }
         self.step += 1;
         let mut action = Action::Continue;
@@ -703,6 +710,17 @@ impl Runtime {
             })
             .collect();
         Ok(self.store.write(epoch, self.step, &regions)?)
+    }
+
+    /// Every region is registered by the first step: from then on the
+    /// store makes its data files ready in the background, so that no
+    /// checkpoint (the first included) pays for faulting pages in.
+    fn start_prefault(&mut self) {
+        self.prefaulting = true;
+        let len = data_file_len(self.entries.iter().map(Entry::bytes));
+        if let Err(error) = self.store.prefault(len) {
+            tracing::warn!(%error, "cannot pre-fault the checkpoint store; checkpoints fault their pages in themselves");
+        }
     }
 
     fn check_new_name(&self, name: &str) -> Result<(), PmError> {

@@ -9,20 +9,23 @@
 //!
 //! Publishing a snapshot is the rename of its manifest, so a reader sees a
 //! snapshot either complete or not at all. Data files that no kept manifest
-//! references are recycled as `spare.data`, so that the next checkpoint writes
-//! into pages that are already allocated and mapped (first-touch page faults
-//! cost several times a memcpy on these machines).
+//! references are recycled as spares (`spare-<n>.data`), and the files a
+//! rank will need are pre-faulted in the background ([`Store::prefault`]),
+//! so that every checkpoint writes into pages that are already allocated
+//! and mapped (first-touch page faults cost many times a memcpy here).
 
 pub mod commit;
 pub mod flush;
 mod import;
+mod pool;
 mod read;
+mod stage;
 mod write;
 
 pub use commit::CommitRecord;
 pub use import::{ChunkFetch, ImportReport, ImportTarget};
 pub use read::{Recovery, Skipped, Snapshot};
-pub use write::{WritePhase, WriteReport};
+pub use write::{WritePhase, WriteReport, data_file_len};
 
 use crate::StoreError;
 use crate::format::Manifest;
@@ -113,8 +116,16 @@ pub struct Store {
     dir: PathBuf,
     opts: StoreOptions,
     sync: bool,
-    /// Mappings of data files this store wrote, by inode number.
+    /// Mappings of data files this store wrote or pre-faulted, by inode number.
     maps: HashMap<u64, CachedMap>,
+    /// Background pre-faulting of the data files, once started.
+    prefault: Option<pool::Prefault>,
+    /// The layout length pre-faulting was started for.
+    prefault_len: Option<u64>,
+    /// New pre-faulted files not taken yet (under their temporary names).
+    ready: Vec<pool::Prepared>,
+    /// An asynchronous checkpoint being published in the background.
+    staged: Option<stage::Staged>,
 }
 
 impl Store {
@@ -145,6 +156,10 @@ impl Store {
             opts,
             sync,
             maps: HashMap::new(),
+            prefault: None,
+            prefault_len: None,
+            ready: Vec::new(),
+            staged: None,
         })
     }
 
@@ -213,6 +228,7 @@ impl Store {
     /// Deletes every snapshot and record of this rank but keeps its directory
     /// (a fresh start of a job whose earlier run never committed).
     pub fn clear(&mut self) -> Result<(), StoreError> {
+        self.abandon_background();
         self.maps.clear();
         let entries = fs::read_dir(&self.dir)
             .map_err(|e| StoreError::io("list store directory", &self.dir, e))?;
@@ -227,7 +243,8 @@ impl Store {
 
     /// Deletes every snapshot of this rank (the end of a job), and the job's
     /// directory once no rank on this node has anything left in it.
-    pub fn destroy(self) -> Result<(), StoreError> {
+    pub fn destroy(mut self) -> Result<(), StoreError> {
+        self.abandon_background();
         fs::remove_dir_all(&self.dir)
             .map_err(|e| StoreError::io("remove store directory", &self.dir, e))?;
         // Fails while another rank of the job still has its directory here.
@@ -236,7 +253,7 @@ impl Store {
     }
 
     pub fn manifest_path(&self, epoch: u64) -> PathBuf {
-        self.dir.join(format!("epoch-{epoch:020}.manifest"))
+        self.dir.join(manifest_name(epoch))
     }
 
     pub fn data_path(&self, epoch: u64) -> PathBuf {
@@ -247,12 +264,12 @@ impl Store {
         self.dir.join("committed")
     }
 
-    fn spare_path(&self) -> PathBuf {
-        self.dir.join("spare.data")
-    }
-
-    fn tmp_manifest_path(&self, epoch: u64) -> PathBuf {
-        self.dir.join(format!("epoch-{epoch:020}.manifest.tmp"))
+    /// A name for one more spare data file: `spare-<n>.data`, `n` unused.
+    fn free_spare_path(&self, taken: &[PathBuf]) -> PathBuf {
+        (0..)
+            .map(|n| self.dir.join(format!("spare-{n}.data")))
+            .find(|p| !taken.contains(p) && !p.exists())
+            .expect("some spare name is free")
     }
 
     fn list(&self) -> Result<Listing, StoreError> {
@@ -265,6 +282,10 @@ impl Store {
             let Some(name) = name.to_str() else { continue };
             if name.ends_with(".manifest.tmp") {
                 listing.temporaries.push(entry.path());
+            } else if name.starts_with("spare") && name.ends_with(".data") {
+                listing.spares.push(entry.path());
+            } else if name.starts_with("prefault-") && name.ends_with(".tmp") {
+                listing.prefault_leftovers.push(entry.path());
             } else if let Some(e) = parse_epoch(name, ".manifest") {
                 listing.manifests.push(e);
             } else if let Some(e) = parse_epoch(name, ".data") {
@@ -273,6 +294,7 @@ impl Store {
         }
         listing.manifests.sort_unstable();
         listing.data.sort_unstable();
+        listing.spares.sort_unstable();
         Ok(listing)
     }
 
@@ -292,11 +314,26 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.abandon_background();
+    }
+}
+
 #[derive(Default)]
 struct Listing {
     manifests: Vec<u64>,
     data: Vec<u64>,
     temporaries: Vec<PathBuf>,
+    /// Recycled data files (`spare-<n>.data`), ready to be reused.
+    spares: Vec<PathBuf>,
+    /// Files an interrupted pre-fault left behind (`prefault-<n>.tmp`).
+    prefault_leftovers: Vec<PathBuf>,
+}
+
+/// The file name of `epoch`'s manifest.
+fn manifest_name(epoch: u64) -> String {
+    format!("epoch-{epoch:020}.manifest")
 }
 
 fn parse_epoch(name: &str, suffix: &str) -> Option<u64> {

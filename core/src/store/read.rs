@@ -3,23 +3,58 @@
 
 use super::Store;
 use crate::StoreError;
+use crate::copy::copy_nontemporal;
 use crate::format::{ChunkHasher, Manifest, RegionManifest};
+use memmap2::{Mmap, MmapOptions};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-/// Bytes read per system call on restore: fits in a core's L2 cache.
+/// Bytes verified per `pread` (`verify`): fits in a core's L2 cache.
 const READ_PIECE: usize = 256 << 10;
+/// Bytes hashed and then copied at a time on restore, while in L1/L2.
+const RESTORE_PIECE: usize = 64 << 10;
 
 /// An opened snapshot: its checked manifest and its data files.
 pub struct Snapshot {
     manifest: Manifest,
     manifest_path: PathBuf,
     /// Data files by epoch; `None` when the file is missing.
-    files: HashMap<u64, (PathBuf, Option<File>)>,
+    files: HashMap<u64, DataFile>,
+    /// Maps the data files' pages in while the caller does other work.
+    populate: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One data file a snapshot reads from.
+struct DataFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// A read-only mapping of the whole file (restores copy from it);
+    /// `None` when the file is missing, empty, or cannot be mapped.
+    map: Option<Arc<Mmap>>,
+}
+
+impl DataFile {
+    fn open(path: PathBuf) -> Self {
+        let file = File::open(&path).ok();
+        let len = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len() as usize);
+        // SAFETY: see `mapped_chunk`: the bytes are only read after the
+        // range has been populated, and nothing truncates a data file a
+        // kept snapshot refers to.
+        let map = file
+            .as_ref()
+            .filter(|_| len > 0)
+            .and_then(|f| unsafe { MmapOptions::new().len(len).map(f) }.ok())
+            .map(Arc::new);
+        Self { path, file, map }
+    }
 }
 
 /// A snapshot that was skipped while looking for the newest valid one.
@@ -44,16 +79,35 @@ impl Store {
         let manifest = self.manifest(epoch)?;
         let mut files = HashMap::new();
         for c in manifest.regions.iter().flat_map(|r| &r.chunks) {
-            files.entry(c.file_epoch).or_insert_with(|| {
-                let path = self.data_path(c.file_epoch);
-                let file = File::open(&path).ok();
-                (path, file)
-            });
+            files
+                .entry(c.file_epoch)
+                .or_insert_with(|| DataFile::open(self.data_path(c.file_epoch)));
         }
+        // Mapping a file's pages into this process costs about a third of
+        // a memcpy (one fault per 16 pages of 4 KiB); a restarting rank
+        // has it done while it allocates its regions, off the restore.
+        let maps: Vec<Arc<Mmap>> = files.values().filter_map(|f| f.map.clone()).collect();
+        let populate = std::thread::Builder::new()
+            .name("pm-restore-map".into())
+            .spawn(move || {
+                for map in maps {
+                    // SAFETY: advice on this mapping; a range beyond the end
+                    // of the file is an error (EFAULT), never a signal.
+                    unsafe {
+                        libc::madvise(
+                            map.as_ptr() as *mut libc::c_void,
+                            map.len(),
+                            libc::MADV_POPULATE_READ,
+                        );
+                    }
+                }
+            })
+            .ok();
         Ok(Snapshot {
             manifest,
             manifest_path: self.manifest_path(epoch),
             files,
+            populate,
         })
     }
 
@@ -89,6 +143,14 @@ impl Store {
     }
 }
 
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Some(h) = self.populate.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 impl Snapshot {
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -119,9 +181,112 @@ impl Snapshot {
         // thread finds damage first.
         dst.par_chunks_mut(region.chunk_size as usize)
             .enumerate()
-            .map(|(i, buf)| self.read_chunk(region, i, buf))
+            .map(|(i, buf)| self.restore_chunk(region, i, buf))
             .find_first(Result::is_err)
             .unwrap_or(Ok(()))
+    }
+
+    /// Copies chunk `i` of `region` into `dst` from the mapped data file,
+    /// hashing each piece just before it is copied (so it is read from
+    /// memory once), with streaming stores.
+    fn restore_chunk(
+        &self,
+        region: &RegionManifest,
+        i: usize,
+        dst: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let Some(src) = self.mapped_chunk(region, i, dst.len())? else {
+            // Not mappable (an unusual file system): read it instead.
+            return self.read_chunk(region, i, dst);
+        };
+        let mut hasher = ChunkHasher::new();
+        for (d, s) in dst.chunks_mut(RESTORE_PIECE).zip(src.chunks(RESTORE_PIECE)) {
+            hasher.update(s);
+            copy_nontemporal(d, s);
+        }
+        self.check_hash(region, i, hasher.finish(), dst.len())
+    }
+
+    /// Chunk `i`'s bytes in the mapping of its data file, its pages
+    /// populated. `Ok(None)` when the file has no mapping.
+    ///
+    /// Reading a mapping raises SIGBUS where the file is shorter than the
+    /// mapping. Two things keep that from happening: the chunk's range is
+    /// checked against the file's length and populated first
+    /// (`MADV_POPULATE_READ` reports a range beyond the end of the file as
+    /// `EFAULT`, an error here, instead of a signal); and a data file is
+    /// only ever resized while it is a spare, which no kept snapshot refers
+    /// to. Only a rank restoring its own store maps it; agents, which read
+    /// stores other processes write, use `pread`.
+    fn mapped_chunk(
+        &self,
+        region: &RegionManifest,
+        i: usize,
+        len: usize,
+    ) -> Result<Option<&[u8]>, StoreError> {
+        let c = region.chunks[i];
+        let data = &self.files[&c.file_epoch];
+        let Some(map) = &data.map else {
+            return match data.file {
+                Some(_) => Ok(None),
+                None => Err(self.missing(region, i, len)),
+            };
+        };
+        let start = c.offset as usize;
+        let Some(bytes) = map.get(start..start + len) else {
+            return Err(self.missing(region, i, len));
+        };
+        if len > 0 {
+            // SAFETY: advice on a range of this mapping; it changes nothing.
+            let rc = unsafe {
+                libc::madvise(
+                    bytes.as_ptr() as *mut libc::c_void,
+                    len,
+                    libc::MADV_POPULATE_READ,
+                )
+            };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                match err.raw_os_error() {
+                    // Kernels before 5.14: the copy faults the pages in.
+                    Some(libc::EINVAL) => {}
+                    Some(libc::EFAULT) => return Err(self.missing(region, i, len)),
+                    _ => return Err(StoreError::io("map data file", &data.path, err)),
+                }
+            }
+        }
+        Ok(Some(bytes))
+    }
+
+    fn missing(&self, region: &RegionManifest, i: usize, len: usize) -> StoreError {
+        let c = region.chunks[i];
+        StoreError::ChunkMissing {
+            path: self.files[&c.file_epoch].path.clone(),
+            region: region.name.clone(),
+            chunk: i,
+            offset: c.offset,
+            end: c.offset + len as u64,
+        }
+    }
+
+    fn check_hash(
+        &self,
+        region: &RegionManifest,
+        i: usize,
+        hash: u128,
+        len: usize,
+    ) -> Result<(), StoreError> {
+        let c = region.chunks[i];
+        if hash != c.hash {
+            return Err(StoreError::ChunkCorrupt {
+                path: self.files[&c.file_epoch].path.clone(),
+                region: region.name.clone(),
+                chunk: i,
+                offset: c.offset,
+                end: c.offset + len as u64,
+            });
+        }
+        Ok(())
     }
 
     /// Reads every chunk of every region and checks its hash, without a destination.
@@ -159,37 +324,24 @@ impl Snapshot {
         buf: &mut [u8],
     ) -> Result<(), StoreError> {
         let c = region.chunks[i];
-        let (path, file) = &self.files[&c.file_epoch];
-        let end = c.offset + buf.len() as u64;
-        let missing = || StoreError::ChunkMissing {
-            path: path.clone(),
-            region: region.name.clone(),
-            chunk: i,
-            offset: c.offset,
-            end,
-        };
-        let file = file.as_ref().ok_or_else(missing)?;
+        let data = &self.files[&c.file_epoch];
+        let file = data
+            .file
+            .as_ref()
+            .ok_or_else(|| self.missing(region, i, buf.len()))?;
         // Read and hash in pieces small enough to be hashed from cache.
         let mut hasher = ChunkHasher::new();
         let mut offset = c.offset;
+        let len = buf.len();
         for piece in buf.chunks_mut(READ_PIECE) {
             file.read_exact_at(piece, offset)
                 .map_err(|e| match e.kind() {
-                    ErrorKind::UnexpectedEof => missing(),
-                    _ => StoreError::io("read data file", path, e),
+                    ErrorKind::UnexpectedEof => self.missing(region, i, len),
+                    _ => StoreError::io("read data file", &data.path, e),
                 })?;
             hasher.update(piece);
             offset += piece.len() as u64;
         }
-        if hasher.finish() != c.hash {
-            return Err(StoreError::ChunkCorrupt {
-                path: path.clone(),
-                region: region.name.clone(),
-                chunk: i,
-                offset: c.offset,
-                end,
-            });
-        }
-        Ok(())
+        self.check_hash(region, i, hasher.finish(), len)
     }
 }

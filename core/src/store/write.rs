@@ -23,8 +23,12 @@ pub enum WritePhase {
     /// Validating input, discarding snapshots of this or later epochs left
     /// by an abandoned run, and obtaining the data file (a recycled spare).
     Prepare,
-    /// Hashing every chunk and copying the changed ones into the data file.
+    /// Hashing every chunk and copying the changed ones into the data file
+    /// (asynchronous checkpoints: copying every chunk, unhashed).
     CopyChunks,
+    /// Asynchronous checkpoints only, in the background: hashing the copied
+    /// chunks and deciding which ones changed.
+    HashChunks,
     /// Forcing the data file to stable storage (skipped in RAM).
     SyncData,
     /// Writing the manifest under a temporary name.
@@ -38,9 +42,23 @@ pub enum WritePhase {
 }
 
 impl WritePhase {
+    /// The phases of [`Store::write`] (and of an import).
     pub const ALL: [WritePhase; 7] = [
         WritePhase::Prepare,
         WritePhase::CopyChunks,
+        WritePhase::SyncData,
+        WritePhase::WriteManifest,
+        WritePhase::Publish,
+        WritePhase::SyncDir,
+        WritePhase::Prune,
+    ];
+
+    /// The phases of [`Store::write_async`]; from `HashChunks` to `SyncDir`
+    /// they run in the background, `Prune` when the caller collects the result.
+    pub const ASYNC: [WritePhase; 8] = [
+        WritePhase::Prepare,
+        WritePhase::CopyChunks,
+        WritePhase::HashChunks,
         WritePhase::SyncData,
         WritePhase::WriteManifest,
         WritePhase::Publish,
@@ -66,6 +84,25 @@ pub struct WriteReport {
     pub pruned: Vec<u64>,
 }
 
+/// Where each region lies in a data file (page-aligned, back to back) and
+/// the file's length, for regions of the given lengths.
+pub(super) fn layout(lens: impl IntoIterator<Item = u64>) -> (Vec<u64>, u64) {
+    let mut bases = Vec::new();
+    let mut end = 0u64;
+    for len in lens {
+        let base = page_align(end);
+        bases.push(base);
+        end = base + len;
+    }
+    (bases, page_align(end))
+}
+
+/// The length of the data file a full snapshot of regions of these lengths
+/// needs: what [`Store::prefault`] is given.
+pub fn data_file_len(lens: impl IntoIterator<Item = u64>) -> u64 {
+    layout(lens).1
+}
+
 impl Store {
     /// Writes the snapshot of `regions` at `epoch` (taken at application step
     /// `step`) and publishes it atomically, then keeps only the newest
@@ -77,6 +114,7 @@ impl Store {
         step: u64,
         regions: &[RegionRef<'_>],
     ) -> Result<WriteReport, StoreError> {
+        self.finish_staged()?;
         let started = Instant::now();
         self.phase(WritePhase::Prepare);
         check_regions(regions)?;
@@ -84,34 +122,23 @@ impl Store {
         let prev = self.newest_valid_before(epoch);
         let cs = self.opts.chunk_size;
 
-        // Layout: each region at a page-aligned offset, chunks back to back.
-        let mut bases = Vec::with_capacity(regions.len());
-        let mut end = 0u64;
-        for r in regions {
-            let base = page_align(end);
-            bases.push(base);
-            end = base + r.bytes.len() as u64;
-        }
-        let file_len = page_align(end);
+        let (bases, file_len) = layout(regions.iter().map(|r| r.bytes.len() as u64));
 
         let mut data = self.acquire_data_file(epoch, file_len)?;
         self.phase(WritePhase::CopyChunks);
         let mut items = Vec::new();
         {
-            let mut rest: &mut [u8] = data.as_mut().map(|d| &mut d.map[..]).unwrap_or(&mut []);
-            let mut consumed = 0u64;
-            for (r, &base) in regions.iter().zip(&bases) {
+            let map: &mut [u8] = data.as_mut().map(|d| &mut d.map[..]).unwrap_or(&mut []);
+            let slots = chunk_slots(regions, &bases, cs, map);
+            let mut slots = slots.into_iter();
+            for r in regions {
                 let prev_region = prev
                     .as_ref()
                     .and_then(|m| m.region(r.name))
                     .filter(|p| p.chunk_size == cs as u64);
-                for (i, src) in r.bytes.chunks(cs).enumerate() {
-                    let offset = base + (i * cs) as u64;
-                    let (_, tail) =
-                        std::mem::take(&mut rest).split_at_mut((offset - consumed) as usize);
-                    let (dst, tail) = tail.split_at_mut(src.len());
-                    rest = tail;
-                    consumed = offset + src.len() as u64;
+                for (i, (src, dst, offset)) in
+                    slots.by_ref().take(r.bytes.len().div_ceil(cs)).enumerate()
+                {
                     let reusable = prev_region
                         .filter(|p| i < p.chunks.len() && p.chunk_len(i) == src.len() as u64)
                         .map(|p| p.chunks[i]);
@@ -214,21 +241,17 @@ impl Store {
     }
 
     pub(super) fn publish_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
-        self.phase(WritePhase::WriteManifest);
-        let tmp = self.tmp_manifest_path(manifest.epoch);
-        let mut f = File::create(&tmp).map_err(|e| StoreError::io("create manifest", &tmp, e))?;
-        f.write_all(&manifest.encode())
-            .map_err(|e| StoreError::io("write manifest", &tmp, e))?;
-        if self.sync {
-            f.sync_all()
-                .map_err(|e| StoreError::io("sync manifest", &tmp, e))?;
+        self.publisher().publish(manifest)
+    }
+
+    /// What publishing a manifest needs, detached from the store (an
+    /// asynchronous checkpoint publishes from a background thread).
+    pub(super) fn publisher(&self) -> Publisher {
+        Publisher {
+            dir: self.dir.clone(),
+            sync: self.sync,
+            hook: self.opts.phase_hook.clone(),
         }
-        drop(f);
-        self.phase(WritePhase::Publish);
-        let path = self.manifest_path(manifest.epoch);
-        fs::rename(&tmp, &path).map_err(|e| StoreError::io("publish manifest", &path, e))?;
-        self.phase(WritePhase::SyncDir);
-        self.sync_dir()
     }
 
     /// Removes manifests of `epoch` and later: they belong to a run that was
@@ -264,8 +287,36 @@ impl Store {
             .find_map(|e| self.manifest(e).ok())
     }
 
+    /// Renames a spare to `path`, preferring one whose pages are mapped
+    /// here: a recycled spare this store wrote, else a pre-faulted new file,
+    /// else any spare. Leaves `path` absent when there is none.
+    fn take_spare(&mut self, path: &std::path::Path) -> Result<(), StoreError> {
+        let spares = loop {
+            let spares = self.list()?.spares;
+            let mapped = spares
+                .iter()
+                .any(|p| fs::metadata(p).is_ok_and(|m| self.maps.contains_key(&m.ino())));
+            // Rather than fault a file in here, wait for the pre-fault thread
+            // to finish the one it is on: that costs less.
+            if mapped || !self.ready.is_empty() || !self.wait_for_prefault() {
+                break spares;
+            }
+        };
+        let mapped = spares
+            .iter()
+            .find(|p| fs::metadata(p).is_ok_and(|m| self.maps.contains_key(&m.ino())));
+        if mapped.is_none() && self.take_ready(path)? {
+            return Ok(());
+        }
+        if let Some(spare) = mapped.or(spares.first()) {
+            fs::rename(spare, path)
+                .map_err(|e| StoreError::io("recycle spare data file", path, e))?;
+        }
+        Ok(())
+    }
+
     /// Opens the data file for `epoch` with length `len` and its mapping,
-    /// preferring a leftover file of this epoch or the spare, whose pages are
+    /// preferring a leftover file of this epoch or a spare, whose pages are
     /// already allocated. `None` when the snapshot has no bytes.
     pub(super) fn acquire_data_file(
         &mut self,
@@ -276,10 +327,9 @@ impl Store {
             return Ok(None);
         }
         let path = self.data_path(epoch);
-        let spare = self.spare_path();
-        if !path.exists() && spare.exists() {
-            fs::rename(&spare, &path)
-                .map_err(|e| StoreError::io("recycle spare data file", &path, e))?;
+        self.adopt_delivered();
+        if !path.exists() {
+            self.take_spare(&path)?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -388,7 +438,7 @@ impl Store {
             self.sync_dir()?;
         }
 
-        let referenced: HashSet<u64> = kept
+        let mut referenced: HashSet<u64> = kept
             .iter()
             .flat_map(|m| {
                 m.regions
@@ -396,26 +446,120 @@ impl Store {
                     .flat_map(|r| r.chunks.iter().map(|c| c.file_epoch))
             })
             .collect();
-        let mut have_spare = self.spare_path().exists();
+        // The data file an asynchronous checkpoint is publishing from.
+        referenced.extend(self.staged_epoch());
+        // The pool: `keep` + 1 data files in all (referenced, spare, or
+        // pre-faulted), with room for one spare at least.
+        let in_use = listing
+            .data
+            .iter()
+            .filter(|e| referenced.contains(e))
+            .count();
+        let room = (keep + 1).saturating_sub(in_use).max(1);
+        let mut spares = listing.spares;
         for &e in listing.data.iter().filter(|e| !referenced.contains(e)) {
             let path = self.data_path(e);
-            if !have_spare {
-                fs::rename(&path, self.spare_path())
+            if spares.len() + self.pool_in_waiting() < room {
+                let spare = self.free_spare_path(&spares);
+                fs::rename(&path, &spare)
                     .map_err(|err| StoreError::io("recycle data file", &path, err))?;
-                have_spare = true;
+                spares.push(spare);
             } else {
-                if let Ok(meta) = fs::metadata(&path) {
-                    self.maps.remove(&meta.ino());
-                }
-                fs::remove_file(&path)
-                    .map_err(|err| StoreError::io("remove data file", &path, err))?;
+                self.forget_and_remove(&path)?;
             }
+        }
+        // Beyond the pool (a checkpoint outran the pre-faulting, or a
+        // layout shrank): pre-faulted files go first, then spares.
+        let pending = self.pool_in_waiting() - self.ready.len();
+        self.trim_ready(room.saturating_sub(spares.len() + pending));
+        let keep_spares = room.saturating_sub(self.pool_in_waiting());
+        for spare in spares.iter().skip(keep_spares) {
+            self.forget_and_remove(spare)?;
+        }
+        if keep_spares.min(spares.len()) == 0 && self.pool_in_waiting() == 0 {
+            // Snapshots share older files (unchanged chunks), so none was
+            // freed: have one more made ready for the next checkpoint.
+            self.prefault_one_more();
         }
         Ok(pruned)
     }
 }
 
-fn check_regions(regions: &[RegionRef<'_>]) -> Result<(), StoreError> {
+/// Writes and publishes manifests in a store directory (phases
+/// `WriteManifest` to `SyncDir` of the write protocol).
+pub(super) struct Publisher {
+    pub dir: std::path::PathBuf,
+    pub sync: bool,
+    pub hook: Option<super::PhaseHook>,
+}
+
+impl Publisher {
+    pub(super) fn phase(&self, phase: WritePhase) {
+        if let Some(hook) = &self.hook {
+            hook(phase);
+        }
+    }
+
+    pub(super) fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        self.phase(WritePhase::WriteManifest);
+        let name = super::manifest_name(manifest.epoch);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut f = File::create(&tmp).map_err(|e| StoreError::io("create manifest", &tmp, e))?;
+        f.write_all(&manifest.encode())
+            .map_err(|e| StoreError::io("write manifest", &tmp, e))?;
+        if self.sync {
+            f.sync_all()
+                .map_err(|e| StoreError::io("sync manifest", &tmp, e))?;
+        }
+        drop(f);
+        self.phase(WritePhase::Publish);
+        let path = self.dir.join(name);
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io("publish manifest", &path, e))?;
+        self.phase(WritePhase::SyncDir);
+        if self.sync {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io("sync store directory", &self.dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Removes a data file and drops its mapping (its pages are freed).
+    fn forget_and_remove(&mut self, path: &std::path::Path) -> Result<(), StoreError> {
+        if let Ok(meta) = fs::metadata(path) {
+            self.maps.remove(&meta.ino());
+        }
+        fs::remove_file(path).map_err(|err| StoreError::io("remove data file", path, err))
+    }
+}
+
+/// Each chunk of `regions` (in order) with its destination in the mapped
+/// data file `map` of the given layout and its offset there.
+pub(super) fn chunk_slots<'a, 'm>(
+    regions: &[RegionRef<'a>],
+    bases: &[u64],
+    cs: usize,
+    map: &'m mut [u8],
+) -> Vec<(&'a [u8], &'m mut [u8], u64)> {
+    let mut slots = Vec::new();
+    let mut rest = map;
+    let mut consumed = 0u64;
+    for (r, &base) in regions.iter().zip(bases) {
+        for (i, src) in r.bytes.chunks(cs).enumerate() {
+            let offset = base + (i * cs) as u64;
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut((offset - consumed) as usize);
+            let (dst, tail) = tail.split_at_mut(src.len());
+            rest = tail;
+            consumed = offset + src.len() as u64;
+            slots.push((src, dst, offset));
+        }
+    }
+    slots
+}
+
+pub(super) fn check_regions(regions: &[RegionRef<'_>]) -> Result<(), StoreError> {
     let mut names = HashSet::new();
     for r in regions {
         validate_region_name(r.name)?;
