@@ -10,11 +10,14 @@
 //! | `PM_KEEP` | committed epochs kept per rank | 2 |
 //! | `PM_SIGNALS` | `0` disables the SIGUSR1/SIGUSR2 handlers | `1` |
 //! | `PM_LOAD_PERIOD` | under `pmrun`: seconds between a rank's load reports to its agent, at least | 1 |
+//! | `PM_ASYNC` | `1`: asynchronous checkpoints (blocked only for the copy; hashed and published in the background) | `0` |
 //! | `PM_FAULT_PAUSE_BEFORE_COMMIT` | test hook: rank 0 stops before committing this epoch | |
+//! | `PM_FAULT_PAUSE_IN` | test hook, `PHASE:EPOCH`: rank 0 stops when writing EPOCH enters PHASE (a `WritePhase`, e.g. `HashChunks:3`) | |
 //!
 //! `pmrun` also sets the placement variables read by [`crate::agent`].
 
 use crate::PmError;
+use pm_core::WritePhase;
 use pm_core::store::{DEFAULT_KEEP, default_root};
 use std::hash::Hasher;
 use std::path::PathBuf;
@@ -39,6 +42,10 @@ pub struct Config {
     /// Under `pmrun`, the least time between two load reports of a rank.
     pub load_period: Duration,
     pub pause_before_commit: Option<u64>,
+    /// Checkpoints copy the state and are hashed and published in the background.
+    pub asynchronous: bool,
+    /// Test hook: rank 0 stops inside this phase of this epoch's write.
+    pub pause_in: Option<(WritePhase, u64)>,
 }
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -88,10 +95,27 @@ impl Config {
             (None, Some(_)) => Schedule::Interval(seconds("PM_INTERVAL")?.unwrap()),
             (None, None) => Schedule::Interval(DEFAULT_INTERVAL),
         };
-        let signals = match get("PM_SIGNALS").as_deref().map(str::trim) {
-            None | Some("1") => true,
-            Some("0") => false,
-            Some(v) => return Err(bad("PM_SIGNALS", v, "0 or 1")),
+        let flag = |name: &'static str| match get(name).as_deref().map(str::trim) {
+            None => Ok(None),
+            Some("1") => Ok(Some(true)),
+            Some("0") => Ok(Some(false)),
+            Some(v) => Err(bad(name, v, "0 or 1")),
+        };
+        let signals = flag("PM_SIGNALS")?.unwrap_or(true);
+        let asynchronous = flag("PM_ASYNC")?.unwrap_or(false);
+        let pause_in = match get("PM_FAULT_PAUSE_IN") {
+            None => None,
+            Some(v) => {
+                let parsed = v.split_once(':').and_then(|(phase, epoch)| {
+                    let phase = WritePhase::ASYNC
+                        .into_iter()
+                        .find(|p| format!("{p:?}") == phase)?;
+                    Some((phase, epoch.parse::<u64>().ok()?))
+                });
+                Some(parsed.ok_or_else(|| {
+                    bad("PM_FAULT_PAUSE_IN", &v, "PHASE:EPOCH, e.g. HashChunks:3")
+                })?)
+            }
         };
         let job = match get("PM_JOB") {
             Some(job) => {
@@ -108,6 +132,8 @@ impl Config {
             signals,
             load_period: seconds("PM_LOAD_PERIOD")?.unwrap_or(DEFAULT_LOAD_PERIOD),
             pause_before_commit: positive("PM_FAULT_PAUSE_BEFORE_COMMIT")?,
+            asynchronous,
+            pause_in,
         })
     }
 }
@@ -171,6 +197,7 @@ mod tests {
         );
         assert_eq!(c.store, default_root());
         assert_eq!(c.load_period, DEFAULT_LOAD_PERIOD);
+        assert!(!c.asynchronous && c.pause_in.is_none());
     }
 
     #[test]
@@ -182,9 +209,13 @@ mod tests {
             ("PM_KEEP", "3"),
             ("PM_SIGNALS", "0"),
             ("PM_LOAD_PERIOD", "2.5"),
+            ("PM_ASYNC", "1"),
+            ("PM_FAULT_PAUSE_IN", "HashChunks:3"),
         ])
         .unwrap();
         assert_eq!(c.load_period, Duration::from_millis(2500));
+        assert!(c.asynchronous);
+        assert_eq!(c.pause_in, Some((WritePhase::HashChunks, 3)));
         assert_eq!(c.store, PathBuf::from("/tmp/s"));
         assert_eq!(
             (c.job.as_str(), c.schedule, c.keep, c.signals),
@@ -204,6 +235,9 @@ mod tests {
             ("PM_INTERVAL", "-1"),
             ("PM_KEEP", "0"),
             ("PM_SIGNALS", "yes"),
+            ("PM_ASYNC", "on"),
+            ("PM_FAULT_PAUSE_IN", "Nowhere:3"),
+            ("PM_FAULT_PAUSE_IN", "HashChunks"),
             ("PM_LOAD_PERIOD", "0"),
             ("PM_LOAD_PERIOD", "-2"),
             ("PM_LOAD_PERIOD", "inf"),

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the application does after a step.
@@ -93,6 +93,19 @@ pub struct Runtime {
     stopped: Option<(u64, u64)>,
     /// Whether the store's data files are being pre-faulted (from the first step on).
     prefaulting: bool,
+    /// The epoch being written (read by the `PM_FAULT_PAUSE_IN` hook).
+    writing: Arc<AtomicU64>,
+    /// An asynchronous checkpoint copied and being published in the background.
+    in_flight: Option<InFlight>,
+}
+
+/// An asynchronous checkpoint between its copy and its commit.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    epoch: u64,
+    step: u64,
+    /// Time the ranks were blocked: the copy and its agreement.
+    blocked: Duration,
 }
 
 impl Runtime {
@@ -112,6 +125,7 @@ impl Runtime {
         install_log_subscriber();
         let comm = unsafe { Comm::dup(comm)? };
         let placement = comm.agree("read its placement", AgentConfig::from_env(comm.rank))?;
+        let writing = Arc::new(AtomicU64::new(0));
         let local = Config::from_env().and_then(|mut cfg| {
             if let Some(p) = &placement {
                 cfg.store = p.store.clone();
@@ -119,6 +133,7 @@ impl Runtime {
             let opts = StoreOptions {
                 keep: cfg.keep,
                 auto_commit: false,
+                phase_hook: pause_hook(&cfg, comm.rank, &writing),
                 ..StoreOptions::default()
             };
             let store = Store::open(&cfg.store, &cfg.job, comm.rank, opts)?;
@@ -190,6 +205,8 @@ impl Runtime {
             checkpoint_requested,
             stopped: None,
             prefaulting: false,
+            writing,
+            in_flight: None,
         };
         if found == 1 {
             if ranks != u64::from(rt.comm.size) {
@@ -408,12 +425,16 @@ impl Runtime {
         self.step += 1;
         let mut action = Action::Continue;
         if self.step >= self.next_poll {
+            if self.in_flight.is_some() {
+                self.poll_in_flight()?;
+            }
             let decision = self.decide()?;
             self.report_load();
             if decision & CHECKPOINT != 0 {
                 self.checkpoint()?;
             }
             if decision & EXIT != 0 {
+                self.finish_in_flight()?;
                 self.stop()?;
                 action = Action::Exit;
             }
@@ -435,7 +456,8 @@ impl Runtime {
     /// checkpoints, since a finished job has nothing to resume (under
     /// `pmrun`, the agents delete them and their replicas on every node once
     /// all ranks are done).
-    pub fn finalize(self) -> Result<(), PmError> {
+    pub fn finalize(mut self) -> Result<(), PmError> {
+        self.finish_in_flight()?;
         if let Some((epoch, step)) = self.stopped {
             if self.comm.rank == 0 {
                 tracing::info!(
@@ -504,7 +526,7 @@ impl Runtime {
             // Under pmrun, a scheduled checkpoint waits until the previous
             // one is replicated and committed: epochs in flight stay few, so
             // pruning never removes one that partners are still copying.
-            let due = due && !self.replication_pending();
+            let due = due && !self.replication_pending() && self.in_flight.is_none();
             if due || self.checkpoint_requested.swap(false, Ordering::Relaxed) {
                 flags |= CHECKPOINT;
             }
@@ -592,17 +614,74 @@ impl Runtime {
     }
 
     /// Writes this rank's snapshot, agrees that all ranks did, records the
-    /// commit (rank 0, job-wide), then marks it committed locally.
+    /// commit (rank 0, job-wide), then marks it committed locally. With
+    /// `PM_ASYNC=1` the ranks agree once their regions are copied, and the
+    /// rest follows when every rank's snapshot is published
+    /// ([`Runtime::poll_in_flight`]).
     fn checkpoint(&mut self) -> Result<(), PmError> {
+        self.finish_in_flight()?;
         let started = Instant::now();
         let epoch = (self.epoch + 1).max(self.first_epoch);
-        let written = self.write_snapshot(epoch);
+        self.writing.store(epoch, Ordering::Relaxed);
+        if self.cfg.asynchronous {
+            let staged = self.write_snapshot(epoch, true).map(|_| ());
+            self.comm.agree("copy its snapshot", staged)?;
+            self.in_flight = Some(InFlight {
+                epoch,
+                step: self.step,
+                blocked: started.elapsed(),
+            });
+            return Ok(());
+        }
+        let written = self
+            .write_snapshot(epoch, false)
+            .map(|r| r.expect("a synchronous write reports"));
         let report = self.comm.agree("write its snapshot", written)?;
+        let step = self.step;
+        self.complete(epoch, step, &report, started.elapsed())
+    }
+
+    /// At a decision point with an asynchronous checkpoint in flight: once
+    /// every rank's snapshot is published, hands it on (or commits it).
+    fn poll_in_flight(&mut self) -> Result<(), PmError> {
+        let published = self.store.staged_done();
+        if self.comm.all(published)? {
+            self.finish_in_flight()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the asynchronous checkpoint in flight, if any, and hands
+    /// it on (or commits it). Collective.
+    fn finish_in_flight(&mut self) -> Result<(), PmError> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let finished = self
+            .store
+            .finish_staged()
+            .map_err(PmError::from)
+            .and_then(|r| {
+                r.ok_or_else(|| PmError::InvalidArgument("no checkpoint was in flight".into()))
+            });
+        let report = self.comm.agree("publish its snapshot", finished)?;
+        self.complete(f.epoch, f.step, &report, f.blocked)
+    }
+
+    /// A published snapshot of every rank: to the agent (which replicates
+    /// it; pmrun commits), or committed here.
+    fn complete(
+        &mut self,
+        epoch: u64,
+        step: u64,
+        report: &pm_core::WriteReport,
+        blocked: Duration,
+    ) -> Result<(), PmError> {
         if let Some(agent) = &mut self.agent {
             let published = FromRank::Published {
                 rank: self.comm.rank,
                 epoch,
-                step: self.step,
+                step,
                 state_bytes: report.state_bytes,
                 written_bytes: report.bytes_written,
             };
@@ -610,24 +689,25 @@ impl Runtime {
             self.comm
                 .agree("hand its snapshot to its node agent", told)?;
         } else {
-            self.commit(epoch)?;
+            self.commit(epoch, step)?;
         }
 
         self.epoch = epoch;
         self.last_checkpoint = Instant::now();
         self.last_report = Some(CheckpointReport {
             epoch,
-            step: self.step,
+            step,
             state_bytes: report.state_bytes,
             bytes_written: report.bytes_written,
-            blocked: started.elapsed(),
+            blocked,
         });
         if self.comm.rank == 0 {
             tracing::info!(
                 epoch,
-                step = self.step,
+                step,
                 bytes_written = report.bytes_written,
-                blocked_ms = started.elapsed().as_secs_f64() * 1e3,
+                blocked_ms = blocked.as_secs_f64() * 1e3,
+                asynchronous = self.cfg.asynchronous,
                 "checkpoint taken"
             );
         }
@@ -636,10 +716,10 @@ impl Runtime {
 
     /// Records the commit of `epoch` (rank 0, job-wide), then marks it
     /// committed locally; every step is agreed on.
-    fn commit(&mut self, epoch: u64) -> Result<(), PmError> {
+    fn commit(&mut self, epoch: u64, step: u64) -> Result<(), PmError> {
         let record = CommitRecord {
             epoch,
-            step: self.step,
+            step,
             ranks: self.comm.size,
         };
         let recorded = if self.comm.rank == 0 {
@@ -666,7 +746,13 @@ impl Runtime {
         Ok(())
     }
 
-    fn write_snapshot(&mut self, epoch: u64) -> Result<pm_core::WriteReport, PmError> {
+    /// Writes this rank's snapshot of `epoch`; `asynchronous`: only copies
+    /// it (no report until it is published).
+    fn write_snapshot(
+        &mut self,
+        epoch: u64,
+        asynchronous: bool,
+    ) -> Result<Option<pm_core::WriteReport>, PmError> {
         // Values first: their encoding runs the application's Serialize
         // code, which must not run while the regions below are borrowed.
         let mut encoded = Vec::new();
@@ -709,7 +795,11 @@ impl Runtime {
                 RegionRef::new(&e.name, bytes)
             })
             .collect();
-        Ok(self.store.write(epoch, self.step, &regions)?)
+        if asynchronous {
+            self.store.write_async(epoch, self.step, &regions)?;
+            return Ok(None);
+        }
+        Ok(Some(self.store.write(epoch, self.step, &regions)?))
     }
 
     /// Every region is registered by the first step: from then on the
@@ -730,6 +820,25 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The `PM_FAULT_PAUSE_IN` test hook: rank 0 stops for good when the write
+/// of the chosen epoch enters the chosen phase, so a test can kill it there.
+fn pause_hook(
+    cfg: &Config,
+    rank: u32,
+    writing: &Arc<AtomicU64>,
+) -> Option<pm_core::store::PhaseHook> {
+    let (phase, epoch) = cfg.pause_in.filter(|_| rank == 0)?;
+    let writing = writing.clone();
+    Some(Arc::new(move |now| {
+        if now == phase && writing.load(Ordering::Relaxed) == epoch {
+            eprintln!("pm: pausing in {phase:?} of epoch {epoch} (PM_FAULT_PAUSE_IN)");
+            loop {
+                std::thread::park();
+            }
+        }
+    }))
 }
 
 /// SIGUSR1 asks for a checkpoint and exit, SIGUSR2 for a checkpoint.

@@ -109,13 +109,14 @@ fn reference_checksum(exe: &Path, store: &Path) -> String {
 
 /// Kills one rank after at least two committed checkpoints, then runs the
 /// same command again.
-fn survives_sigkill_after_commit(exe: &Path) {
+fn survives_sigkill_after_commit(exe: &Path, asynchronous: bool) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     let reference = reference_checksum(exe, store.path());
 
     let job = Job::new(exe, store.path(), "killed")
         .env("PM_EVERY", 10)
+        .env("PM_ASYNC", u8::from(asynchronous))
         .arg("--pause-ms")
         .arg("15");
     let mut child = job.spawn();
@@ -194,10 +195,14 @@ fn survives_sigkill_during_checkpoint(exe: &Path) {
 /// Waits until rank 0 of `child` reports that it holds before committing
 /// `epoch` (the `PM_FAULT_PAUSE_BEFORE_COMMIT` fault point).
 fn wait_until_paused(child: &mut Child, epoch: u64) {
+    wait_for_stderr(child, &format!("pausing before committing epoch {epoch}"));
+}
+
+/// Waits until `child` prints a line containing `needle` on its stderr.
+fn wait_for_stderr(child: &mut Child, needle: &str) {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let needle = format!("pausing before committing epoch {epoch}");
     let mut line = String::new();
-    while !line.contains(&needle) {
+    while !line.contains(needle) {
         line.clear();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
@@ -212,7 +217,53 @@ fn c_heat(dir: &Path) -> PathBuf {
 
 #[test]
 fn rust_heat_resumes_bit_exactly_after_sigkill() {
-    survives_sigkill_after_commit(&workspace_bin("heat"));
+    survives_sigkill_after_commit(&workspace_bin("heat"), false);
+}
+
+#[test]
+fn rust_heat_with_async_checkpoints_resumes_bit_exactly_after_sigkill() {
+    survives_sigkill_after_commit(&workspace_bin("heat"), true);
+}
+
+/// Asynchronous checkpoints: rank 0 stops inside a phase of epoch 3's
+/// write — its copy (the ranks are blocked), then its background hashing
+/// and manifest writing (the ranks compute on) — and a rank is killed. The
+/// restart uses epoch 2, bit-exactly.
+#[test]
+fn async_checkpoints_killed_in_each_phase_restart_from_the_previous_epoch() {
+    let exe = workspace_bin("heat");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let reference = reference_checksum(&exe, store.path());
+    for phase in ["CopyChunks", "HashChunks", "WriteManifest"] {
+        let name = format!("async-{phase}");
+        // Steps slow enough for each publish to end before the next
+        // checkpoint is due (one due while the last is in flight waits).
+        let job = Job::new(&exe, store.path(), &name)
+            .env("PM_EVERY", 10)
+            .env("PM_ASYNC", 1)
+            .arg("--pause-ms")
+            .arg("5");
+        let paused = Job::new(&exe, store.path(), &name)
+            .env("PM_EVERY", 10)
+            .env("PM_ASYNC", 1)
+            .env("PM_FAULT_PAUSE_IN", format!("{phase}:3"))
+            .arg("--pause-ms")
+            .arg("5");
+        let mut child = paused.spawn();
+        wait_for_stderr(&mut child, &format!("pausing in {phase} of epoch 3"));
+        sigkill(paused.rank_pids()[1]);
+        bounded::wait_within(&mut child, bounded::LIMIT, "mpirun");
+        let record = job.committed().unwrap();
+        assert_eq!((record.epoch, record.step), (2, 20), "killed in {phase}");
+        let out = ok(&job.run());
+        assert_eq!(resumed_step(&out), Some(20), "{phase}: {out}");
+        assert_eq!(
+            checksum(&out).as_deref(),
+            Some(reference.as_str()),
+            "{phase}: {out}"
+        );
+    }
 }
 
 #[test]
@@ -223,7 +274,7 @@ fn rust_heat_restarts_from_previous_epoch_when_killed_before_commit() {
 #[test]
 fn c_heat_resumes_bit_exactly_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    survives_sigkill_after_commit(&c_heat(dir.path()));
+    survives_sigkill_after_commit(&c_heat(dir.path()), false);
 }
 
 #[test]

@@ -25,6 +25,7 @@ mod write;
 pub use commit::CommitRecord;
 pub use import::{ChunkFetch, ImportReport, ImportTarget};
 pub use read::{Recovery, Skipped, Snapshot};
+pub use stage::StageReport;
 pub use write::{WritePhase, WriteReport, data_file_len};
 
 use crate::StoreError;

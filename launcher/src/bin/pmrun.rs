@@ -61,6 +61,11 @@ struct Cli {
     /// Checkpoint every this many seconds [default: 60].
     #[arg(long, value_name = "SECONDS", env = "PM_INTERVAL")]
     interval: Option<f64>,
+    /// Asynchronous checkpoints: ranks are blocked only while their state is
+    /// copied into the store; hashing and publishing run in the background
+    /// (no memory beyond the store's own; at most one in flight per rank).
+    #[arg(long = "async")]
+    asynchronous: bool,
     /// Checkpoint store directory on every node [default: /dev/shm/pmrun-<uid>].
     #[arg(long, value_name = "DIR", env = "PM_STORE")]
     store: Option<PathBuf>,
@@ -524,6 +529,9 @@ fn environment(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
     let mut env = Vec::new();
     if let Some(every) = cli.every {
         env.push(("PM_EVERY".into(), every.to_string()));
+    }
+    if cli.asynchronous {
+        env.push(("PM_ASYNC".into(), "1".into()));
     }
     if let Some(interval) = cli.interval {
         if !(interval > 0.0 && interval.is_finite()) {
