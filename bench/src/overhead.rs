@@ -1,10 +1,15 @@
 //! `pmbench overhead`: what the rank runtime costs a real MPI job.
 //!
-//! Runs `examples/heat` under `mpirun` twice with the same arguments: once
-//! without pm (`--no-pm`) and once checkpointing every `--interval` seconds
-//! into the store, and compares the time of their step loops. It also
-//! reports the time a checkpoint blocks a rank (write plus commit
-//! agreement) against a memcpy of one rank's state measured in this run.
+//! Runs `examples/heat` under `mpirun` in pairs with the same arguments:
+//! once without pm (`--no-pm`) and once checkpointing every `--interval`
+//! seconds into the store (the order alternating), and compares the time
+//! of their step loops. Pairs run until the 95 % confidence interval of the
+//! mean overhead is narrower than ±`--ci` (or `--max-pairs` is reached,
+//! which the report says). It also reports the time each checkpoint blocks
+//! the slowest rank (write plus commit agreement, or with `--async` the
+//! copy) against a memcpy of one rank's state measured in this run: every
+//! checkpoint, the first ones against the later ones, and the share of the
+//! run they took.
 
 use crate::util::{median, memcpy_seconds};
 use anyhow::{Context, bail, ensure};
@@ -35,9 +40,18 @@ pub struct Args {
     /// Store root [default: /dev/shm/pmrun-<uid>].
     #[arg(long)]
     store: Option<PathBuf>,
-    /// Pairs of runs (without and with pm, in alternating order); medians are reported.
-    #[arg(long, default_value_t = 2)]
+    /// Pairs of runs at least (without and with pm, in alternating order).
+    #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Pairs of runs at most, if the confidence interval is still wider than --ci.
+    #[arg(long, default_value_t = 12)]
+    max_pairs: usize,
+    /// Half-width of the 95 % confidence interval of the overhead to reach (0.01 = ±1 %).
+    #[arg(long, default_value_t = 0.01)]
+    ci: f64,
+    /// Asynchronous checkpoints (PM_ASYNC=1).
+    #[arg(long = "async")]
+    asynchronous: bool,
     /// The heat binary [default: next to pmbench].
     #[arg(long)]
     heat: Option<PathBuf>,
@@ -53,20 +67,34 @@ struct Report {
     cols: u64,
     steps: u64,
     interval_s: f64,
+    asynchronous: bool,
     state_bytes: u64,
     state_bytes_per_rank: u64,
+    pairs: usize,
     plain_s: f64,
     pm_s: f64,
+    /// Mean over the pairs of (pm loop time / plain loop time - 1).
     overhead: f64,
+    /// Its 95 % confidence interval (Student's t over the pairs).
+    overhead_ci95: [f64; 2],
+    /// Whether the interval got narrower than the asked ±half-width.
+    ci_reached: bool,
+    overhead_each: Vec<f64>,
     checkpoints: u32,
+    memcpy_s: f64,
+    /// Every checkpoint of every pm run, in order: the time it blocked the
+    /// slowest rank over a memcpy of one rank's state.
+    ckpt_blocked_each_over_memcpy: Vec<Vec<f64>>,
+    /// The first checkpoint of each run (mean), and every later one (median).
+    ckpt_first_over_memcpy: f64,
+    ckpt_later_over_memcpy: f64,
+    ckpt_max_over_memcpy: f64,
     /// Median time one checkpoint blocked the slowest rank.
     ckpt_blocked_s: f64,
-    /// Mean of the same, including the first checkpoints, which allocate the store's pages.
-    ckpt_blocked_mean_s: f64,
-    memcpy_s: f64,
     ckpt_blocked_over_memcpy: f64,
-    /// Share of the pm run's loop time that checkpoints blocked the slowest
-    /// rank: the direct cost, less noisy than the difference of two runs.
+    /// Share of the pm runs' loop time that checkpoints blocked the slowest
+    /// rank (mean over the runs): the direct cost, less noisy than the
+    /// difference of two runs.
     blocked_fraction: f64,
 }
 
@@ -76,6 +104,8 @@ pub struct HeatReport {
     pub checksum: String,
     /// Per rank: (checkpoints, total blocked seconds, median blocked seconds, state bytes).
     pub ranks: Vec<(u32, f64, f64, u64)>,
+    /// Per rank, in rank order of the lines: each checkpoint's blocked seconds.
+    pub each: Vec<Vec<f64>>,
 }
 
 /// heat's `--report` lines in `out`.
@@ -83,9 +113,24 @@ pub fn parse_report(out: &str) -> anyhow::Result<HeatReport> {
     let mut loop_s = None;
     let mut checksum = None;
     let mut ranks = Vec::new();
+    let mut each = Vec::new();
     for line in out.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
+            [
+                "heat:",
+                "rank",
+                _,
+                "checkpoints",
+                "blocked",
+                "s:",
+                times @ ..,
+            ] => each.push(
+                times
+                    .iter()
+                    .map(|t| t.parse::<f64>())
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
             ["heat:", "step", "loop", "took", s, "s"] => loop_s = Some(s.parse()?),
             ["heat:", "checksum", c, ..] => checksum = Some(c.to_string()),
             [
@@ -113,6 +158,7 @@ pub fn parse_report(out: &str) -> anyhow::Result<HeatReport> {
         loop_s: loop_s.context("heat printed no loop time")?,
         checksum: checksum.context("heat printed no checksum")?,
         ranks,
+        each,
     })
 }
 
@@ -138,7 +184,8 @@ fn heat_run(
         .args(["--steps", &args.steps.to_string(), "--report"])
         .env("PM_STORE", store)
         .env("PM_JOB", job)
-        .env("PM_INTERVAL", args.interval.to_string());
+        .env("PM_INTERVAL", args.interval.to_string())
+        .env("PM_ASYNC", if args.asynchronous { "1" } else { "0" });
     if !with_pm {
         cmd.arg("--no-pm");
     }
@@ -171,8 +218,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let progress = crate::util::progress("overhead", args.json);
 
     let (mut plain, mut with_pm) = (Vec::new(), Vec::new());
-    let mut last_pm = None;
-    for i in 0..args.repeat {
+    let mut pm_runs = Vec::new();
+    let mut i = 0;
+    let ci_reached = loop {
+        let overheads: Vec<f64> = plain
+            .iter()
+            .zip(&with_pm)
+            .map(|(p, m)| m / p - 1.0)
+            .collect();
+        let half = ci_half_width(&overheads);
+        if i >= args.repeat && half < args.ci {
+            break true;
+        }
+        if i >= args.max_pairs.max(args.repeat) {
+            break false;
+        }
         // Alternate the order: the machine's state drifts (caches, frequency,
         // neighbours), and the first run of a pair should not always be the same.
         let order = if i % 2 == 0 {
@@ -187,7 +247,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             } else {
                 "without pm".into()
             };
-            progress(&format!("run {}/{} {what}", i + 1, args.repeat));
+            let ci = if half.is_finite() {
+                format!(", overhead ±{:.2}% so far", half * 100.0)
+            } else {
+                String::new()
+            };
+            progress(&format!("pair {} {what}{ci}", i + 1));
             pair[usize::from(with)] = Some(heat_run(args, &heat, &store, &job, with)?);
         }
         let [Some(p), Some(m)] = pair else {
@@ -201,21 +266,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
         plain.push(p.loop_s);
         with_pm.push(m.loop_s);
-        last_pm = Some(m);
-    }
-    let m = last_pm.expect("at least one run");
+        pm_runs.push(m);
+        i += 1;
+    };
+    let m = pm_runs.last().expect("at least one run");
     let checkpoints = m.ranks.iter().map(|r| r.0).min().unwrap_or(0);
     let per_rank_bytes = m.ranks.iter().map(|r| r.3).max().unwrap_or(0);
-    // The slowest rank's figures: a checkpoint blocks everyone that long.
-    let blocked_mean = m
-        .ranks
-        .iter()
-        .filter(|r| r.0 > 0)
-        .map(|r| r.1 / f64::from(r.0))
-        .fold(0.0, f64::max);
     let blocked = m.ranks.iter().map(|r| r.2).fold(0.0, f64::max);
-    let blocked_total = m.ranks.iter().map(|r| r.1).fold(0.0, f64::max);
-    let pm_loop_s = m.loop_s;
 
     progress(&format!("memcpy of {per_rank_bytes} bytes"));
     let size = usize::try_from(per_rank_bytes)?;
@@ -223,6 +280,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut dst = RegionBuf::new(size)?;
     let memcpy_s = memcpy_seconds(&src, &mut dst, 5);
 
+    // Per run, each checkpoint's time on the slowest rank.
+    let slowest = |r: &HeatReport| -> Vec<f64> {
+        let n = r.each.iter().map(Vec::len).min().unwrap_or(0);
+        (0..n)
+            .map(|k| r.each.iter().map(|e| e[k]).fold(0.0, f64::max) / memcpy_s)
+            .collect()
+    };
+    let each: Vec<Vec<f64>> = pm_runs.iter().map(slowest).collect();
+    let firsts: Vec<f64> = each.iter().filter_map(|e| e.first().copied()).collect();
+    let later: Vec<f64> = each
+        .iter()
+        .flat_map(|e| e.iter().skip(1).copied())
+        .collect();
+    let fraction = |r: &HeatReport| r.ranks.iter().map(|x| x.1).fold(0.0, f64::max) / r.loop_s;
+    let overheads: Vec<f64> = plain
+        .iter()
+        .zip(&with_pm)
+        .map(|(p, m)| m / p - 1.0)
+        .collect();
+    let overhead = mean(&overheads);
+    let half = ci_half_width(&overheads);
     let (plain_s, pm_s) = (median(plain), median(with_pm));
     let report = Report {
         ranks: args.ranks,
@@ -230,43 +308,90 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         cols: args.cols,
         steps: args.steps,
         interval_s: args.interval,
+        asynchronous: args.asynchronous,
         state_bytes: args.rows * args.cols * 8,
         state_bytes_per_rank: per_rank_bytes,
+        pairs: overheads.len(),
         plain_s,
         pm_s,
-        overhead: pm_s / plain_s - 1.0,
+        overhead,
+        overhead_ci95: [overhead - half, overhead + half],
+        ci_reached,
+        overhead_each: overheads,
         checkpoints,
-        ckpt_blocked_s: blocked,
-        ckpt_blocked_mean_s: blocked_mean,
         memcpy_s,
+        ckpt_first_over_memcpy: if firsts.is_empty() {
+            0.0
+        } else {
+            mean(&firsts)
+        },
+        ckpt_later_over_memcpy: if later.is_empty() { 0.0 } else { median(later) },
+        ckpt_max_over_memcpy: each.iter().flatten().copied().fold(0.0, f64::max),
+        ckpt_blocked_each_over_memcpy: each,
+        ckpt_blocked_s: blocked,
         ckpt_blocked_over_memcpy: blocked / memcpy_s,
-        blocked_fraction: blocked_total / pm_loop_s,
+        blocked_fraction: mean(&pm_runs.iter().map(fraction).collect::<Vec<_>>()),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "heat {}x{} on {} ranks, {} steps, {} MiB of state",
+            "heat {}x{} on {} ranks, {} steps, {} MiB of state{}",
             args.rows,
             args.cols,
             args.ranks,
             args.steps,
-            report.state_bytes >> 20
+            report.state_bytes >> 20,
+            if args.asynchronous {
+                ", asynchronous checkpoints"
+            } else {
+                ""
+            }
         );
-        println!("without pm        {plain_s:8.3} s");
         println!(
-            "with pm           {pm_s:8.3} s  overhead {:+.2}% ({checkpoints} checkpoints, every {} s)",
-            report.overhead * 100.0,
+            "without pm        {plain_s:8.3} s (median of {} runs)",
+            report.pairs
+        );
+        println!(
+            "with pm           {pm_s:8.3} s  overhead {:+.2}% (95% interval {:+.2}% .. {:+.2}%{}; {checkpoints} checkpoints, every {} s)",
+            overhead * 100.0,
+            report.overhead_ci95[0] * 100.0,
+            report.overhead_ci95[1] * 100.0,
+            if ci_reached {
+                ""
+            } else {
+                ", wider than asked: more pairs needed"
+            },
             args.interval
         );
         println!(
-            "per checkpoint    {blocked:8.4} s blocked (median; mean {blocked_mean:.4} s) = {:.2}x a memcpy of one rank's state ({memcpy_s:.4} s)",
-            report.ckpt_blocked_over_memcpy
+            "per checkpoint    first {:.2}x, later {:.2}x (median), worst {:.2}x a memcpy of one rank's state ({memcpy_s:.4} s)",
+            report.ckpt_first_over_memcpy,
+            report.ckpt_later_over_memcpy,
+            report.ckpt_max_over_memcpy
         );
         println!(
-            "checkpoints blocked the slowest rank for {:.2}% of the pm run",
+            "checkpoints blocked the slowest rank for {:.2}% of the pm runs",
             report.blocked_fraction * 100.0
         );
     }
     Ok(())
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Half-width of the 95 % confidence interval of the mean of `v`
+/// (Student's t); infinite for fewer than two values.
+fn ci_half_width(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return f64::INFINITY;
+    }
+    let m = mean(v);
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+    // t(0.975, df) for df = 1..=10; beyond, 2.2 (t at df = 11) errs wide.
+    const T: [f64; 10] = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23];
+    let t = T.get(v.len() - 2).copied().unwrap_or(2.2);
+    t * (var / v.len() as f64).sqrt()
 }

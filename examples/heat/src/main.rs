@@ -176,6 +176,11 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
                 started.elapsed().as_secs_f64()
             );
         }
+        let each: Vec<String> = blocked.iter().map(|b| format!("{b:.6}")).collect();
+        println!(
+            "heat: rank {rank} checkpoints blocked s: {}",
+            each.join(" ")
+        );
         println!(
             "heat: rank {rank} took {} checkpoints blocking {:.6} s in all (median {:.6} s), {} bytes of state",
             blocked.len(),
