@@ -10,11 +10,11 @@
 //! by nothing, so a crash at any moment leaves the earlier snapshots as
 //! they were.
 
-use super::write::{Publisher, check_regions, chunk_slots, layout};
+use super::write::{Publisher, chunk_slots, region_manifests};
 use super::{CachedMap, Store, WritePhase, WriteReport};
 use crate::StoreError;
 use crate::copy::copy_nontemporal;
-use crate::format::{ChunkRef, Manifest, RegionManifest, chunk_hash};
+use crate::format::{ChunkRef, Manifest, chunk_hash};
 use crate::region::RegionRef;
 use rayon::prelude::*;
 use std::os::unix::fs::MetadataExt;
@@ -72,32 +72,26 @@ impl Store {
         step: u64,
         regions: &[RegionRef<'_>],
     ) -> Result<StageReport, StoreError> {
-        self.finish_staged()?;
-        let started = Instant::now();
-        self.phase(WritePhase::Prepare);
-        check_regions(regions)?;
-        self.discard_from(epoch)?;
-        let prev = self.newest_valid_before(epoch);
+        let mut start = self.begin_write(epoch, regions)?;
         let cs = self.opts.chunk_size;
-        let (bases, file_len) = layout(regions.iter().map(|r| r.bytes.len() as u64));
-        let mut data = self.acquire_data_file(epoch, file_len)?;
-        self.phase(WritePhase::CopyChunks);
-        {
-            let map: &mut [u8] = data.as_mut().map(|d| &mut d.map[..]).unwrap_or(&mut []);
-            chunk_slots(regions, &bases, cs, map)
-                .into_par_iter()
-                .for_each(|(src, dst, _)| copy_nontemporal(dst, src));
-        }
-        let blocked = started.elapsed();
+        let map: &mut [u8] = start
+            .data
+            .as_mut()
+            .map(|d| &mut d.map[..])
+            .unwrap_or(&mut []);
+        chunk_slots(regions, &start.bases, cs, map)
+            .into_par_iter()
+            .for_each(|(src, dst, _)| copy_nontemporal(dst, src));
+        let (started, blocked) = (start.started, start.started.elapsed());
         let job = Job {
-            data,
+            data: start.data,
             regions: regions
                 .iter()
-                .zip(&bases)
+                .zip(&start.bases)
                 .map(|(r, &base)| (r.name.to_owned(), r.bytes.len() as u64, base))
                 .collect(),
             chunk_size: cs,
-            prev,
+            prev: start.prev,
             manifest_owner: (self.job.clone(), self.rank),
             epoch,
             step,
@@ -220,33 +214,11 @@ fn publish(job: Job) -> Result<Published, StoreError> {
         data = Some((ino, d));
     }
 
-    let mut refs = refs.iter();
-    let (mut bytes_written, mut chunks_written) = (0u64, 0usize);
-    let regions = job
-        .regions
-        .iter()
-        .map(|(name, len, _)| {
-            let n = len.div_ceil(cs as u64) as usize;
-            let chunks = refs
-                .by_ref()
-                .take(n)
-                .enumerate()
-                .map(|(i, &(c, written))| {
-                    if written {
-                        chunks_written += 1;
-                        bytes_written += (cs as u64).min(len - (i * cs) as u64);
-                    }
-                    c
-                })
-                .collect();
-            RegionManifest {
-                name: name.clone(),
-                len: *len,
-                chunk_size: cs as u64,
-                chunks,
-            }
-        })
-        .collect::<Vec<_>>();
+    let (regions, bytes_written, chunks_written) = region_manifests(
+        job.regions.iter().map(|(n, l, _)| (n.clone(), *l)),
+        cs,
+        &refs,
+    );
     let manifest = Manifest {
         job: job.manifest_owner.0,
         rank: job.manifest_owner.1,

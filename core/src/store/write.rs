@@ -114,18 +114,13 @@ impl Store {
         step: u64,
         regions: &[RegionRef<'_>],
     ) -> Result<WriteReport, StoreError> {
-        self.finish_staged()?;
-        let started = Instant::now();
-        self.phase(WritePhase::Prepare);
-        check_regions(regions)?;
-        self.discard_from(epoch)?;
-        let prev = self.newest_valid_before(epoch);
+        let WriteStart {
+            started,
+            prev,
+            bases,
+            mut data,
+        } = self.begin_write(epoch, regions)?;
         let cs = self.opts.chunk_size;
-
-        let (bases, file_len) = layout(regions.iter().map(|r| r.bytes.len() as u64));
-
-        let mut data = self.acquire_data_file(epoch, file_len)?;
-        self.phase(WritePhase::CopyChunks);
         let mut items = Vec::new();
         {
             let map: &mut [u8] = data.as_mut().map(|d| &mut d.map[..]).unwrap_or(&mut []);
@@ -165,33 +160,13 @@ impl Store {
             })
             .collect();
 
-        let mut chunk_refs = refs.iter();
-        let mut bytes_written = 0u64;
-        let mut chunks_written = 0usize;
-        let region_manifests = regions
-            .iter()
-            .map(|r| {
-                let n = r.bytes.len().div_ceil(cs);
-                let chunks = chunk_refs
-                    .by_ref()
-                    .take(n)
-                    .enumerate()
-                    .map(|(i, &(c, written))| {
-                        if written {
-                            chunks_written += 1;
-                            bytes_written += cs.min(r.bytes.len() - i * cs) as u64;
-                        }
-                        c
-                    })
-                    .collect();
-                RegionManifest {
-                    name: r.name.to_owned(),
-                    len: r.bytes.len() as u64,
-                    chunk_size: cs as u64,
-                    chunks,
-                }
-            })
-            .collect();
+        let (region_manifests, bytes_written, chunks_written) = region_manifests(
+            regions
+                .iter()
+                .map(|r| (r.name.to_owned(), r.bytes.len() as u64)),
+            cs,
+            &refs,
+        );
 
         self.phase(WritePhase::SyncData);
         if let Some(d) = &data {
@@ -525,7 +500,79 @@ impl Publisher {
     }
 }
 
+/// A write past its Prepare phase, about to copy chunks.
+pub(super) struct WriteStart {
+    pub started: Instant,
+    /// The newest older snapshot: its chunks may be reused.
+    pub prev: Option<Manifest>,
+    /// Each region's offset in the data file.
+    pub bases: Vec<u64>,
+    pub data: Option<CachedMap>,
+}
+
+/// The manifests of regions `(name, len)` cut in chunks of `cs` bytes, from
+/// each chunk's reference and whether it was written now; with the bytes
+/// and chunks written.
+pub(super) fn region_manifests(
+    regions: impl Iterator<Item = (String, u64)>,
+    cs: usize,
+    refs: &[(ChunkRef, bool)],
+) -> (Vec<RegionManifest>, u64, usize) {
+    let cs = cs as u64;
+    let mut refs = refs.iter();
+    let (mut bytes_written, mut chunks_written) = (0u64, 0usize);
+    let manifests = regions
+        .map(|(name, len)| {
+            let chunks = refs
+                .by_ref()
+                .take(len.div_ceil(cs) as usize)
+                .enumerate()
+                .map(|(i, &(c, written))| {
+                    if written {
+                        chunks_written += 1;
+                        bytes_written += cs.min(len - i as u64 * cs);
+                    }
+                    c
+                })
+                .collect();
+            RegionManifest {
+                name,
+                len,
+                chunk_size: cs,
+                chunks,
+            }
+        })
+        .collect();
+    (manifests, bytes_written, chunks_written)
+}
+
 impl Store {
+    /// The Prepare phase of a write (of [`Store::write`] and
+    /// [`Store::write_async`]): waits for an asynchronous write in flight,
+    /// checks the regions, discards abandoned epochs, and obtains the data
+    /// file; then enters CopyChunks.
+    pub(super) fn begin_write(
+        &mut self,
+        epoch: u64,
+        regions: &[RegionRef<'_>],
+    ) -> Result<WriteStart, StoreError> {
+        self.finish_staged()?;
+        let started = Instant::now();
+        self.phase(WritePhase::Prepare);
+        check_regions(regions)?;
+        self.discard_from(epoch)?;
+        let prev = self.newest_valid_before(epoch);
+        let (bases, file_len) = layout(regions.iter().map(|r| r.bytes.len() as u64));
+        let data = self.acquire_data_file(epoch, file_len)?;
+        self.phase(WritePhase::CopyChunks);
+        Ok(WriteStart {
+            started,
+            prev,
+            bases,
+            data,
+        })
+    }
+
     /// Removes a data file and drops its mapping (its pages are freed).
     fn forget_and_remove(&mut self, path: &std::path::Path) -> Result<(), StoreError> {
         if let Ok(meta) = fs::metadata(path) {
