@@ -36,7 +36,8 @@
  * between checkpoints, default 60) or PM_EVERY (steps), PM_KEEP (committed
  * epochs kept, default 2), PM_SIGNALS=0 (no SIGUSR1/SIGUSR2 handlers),
  * PM_LOAD_PERIOD (under pmrun: seconds between a rank's load reports to its
- * node agent, at least; default 1).
+ * node agent, at least; default 1), PM_ASYNC=1 (asynchronous checkpoints:
+ * pm_step is blocked only while the state is copied into the store).
  * SIGUSR1 asks for a checkpoint and PM_EXIT; SIGUSR2 for a checkpoint.
  *
  * Errors: functions return PM_OK (0) or a negative PM_ERR_* code;

@@ -526,7 +526,7 @@ impl Runtime {
             // Under pmrun, a scheduled checkpoint waits until the previous
             // one is replicated and committed: epochs in flight stay few, so
             // pruning never removes one that partners are still copying.
-            let due = due && !self.replication_pending() && self.in_flight.is_none();
+            let due = due && !self.replication_pending();
             if due || self.checkpoint_requested.swap(false, Ordering::Relaxed) {
                 flags |= CHECKPOINT;
             }
@@ -585,7 +585,14 @@ impl Runtime {
     /// Whether this rank's newest epoch is still waiting for `pmrun` to
     /// commit it (the node agent records each commit in the job's record).
     fn replication_pending(&self) -> bool {
-        if self.agent.is_none() || self.epoch == 0 {
+        if self.agent.is_none() {
+            return false;
+        }
+        // An asynchronous checkpoint still publishing is not handed on yet.
+        if self.in_flight.is_some() {
+            return true;
+        }
+        if self.epoch == 0 {
             return false;
         }
         let record = commit::read_record(&self.store.job_dir().join("committed"));
@@ -624,7 +631,9 @@ impl Runtime {
         let epoch = (self.epoch + 1).max(self.first_epoch);
         self.writing.store(epoch, Ordering::Relaxed);
         if self.cfg.asynchronous {
-            let staged = self.write_snapshot(epoch, true).map(|_| ());
+            let step = self.step;
+            let staged = self
+                .with_regions(|store, regions| store.write_async(epoch, step, regions).map(|_| ()));
             self.comm.agree("copy its snapshot", staged)?;
             self.in_flight = Some(InFlight {
                 epoch,
@@ -633,11 +642,9 @@ impl Runtime {
             });
             return Ok(());
         }
-        let written = self
-            .write_snapshot(epoch, false)
-            .map(|r| r.expect("a synchronous write reports"));
-        let report = self.comm.agree("write its snapshot", written)?;
         let step = self.step;
+        let written = self.with_regions(|store, regions| store.write(epoch, step, regions));
+        let report = self.comm.agree("write its snapshot", written)?;
         self.complete(epoch, step, &report, started.elapsed())
     }
 
@@ -746,13 +753,12 @@ impl Runtime {
         Ok(())
     }
 
-    /// Writes this rank's snapshot of `epoch`; `asynchronous`: only copies
-    /// it (no report until it is published).
-    fn write_snapshot(
+    /// Hands every registered region (values encoded) to `write`, which
+    /// writes this rank's snapshot with them.
+    fn with_regions<R>(
         &mut self,
-        epoch: u64,
-        asynchronous: bool,
-    ) -> Result<Option<pm_core::WriteReport>, PmError> {
+        write: impl FnOnce(&mut Store, &[RegionRef]) -> Result<R, pm_core::StoreError>,
+    ) -> Result<R, PmError> {
         // Values first: their encoding runs the application's Serialize
         // code, which must not run while the regions below are borrowed.
         let mut encoded = Vec::new();
@@ -795,11 +801,7 @@ impl Runtime {
                 RegionRef::new(&e.name, bytes)
             })
             .collect();
-        if asynchronous {
-            self.store.write_async(epoch, self.step, &regions)?;
-            return Ok(None);
-        }
-        Ok(Some(self.store.write(epoch, self.step, &regions)?))
+        Ok(write(&mut self.store, &regions)?)
     }
 
     /// Every region is registered by the first step: from then on the

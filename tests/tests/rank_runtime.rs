@@ -238,7 +238,7 @@ fn async_checkpoints_killed_in_each_phase_restart_from_the_previous_epoch() {
     for phase in ["CopyChunks", "HashChunks", "WriteManifest"] {
         let name = format!("async-{phase}");
         // Steps slow enough for each publish to end before the next
-        // checkpoint is due (one due while the last is in flight waits).
+        // checkpoint is due, so that none waits for its predecessor.
         let job = Job::new(&exe, store.path(), &name)
             .env("PM_EVERY", 10)
             .env("PM_ASYNC", 1)

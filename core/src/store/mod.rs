@@ -307,9 +307,7 @@ impl Store {
 
     fn sync_dir(&self) -> Result<(), StoreError> {
         if self.sync {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StoreError::io("sync store directory", &self.dir, e))?;
+            sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -330,6 +328,13 @@ struct Listing {
     spares: Vec<PathBuf>,
     /// Files an interrupted pre-fault left behind (`prefault-<n>.tmp`).
     prefault_leftovers: Vec<PathBuf>,
+}
+
+/// Makes the entries of `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("sync store directory", dir, e))
 }
 
 /// The file name of `epoch`'s manifest.

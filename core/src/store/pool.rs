@@ -181,10 +181,7 @@ impl Store {
             let _ = std::fs::remove_file(leftover);
         }
         let held = listing.data.len() + listing.spares.len();
-        let fresh = (self.opts.keep + 1)
-            .saturating_sub(held)
-            .min(self.opts.keep + 1);
-        let fresh = (0..fresh)
+        let fresh = (0..(self.opts.keep + 1).saturating_sub(held))
             .map(|n| self.dir.join(format!("prefault-{n}.tmp")))
             .collect();
         self.prefault_len = Some(len);
@@ -266,9 +263,14 @@ impl Store {
         }
     }
 
+    /// New files the pre-fault thread has yet to deliver.
+    pub(super) fn prefault_pending(&self) -> usize {
+        self.prefault.as_ref().map_or(0, Prefault::pending)
+    }
+
     /// Files planned or made ready but not yet named as data files.
     pub(super) fn pool_in_waiting(&self) -> usize {
-        self.ready.len() + self.prefault.as_ref().map_or(0, Prefault::pending)
+        self.ready.len() + self.prefault_pending()
     }
 
     /// A pre-faulted new file renamed to `path`, its mapping cached; false if none is ready.

@@ -266,24 +266,21 @@ impl Store {
     /// here: a recycled spare this store wrote, else a pre-faulted new file,
     /// else any spare. Leaves `path` absent when there is none.
     fn take_spare(&mut self, path: &std::path::Path) -> Result<(), StoreError> {
-        let spares = loop {
+        let (spares, mapped) = loop {
             let spares = self.list()?.spares;
             let mapped = spares
                 .iter()
-                .any(|p| fs::metadata(p).is_ok_and(|m| self.maps.contains_key(&m.ino())));
+                .position(|p| fs::metadata(p).is_ok_and(|m| self.maps.contains_key(&m.ino())));
             // Rather than fault a file in here, wait for the pre-fault thread
             // to finish the one it is on: that costs less.
-            if mapped || !self.ready.is_empty() || !self.wait_for_prefault() {
-                break spares;
+            if mapped.is_some() || !self.ready.is_empty() || !self.wait_for_prefault() {
+                break (spares, mapped);
             }
         };
-        let mapped = spares
-            .iter()
-            .find(|p| fs::metadata(p).is_ok_and(|m| self.maps.contains_key(&m.ino())));
         if mapped.is_none() && self.take_ready(path)? {
             return Ok(());
         }
-        if let Some(spare) = mapped.or(spares.first()) {
+        if let Some(spare) = spares.get(mapped.unwrap_or(0)) {
             fs::rename(spare, path)
                 .map_err(|e| StoreError::io("recycle spare data file", path, e))?;
         }
@@ -337,6 +334,7 @@ impl Store {
         // and only this writer changes it while it is mapped.
         let map = unsafe { MmapOptions::new().len(len as usize).map_mut(&file) }
             .map_err(|e| StoreError::io("map data file", &path, e))?;
+        super::pool::advise_huge(&map);
         Ok(Some(CachedMap { file, map }))
     }
 
@@ -431,6 +429,7 @@ impl Store {
             .filter(|e| referenced.contains(e))
             .count();
         let room = (keep + 1).saturating_sub(in_use).max(1);
+        self.adopt_delivered();
         let mut spares = listing.spares;
         for &e in listing.data.iter().filter(|e| !referenced.contains(e)) {
             let path = self.data_path(e);
@@ -445,13 +444,13 @@ impl Store {
         }
         // Beyond the pool (a checkpoint outran the pre-faulting, or a
         // layout shrank): pre-faulted files go first, then spares.
-        let pending = self.pool_in_waiting() - self.ready.len();
-        self.trim_ready(room.saturating_sub(spares.len() + pending));
+        self.trim_ready(room.saturating_sub(spares.len() + self.prefault_pending()));
         let keep_spares = room.saturating_sub(self.pool_in_waiting());
         for spare in spares.iter().skip(keep_spares) {
             self.forget_and_remove(spare)?;
         }
-        if keep_spares.min(spares.len()) == 0 && self.pool_in_waiting() == 0 {
+        let spares_left = spares.len().min(keep_spares);
+        if spares_left == 0 && self.pool_in_waiting() == 0 {
             // Snapshots share older files (unchanged chunks), so none was
             // freed: have one more made ready for the next checkpoint.
             self.prefault_one_more();
@@ -492,9 +491,7 @@ impl Publisher {
         fs::rename(&tmp, &path).map_err(|e| StoreError::io("publish manifest", &path, e))?;
         self.phase(WritePhase::SyncDir);
         if self.sync {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StoreError::io("sync store directory", &self.dir, e))?;
+            super::sync_dir(&self.dir)?;
         }
         Ok(())
     }
