@@ -278,9 +278,19 @@ impl Runtime {
         self.timer.stats()
     }
 
-    /// What the newest checkpoint did on this rank.
+    /// What the newest checkpoint did on this rank. With `PM_ASYNC=1`, the
+    /// newest one published: one still publishing shows once it is (see
+    /// [`Runtime::wait_for_checkpoint`]).
     pub fn last_checkpoint(&self) -> Option<CheckpointReport> {
         self.last_report
+    }
+
+    /// Waits until an asynchronous checkpoint still publishing is published
+    /// and handed on (under `pmrun`) or committed; returns at once when
+    /// none is in flight (always, without `PM_ASYNC=1`). Collective: call
+    /// it on every rank at the same step. [`Runtime::finalize`] does it too.
+    pub fn wait_for_checkpoint(&mut self) -> Result<(), PmError> {
+        self.finish_in_flight()
     }
 
     /// Declares how many steps the job has in all (counting those before a

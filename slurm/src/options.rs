@@ -25,9 +25,10 @@ pub enum Opt {
     Flush,
     Spare,
     Transport,
+    Async,
 }
 
-pub const SPECS: [Spec; 8] = [
+pub const SPECS: [Spec; 9] = [
     Spec {
         opt: Opt::Pm,
         name: c"pm",
@@ -76,6 +77,12 @@ pub const SPECS: [Spec; 8] = [
         arginfo: Some(c"T"),
         usage: c"pmrun: how replicas move: tcp, fabric (libfabric RMA, its first provider) or fabric:PROVIDER (default tcp; PM_TRANSPORT)",
     },
+    Spec {
+        opt: Opt::Async,
+        name: c"pm-async",
+        arginfo: None,
+        usage: c"pmrun: asynchronous checkpoints, ranks blocked only while their state is copied (PM_ASYNC=1)",
+    },
 ];
 
 impl Opt {
@@ -108,6 +115,7 @@ impl Opt {
             Opt::Flush => "PM_FLUSH",
             Opt::Spare => "PM_SPARE",
             Opt::Transport => "PM_TRANSPORT",
+            Opt::Async => "PM_ASYNC",
         })
     }
 }
@@ -125,7 +133,7 @@ pub enum OptionError {
     #[error(
         "--pm runs one step under pmrun: give it to srun in the batch script (srun --pm ./app), \
          or run pmrun there; #SBATCH lines take --pm-replicas, --pm-every, --pm-interval, \
-         --pm-store, --pm-flush, --pm-spare and --pm-transport"
+         --pm-store, --pm-flush, --pm-spare, --pm-transport and --pm-async"
     )]
     PmOutsideSrun,
 }
@@ -139,7 +147,9 @@ pub fn check(opt: Opt, value: &str) -> Result<String, OptionError> {
     };
     let value = value.trim();
     let ok = match opt {
+        // Flags: Slurm hands them no value.
         Opt::Pm => true,
+        Opt::Async => return Ok("1".to_owned()),
         Opt::Replicas => value.parse::<u32>().is_ok(),
         Opt::Spare => value.parse::<u32>().is_ok(),
         Opt::Every => value.parse::<u64>().is_ok_and(|n| n >= 1),
@@ -155,7 +165,7 @@ pub fn check(opt: Opt, value: &str) -> Result<String, OptionError> {
         Ok(value.to_owned())
     } else {
         Err(invalid(match opt {
-            Opt::Pm => unreachable!("--pm takes no value"),
+            Opt::Pm | Opt::Async => unreachable!("flags take no value"),
             Opt::Replicas => "a whole number of partner nodes (0, 1, 2, ...)",
             Opt::Spare => "a whole number of nodes (0, 1, 2, ...)",
             Opt::Every => "a whole number of steps, at least 1",
@@ -305,6 +315,7 @@ mod tests {
         s.set(Opt::Spare, "1").unwrap();
         s.set(Opt::Transport, "fabric:verbs;ofi_rxm").unwrap();
         s.set(Opt::Replicas, "3").unwrap();
+        s.set(Opt::Async, "").unwrap();
         s.set(Opt::Pm, "").unwrap();
         assert!(s.pm);
         s.check_together().unwrap();
@@ -318,6 +329,7 @@ mod tests {
                 ("PM_SPARE", "1".to_owned()),
                 ("PM_TRANSPORT", "fabric:verbs;ofi_rxm".to_owned()),
                 ("PM_REPLICAS", "3".to_owned()),
+                ("PM_ASYNC", "1".to_owned()),
             ]
         );
         assert_eq!(unset, ["PM_INTERVAL"]);

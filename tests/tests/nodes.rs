@@ -33,14 +33,27 @@ fn assert_recovered(ended: &pm_tests::job::Ended, store: &std::path::Path, refer
 
 #[test]
 fn losing_a_node_with_one_replica_resumes_on_its_partner() {
+    lose_one_node("lose-one", &[]);
+}
+
+/// Asynchronous epochs are replicated and committed like synchronous ones:
+/// a node lost after some commits resumes from its partner, bit-exact.
+#[test]
+fn losing_a_node_with_asynchronous_checkpoints_resumes_on_its_partner() {
+    let ended = lose_one_node("lose-one-async", &["--async"]);
+    assert!(
+        ended.output.contains("asynchronous checkpoints in "),
+        "{}",
+        ended.output
+    );
+}
+
+fn lose_one_node(name: &str, extra: &[&str]) -> pm_tests::job::Ended {
     let _serial = serial();
     let reference = reference(8);
-    let job = Job::start(
-        "lose-one",
-        &["-n", "8", "--local-nodes", "4", "--every", "10"],
-        &heat_args(20),
-        &[],
-    );
+    let mut args = vec!["-n", "8", "--local-nodes", "4", "--every", "10"];
+    args.extend(extra);
+    let job = Job::start(name, &args, &heat_args(20), &[]);
     job.wait_for_commit(2);
     let before = job.status().unwrap();
     let partners_of_node2: Vec<String> = [2usize, 3]
@@ -61,6 +74,7 @@ fn losing_a_node_with_one_replica_resumes_on_its_partner() {
     assert_eq!(epochs.len(), 1, "{}", ended.output);
     assert!(epochs[0] >= 2, "{}", ended.output);
     assert_recovered(&ended, store.path(), &reference);
+    ended
 }
 
 #[test]

@@ -266,6 +266,43 @@ fn async_checkpoints_killed_in_each_phase_restart_from_the_previous_epoch() {
     }
 }
 
+/// Fast steps, `PM_EVERY=10`: every due asynchronous checkpoint is taken
+/// (one due while its predecessor still publishes waits for it instead of
+/// being skipped), as many as synchronous ones.
+#[test]
+fn async_checkpoints_keep_a_step_schedule_however_fast_the_steps() {
+    let exe = workspace_bin("heat");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut taken = Vec::new();
+    for asynchronous in [false, true] {
+        let job = Job::new(&exe, store.path(), &format!("every-async{asynchronous}"))
+            .env("PM_EVERY", 10)
+            .env("PM_ASYNC", u8::from(asynchronous))
+            .arg("--report");
+        let out = ok(&job.run());
+        let counts: Vec<u64> = out
+            .lines()
+            .filter_map(|l| {
+                l.split_once(" took ")?
+                    .1
+                    .split_once(" checkpoints ")?
+                    .0
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(counts.len(), RANKS as usize, "{out}");
+        assert!(counts.iter().all(|&c| c == counts[0]), "{out}");
+        taken.push(counts[0]);
+    }
+    assert_eq!(
+        taken[0], taken[1],
+        "synchronous vs asynchronous checkpoints"
+    );
+    assert_eq!(taken[0], 12, "checkpoints every 10 of 120 steps");
+}
+
 #[test]
 fn rust_heat_restarts_from_previous_epoch_when_killed_before_commit() {
     survives_sigkill_during_checkpoint(&workspace_bin("heat"));

@@ -118,6 +118,7 @@ fn the_options_show_in_help_and_a_bad_value_is_refused_at_submission() {
             "--pm-flush=DIR",
             "--pm-spare=K",
             "--pm-transport=T",
+            "--pm-async",
         ] {
             assert!(
                 help.contains(option),
@@ -200,17 +201,22 @@ fn srun_pm_in_a_batch_job_runs_under_pmrun_with_the_sbatch_options_bit_exact() {
     let store = tempfile::tempdir_in("/dev/shm").unwrap();
     let id = cluster.sbatch(
         &["-N3", "-n6"],
-        &script("--pm-replicas=2 --pm-every=10", store.path(), 100),
+        &script(
+            "--pm-replicas=2 --pm-every=10 --pm-async",
+            store.path(),
+            100,
+        ),
     );
     let t = &cluster.completed(&id, 180);
     let job = format!("heat-slurm{id}");
     // pmrun ran the step once (its own sruns were not wrapped again), over
-    // the allocation, with #SBATCH --pm-replicas=2 and --pm-store.
+    // the allocation, with #SBATCH --pm-replicas=2, --pm-async and
+    // --pm-store.
     let starts: Vec<&str> = t.lines().filter(|l| l.starts_with("pmrun: job ")).collect();
     assert_eq!(starts.len(), 1, "{t}");
     assert!(
         starts[0].starts_with(&format!(
-            "pmrun: job {job}: 6 rank(s) on n1 n2 n3; checkpoints in {}, 2 replica(s) each",
+            "pmrun: job {job}: 6 rank(s) on n1 n2 n3; asynchronous checkpoints in {}, 2 replica(s) each",
             store.path().display()
         )),
         "{t}"

@@ -19,6 +19,19 @@ impl FabricAddr {
         &self.0
     }
 
+    /// The name of a `shm` peer's region: `<pid>:<n>:<m>` in its address
+    /// `fi_shm://<pid>:<n>:<m>`, mapped from `/dev/shm/<pid>:<n>:<m>`.
+    pub fn shm_region(&self) -> Option<&str> {
+        let text = self.0.split(|&c| c == 0).next()?;
+        let name = std::str::from_utf8(text.strip_prefix(b"fi_shm://")?).ok()?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    /// The process id in a `shm` peer's address.
+    pub fn shm_pid(&self) -> Option<u32> {
+        self.shm_region()?.split(':').next()?.parse().ok()
+    }
+
     /// The socket address inside a `sockaddr_in`/`sockaddr_in6` name.
     fn socket_addr(&self) -> Option<SocketAddr> {
         let b = &self.0;
@@ -78,5 +91,26 @@ mod tests {
         shm.extend([0; 4]);
         assert_eq!(FabricAddr::from_bytes(shm).to_string(), "fi_shm://1234:0");
         assert_eq!(FabricAddr::from_bytes(vec![0xff, 0x01]).to_string(), "ff01");
+    }
+
+    #[test]
+    fn shm_names_carry_the_peers_pid_and_region() {
+        let mut shm = b"fi_shm://1234:7:0".to_vec();
+        shm.extend([0; 4]);
+        let shm = FabricAddr::from_bytes(shm);
+        assert_eq!(shm.shm_pid(), Some(1234));
+        assert_eq!(shm.shm_region(), Some("1234:7:0"));
+        let mut sin = vec![2u8, 0, 0x1f, 0x90, 127, 0, 0, 1];
+        sin.extend([0; 8]);
+        assert_eq!(FabricAddr::from_bytes(sin).shm_pid(), None);
+        assert_eq!(
+            FabricAddr::from_bytes(b"fi_shm://x:0".to_vec()).shm_pid(),
+            None
+        );
+        assert_eq!(
+            FabricAddr::from_bytes(b"fi_shm://../x".to_vec()).shm_region(),
+            None
+        );
+        assert_eq!(FabricAddr::from_bytes(Vec::new()).shm_pid(), None);
     }
 }

@@ -53,6 +53,8 @@ mod addr;
 mod error;
 #[cfg(pm_fabric)]
 mod key;
+#[cfg(pm_fabric)]
+mod liveness;
 mod options;
 #[cfg(pm_fabric)]
 mod progress;

@@ -3,6 +3,7 @@
 use crate::addr::FabricAddr;
 use crate::error::FabricError;
 use crate::key::FabricKey;
+use crate::liveness::PeerProcess;
 use crate::options::FabricOptions;
 use crate::progress::{self, Pending, Retry};
 use crate::sys::{self, Endpoint, FiError, InfoList, MemoryRegion, Query};
@@ -25,8 +26,11 @@ struct Registered {
 }
 
 impl Inner {
-    /// A peer's `fi_addr_t`, inserting its name into the AV the first time.
+    /// A peer's `fi_addr_t`, inserting its name into the AV the first time;
+    /// an error when the peer is a `shm` process that has exited (posting
+    /// to it could spin forever; see `liveness.rs`).
     pub fn resolve(&self, peer: &FabricAddr) -> Result<u64, TransportError> {
+        self.check_alive(peer)?;
         let mut peers = lock(&self.peers);
         if let Some(&a) = peers.get(peer) {
             return Ok(a);
@@ -40,6 +44,28 @@ impl Inner {
             })?;
         peers.insert(peer.clone(), a);
         Ok(a)
+    }
+
+    fn check_alive(&self, peer: &FabricAddr) -> Result<(), TransportError> {
+        let Some(pid) = peer.shm_pid() else {
+            return Ok(());
+        };
+        let mut processes = lock(&self.processes);
+        // Watched from the first resolution on, while the peer was alive
+        // (it had just sent its name); kept when its address is forgotten.
+        let process = processes
+            .entry(peer.clone())
+            .or_insert_with(|| PeerProcess::watch(peer));
+        match process {
+            Some(p) if p.has_exited() => Err(TransportError::Connect {
+                peer: peer.to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("the peer's process (pid {pid}) has exited"),
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Drops a peer's resolved address after its connection broke (the
@@ -64,6 +90,8 @@ pub(crate) struct Inner {
     name: FabricAddr,
     regions: Registry<Registered>,
     peers: Mutex<HashMap<FabricAddr, u64>>,
+    /// `shm` peers' processes, by name (`None`: cannot be watched).
+    processes: Mutex<HashMap<FabricAddr, Option<PeerProcess>>>,
     /// Held shared from resolving a peer's address until the operation
     /// using it is posted, and exclusively while an address is removed from
     /// the AV: libfabric 1.17's `ofi_rxm` crashes in `fi_read` on an
@@ -158,6 +186,7 @@ impl FabricTransport {
             name,
             regions: Registry::default(),
             peers: Mutex::new(HashMap::new()),
+            processes: Mutex::new(HashMap::new()),
             posting: RwLock::new(()),
             shutdown: AtomicBool::new(false),
         });

@@ -18,7 +18,7 @@ mod with_libfabric {
     use pm_core::transport::suite::Harness;
     use pm_core::transport::{RegionKey, TransportError};
     use pm_transport_fabric::{FabricAddr, FabricError, FabricOptions, FabricTransport, providers};
-    use std::sync::{Mutex, MutexGuard};
+    use std::sync::{Mutex, MutexGuard, mpsc};
     use std::time::Duration;
 
     /// Fabric tests run one at a time: on two cores, a dozen providers'
@@ -28,7 +28,33 @@ mod with_libfabric {
     pub struct Fabric {
         provider: &'static str,
         source: Option<&'static str>,
+        _watchdog: Watchdog,
         _serial: MutexGuard<'static, ()>,
+    }
+
+    /// A test that hangs inside a provider's call cannot be ended by any
+    /// deadline of ours: past `HUNG`, this aborts the test binary, naming
+    /// the test, so a hang fails the run instead of stalling it.
+    /// Dropping it (with the harness) disconnects the channel, which ends
+    /// the watchdog's wait.
+    struct Watchdog {
+        _done: mpsc::Sender<()>,
+    }
+
+    const HUNG: Duration = Duration::from_secs(180);
+
+    impl Watchdog {
+        fn start() -> Self {
+            let test = std::thread::current().name().unwrap_or("?").to_owned();
+            let (done, finished) = mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(HUNG) {
+                    eprintln!("{test}: still running after {HUNG:?}, hung in libfabric; aborting");
+                    std::process::abort();
+                }
+            });
+            Self { _done: done }
+        }
     }
 
     impl Harness for Fabric {
@@ -65,7 +91,9 @@ mod with_libfabric {
             // it, as a timeout); and two endpoints of one process share
             // the mapping of each other's region, so closing one under the
             // other's transfers crashes the process. Between processes
-            // (a_peer_killed_mid_transfer_fails_it) a dead peer is a timeout.
+            // (a_peer_killed_mid_transfer_fails_it) a dead peer is a timeout,
+            // or, once its process is gone, refused before posting (a post
+            // could spin forever on a lock the dead peer held).
             match (self.provider, test) {
                 ("shm", "out_of_bounds_and_unknown_keys_are_refused_and_the_endpoint_goes_on") => {
                     Some("shm does not report unknown keys (they time out)".into())
@@ -82,11 +110,15 @@ mod with_libfabric {
     /// `fi_getinfo` does not offer it with RMA here.
     pub fn harness(provider: &'static str, source: Option<&'static str>) -> Option<Fabric> {
         match providers(source) {
-            Ok(p) if p.iter().any(|p| p == provider) => Some(Fabric {
-                provider,
-                source,
-                _serial: SERIAL.lock().unwrap_or_else(|p| p.into_inner()),
-            }),
+            Ok(p) if p.iter().any(|p| p == provider) => {
+                let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                Some(Fabric {
+                    provider,
+                    source,
+                    _watchdog: Watchdog::start(),
+                    _serial: serial,
+                })
+            }
             Ok(p) => {
                 skipped(&format!(
                     "provider {provider} offers no RMA here (fi_getinfo offers: {p:?})"

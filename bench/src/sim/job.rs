@@ -261,6 +261,7 @@ fn coordinator_heap(args: &Args) -> usize {
             max_restarts: 0,
             verbose: false,
             store: String::new(),
+            asynchronous: false,
             balance: Default::default(),
             placement: None,
             launcher_lingers: false,

@@ -169,6 +169,13 @@ fn run(args: &Args, world: &impl Communicator) -> Result<(), PmError> {
         return rt.map_or(Ok(()), Runtime::finalize);
     }
     if args.report {
+        // The last asynchronous checkpoint may still be publishing.
+        if let Some(rt) = rt.as_mut() {
+            rt.wait_for_checkpoint()?;
+            if let Some(c) = rt.last_checkpoint().filter(|c| c.epoch != seen_epoch) {
+                blocked.push(c.blocked.as_secs_f64());
+            }
+        }
         world.barrier();
         if rank == 0 {
             println!(

@@ -64,7 +64,7 @@ struct Cli {
     /// Asynchronous checkpoints: ranks are blocked only while their state is
     /// copied into the store; hashing and publishing run in the background
     /// (no memory beyond the store's own; at most one in flight per rank).
-    #[arg(long = "async")]
+    #[arg(long = "async", env = "PM_ASYNC", value_parser = clap::builder::BoolishValueParser::new())]
     asynchronous: bool,
     /// Checkpoint store directory on every node [default: /dev/shm/pmrun-<uid>].
     #[arg(long, value_name = "DIR", env = "PM_STORE")]

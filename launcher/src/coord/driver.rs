@@ -159,6 +159,10 @@ pub fn run(
         max_restarts: spec.max_restarts,
         verbose: spec.verbose,
         store: spec.store.display().to_string(),
+        asynchronous: spec
+            .env
+            .iter()
+            .any(|(k, v)| k == "PM_ASYNC" && v.trim() == "1"),
         balance: spec.balance.clone(),
         placement: spec.placement.clone(),
         launcher_lingers: backend.lingers_after_node_loss(),

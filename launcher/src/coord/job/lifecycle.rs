@@ -134,8 +134,12 @@ impl Job {
             ),
             (_, r) => format!("{r} replica(s) each"),
         };
+        let kind = match self.cfg.asynchronous {
+            true => "asynchronous checkpoints",
+            false => "checkpoints",
+        };
         format!(
-            "job {}: {} rank(s) on {}; checkpoints in {}, {protection} (pmrun ctl --job {} status)",
+            "job {}: {} rank(s) on {}; {kind} in {}, {protection} (pmrun ctl --job {} status)",
             self.cfg.job,
             self.cfg.ranks,
             names.join(" "),

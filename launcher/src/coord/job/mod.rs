@@ -47,6 +47,8 @@ pub struct Config {
     pub verbose: bool,
     /// The store root, for messages.
     pub store: String,
+    /// Whether ranks checkpoint asynchronously (`--async`), for messages.
+    pub asynchronous: bool,
     /// Balancing: mode, period, starting weights, what is known of the steps.
     pub balance: BalanceSettings,
     /// The node of every rank, as the user gave it (`--placement`).

@@ -250,6 +250,7 @@ impl SimCluster {
                 max_restarts: cfg.max_restarts,
                 verbose: false,
                 store: "/sim".into(),
+                asynchronous: false,
                 balance: cfg.balance.clone(),
                 placement: None,
                 launcher_lingers: false,
