@@ -45,15 +45,33 @@ impl DataFile {
             .as_ref()
             .and_then(|f| f.metadata().ok())
             .map_or(0, |m| m.len() as usize);
-        // SAFETY: see `mapped_chunk`: the bytes are only read after the
-        // range has been populated, and nothing truncates a data file a
-        // kept snapshot refers to.
+        // SAFETY: see `whole_map`: the bytes are only read while the file
+        // is known to be as long as the mapping, and nothing truncates a
+        // data file a kept snapshot refers to.
         let map = file
             .as_ref()
             .filter(|_| len > 0)
             .and_then(|f| unsafe { MmapOptions::new().len(len).map(f) }.ok())
             .map(Arc::new);
         Self { path, file, map }
+    }
+
+    /// The mapping, if the file is still as long as it.
+    ///
+    /// Reading a mapping raises SIGBUS where the file is shorter than the
+    /// mapping. A restore reads a file's mapping only when, at the start of
+    /// that read, the file is at least as long as the mapping, and only the
+    /// chunks lying inside it (a chunk beyond the end is an error; a file
+    /// found shortened is read with `pread`, which reports it as one). What
+    /// is left is a file shortened *during* the read, which pmrun never
+    /// does: a data file is resized only while it is a spare, which no kept
+    /// snapshot refers to, and only by the rank's own writer, which does
+    /// not run during a restore. Only a rank restoring its own store maps
+    /// it; agents, which read stores other processes write, use `pread`.
+    fn whole_map(&self) -> Option<&Mmap> {
+        let map = self.map.as_deref()?;
+        let len = self.file.as_ref()?.metadata().ok()?.len();
+        (len >= map.len() as u64).then_some(map)
     }
 }
 
@@ -177,11 +195,18 @@ impl Snapshot {
                 given: dst.len() as u64,
             });
         }
+        // One length check per file and read, not a system call per chunk
+        // (populating each chunk's range first cost a tenth of a memcpy).
+        let maps: HashMap<u64, &Mmap> = self
+            .files
+            .iter()
+            .filter_map(|(&epoch, f)| Some((epoch, f.whole_map()?)))
+            .collect();
         // The first damaged chunk in file order is reported, whichever
         // thread finds damage first.
         dst.par_chunks_mut(region.chunk_size as usize)
             .enumerate()
-            .map(|(i, buf)| self.restore_chunk(region, i, buf))
+            .map(|(i, buf)| self.restore_chunk(region, i, buf, &maps))
             .find_first(Result::is_err)
             .unwrap_or(Ok(()))
     }
@@ -194,10 +219,17 @@ impl Snapshot {
         region: &RegionManifest,
         i: usize,
         dst: &mut [u8],
+        maps: &HashMap<u64, &Mmap>,
     ) -> Result<(), StoreError> {
-        let Some(src) = self.mapped_chunk(region, i, dst.len())? else {
-            // Not mappable (an unusual file system): read it instead.
+        let c = region.chunks[i];
+        let start = c.offset as usize;
+        let Some(map) = maps.get(&c.file_epoch) else {
+            // Missing, not mappable (an unusual file system) or shortened:
+            // read it instead, which reports a short file as an error.
             return self.read_chunk(region, i, dst);
+        };
+        let Some(src) = map.get(start..start + dst.len()) else {
+            return Err(self.missing(region, i, dst.len()));
         };
         let mut hasher = ChunkHasher::new();
         for (d, s) in dst.chunks_mut(RESTORE_PIECE).zip(src.chunks(RESTORE_PIECE)) {
@@ -205,57 +237,6 @@ impl Snapshot {
             copy_nontemporal(d, s);
         }
         self.check_hash(region, i, hasher.finish(), dst.len())
-    }
-
-    /// Chunk `i`'s bytes in the mapping of its data file, its pages
-    /// populated. `Ok(None)` when the file has no mapping.
-    ///
-    /// Reading a mapping raises SIGBUS where the file is shorter than the
-    /// mapping. Two things keep that from happening: the chunk's range is
-    /// checked against the file's length and populated first
-    /// (`MADV_POPULATE_READ` reports a range beyond the end of the file as
-    /// `EFAULT`, an error here, instead of a signal); and a data file is
-    /// only ever resized while it is a spare, which no kept snapshot refers
-    /// to. Only a rank restoring its own store maps it; agents, which read
-    /// stores other processes write, use `pread`.
-    fn mapped_chunk(
-        &self,
-        region: &RegionManifest,
-        i: usize,
-        len: usize,
-    ) -> Result<Option<&[u8]>, StoreError> {
-        let c = region.chunks[i];
-        let data = &self.files[&c.file_epoch];
-        let Some(map) = &data.map else {
-            return match data.file {
-                Some(_) => Ok(None),
-                None => Err(self.missing(region, i, len)),
-            };
-        };
-        let start = c.offset as usize;
-        let Some(bytes) = map.get(start..start + len) else {
-            return Err(self.missing(region, i, len));
-        };
-        if len > 0 {
-            // SAFETY: advice on a range of this mapping; it changes nothing.
-            let rc = unsafe {
-                libc::madvise(
-                    bytes.as_ptr() as *mut libc::c_void,
-                    len,
-                    libc::MADV_POPULATE_READ,
-                )
-            };
-            if rc != 0 {
-                let err = std::io::Error::last_os_error();
-                match err.raw_os_error() {
-                    // Kernels before 5.14: the copy faults the pages in.
-                    Some(libc::EINVAL) => {}
-                    Some(libc::EFAULT) => return Err(self.missing(region, i, len)),
-                    _ => return Err(StoreError::io("map data file", &data.path, err)),
-                }
-            }
-        }
-        Ok(Some(bytes))
     }
 
     fn missing(&self, region: &RegionManifest, i: usize, len: usize) -> StoreError {
