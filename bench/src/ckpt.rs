@@ -103,24 +103,32 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok((report.publish_time.as_secs_f64(), report.bytes_written))
     };
 
-    progress("first checkpoint into a store that was not pre-faulted");
-    let cold_job = format!("{job}-cold");
-    let mut cold = Store::open(&root, &cold_job, 0, opts.clone())?;
-    let ckpt_first_cold_s = cold
-        .write(1, 1, &[RegionRef::new("state", &state)])?
-        .publish_time
-        .as_secs_f64();
-    cold.destroy()?;
-
-    progress("pre-faulting the store's data files");
-    let mut store = Store::open(&root, &job, 0, opts.clone())?;
-    let prefault_s = timed(|| {
-        store.prefault(data_file_len([args.size]))?;
-        store.prefault_wait();
-        Ok(())
-    })?;
-    progress("first checkpoint into the pre-faulted store");
-    let (ckpt_first, _) = write(&mut store, &state)?;
+    // A first checkpoint is one sample per store: each run opens fresh ones.
+    let (mut first_cold, mut first, mut prefault) = (Vec::new(), Vec::new(), Vec::new());
+    let mut store = None;
+    for run in 1..=args.repeat {
+        progress(&format!(
+            "first checkpoints, {run} of {}: into a store that was not pre-faulted, then into a pre-faulted one",
+            args.repeat
+        ));
+        let mut cold = Store::open(&root, &format!("{job}-cold"), 0, opts.clone())?;
+        first_cold.push(write(&mut cold, &state)?.0);
+        cold.destroy()?;
+        let mut s = Store::open(&root, &job, 0, opts.clone())?;
+        prefault.push(timed(|| {
+            s.prefault(data_file_len([args.size]))?;
+            s.prefault_wait();
+            Ok(())
+        })?);
+        first.push(write(&mut s, &state)?.0);
+        match run < args.repeat {
+            true => s.destroy()?,
+            false => store = Some(s),
+        }
+    }
+    let mut store = store.context("--repeat is at least 1")?;
+    let (ckpt_first_cold_s, ckpt_first, prefault_s) =
+        (median(first_cold), median(first), median(prefault));
     // Two more full checkpoints fill the store up to `keep` + spare, so the
     // measured ones run in steady state.
     for round in 0..2 {
