@@ -17,7 +17,11 @@
 //!
 //! Checkpoint times run until the snapshot is published, which on a
 //! persistent medium includes the `fsync`s (time to durability). Each figure
-//! is the median of `--repeat` runs.
+//! is the median of `--repeat` runs; each `*_over_memcpy` is the median of
+//! every run's time over the faster of two memcpys timed just before and
+//! just after it (`memcpy_s` is the median of all), so that the machine (a
+//! shared one) speeding up or slowing down between figures moves the times
+//! but not the ratios, and a memcpy slowed by chance cannot flatter one.
 
 use crate::size::parse_size;
 use crate::util::{fill_pseudo_random, median, memcpy_seconds, timed, touch_chunks};
@@ -94,7 +98,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     fill_pseudo_random(&mut state);
 
     progress("memcpy baseline");
-    let memcpy_s = memcpy_seconds(&state, &mut copy, args.repeat);
+    // Warms the copy up; the figures' own memcpys are timed beside them.
+    memcpy_seconds(&state, &mut copy, 2);
+    let mut memcpys = Vec::new();
+    let mut memcpy = |state: &[u8], copy: &mut [u8]| {
+        let t = memcpy_seconds(state, copy, 1);
+        memcpys.push(t);
+        t
+    };
 
     let mut epoch = 0u64;
     let mut write = |store: &mut Store, state: &[u8]| -> anyhow::Result<(f64, u64)> {
@@ -104,7 +115,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
 
     // A first checkpoint is one sample per store: each run opens fresh ones.
-    let (mut first_cold, mut first, mut prefault) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut first_cold, mut first, mut prefault) =
+        (Paired::default(), Paired::default(), Vec::new());
     let mut store = None;
     for run in 1..=args.repeat {
         progress(&format!(
@@ -112,7 +124,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.repeat
         ));
         let mut cold = Store::open(&root, &format!("{job}-cold"), 0, opts.clone())?;
-        first_cold.push(write(&mut cold, &state)?.0);
+        let m = memcpy(&state, &mut copy);
+        let t = write(&mut cold, &state)?.0;
+        first_cold.push(t, m.min(memcpy(&state, &mut copy)));
         cold.destroy()?;
         let mut s = Store::open(&root, &job, 0, opts.clone())?;
         prefault.push(timed(|| {
@@ -120,15 +134,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             s.prefault_wait();
             Ok(())
         })?);
-        first.push(write(&mut s, &state)?.0);
+        let m = memcpy(&state, &mut copy);
+        let t = write(&mut s, &state)?.0;
+        first.push(t, m.min(memcpy(&state, &mut copy)));
         match run < args.repeat {
             true => s.destroy()?,
             false => store = Some(s),
         }
     }
     let mut store = store.context("--repeat is at least 1")?;
-    let (ckpt_first_cold_s, ckpt_first, prefault_s) =
-        (median(first_cold), median(first), median(prefault));
+    let prefault_s = median(prefault);
     // Two more full checkpoints fill the store up to `keep` + spare, so the
     // measured ones run in steady state.
     for round in 0..2 {
@@ -136,16 +151,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         write(&mut store, &state)?;
     }
     progress("full checkpoints (every chunk changed)");
-    let mut full = Vec::new();
+    let mut full = Paired::default();
     for round in 0..args.repeat {
         touch_chunks(&mut state, chunk, 1, round as u8);
+        let m = memcpy(&state, &mut copy);
         let (t, written) = write(&mut store, &state)?;
         ensure!(
             written == args.size,
             "a full checkpoint wrote {written} of {} bytes",
             args.size
         );
-        full.push(t);
+        full.push(t, m.min(memcpy(&state, &mut copy)));
     }
     progress("incremental checkpoints (1% of chunks changed)");
     let chunks = size.div_ceil(chunk);
@@ -160,10 +176,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     progress("asynchronous checkpoints (every chunk changed)");
-    let (mut async_blocked, mut async_publish) = (Vec::new(), Vec::new());
+    let (mut async_blocked, mut async_publish) = (Paired::default(), Vec::new());
     for round in 0..args.repeat {
         touch_chunks(&mut state, chunk, 1, round as u8);
         epoch += 1;
+        let m = memcpy(&state, &mut copy);
         let staged = store.write_async(epoch, epoch, &[RegionRef::new("state", &state)])?;
         let report = store
             .finish_staged()?
@@ -174,7 +191,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             report.bytes_written,
             args.size
         );
-        async_blocked.push(staged.blocked.as_secs_f64());
+        let m = m.min(memcpy(&state, &mut copy));
+        async_blocked.push(staged.blocked.as_secs_f64(), m);
         async_publish.push(report.publish_time.as_secs_f64() - staged.blocked.as_secs_f64());
     }
 
@@ -182,54 +200,55 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // A restarted rank opens its store and snapshot, allocates its regions
     // (the application's own cost, here a buffer as large as the state:
     // the snapshot's pages are mapped meanwhile), then reads each region.
-    let (mut restore, mut restore_cold) = (Vec::new(), Vec::new());
-    drop(copy);
+    let (mut restore, mut restore_cold) = (Paired::default(), Paired::default());
     for _ in 0..args.repeat {
+        let m = memcpy(&state, &mut copy);
         let t = Instant::now();
         let restarted = Store::open(&root, &job, 0, opts.clone())?;
         let snapshot = restarted.open_snapshot(epoch)?;
         let opened = t.elapsed().as_secs_f64();
         let mut dst = RegionBuf::new(size)?;
-        restore.push(opened + timed(|| Ok(snapshot.read_region("state", &mut dst)?))?);
+        let t = opened + timed(|| Ok(snapshot.read_region("state", &mut dst)?))?;
+        restore.push(t, m.min(memcpy(&state, &mut copy)));
         ensure!(
             dst[..] == state[..],
             "the restored state differs from the checkpointed one"
         );
         // The same with nothing to overlap the mapping with.
         drop(snapshot);
-        restore_cold.push(timed(|| {
+        let m = memcpy(&state, &mut copy);
+        let t = timed(|| {
             let snapshot = restarted.open_snapshot(epoch)?;
             Ok(snapshot.read_region("state", &mut dst)?)
-        })?);
+        })?;
+        restore_cold.push(t, m.min(memcpy(&state, &mut copy)));
     }
 
     let durable = store.is_durable();
     store.destroy()?;
-    let ckpt_full_s = median(full);
-    let restore_s = median(restore);
     let report = Report {
         bytes: args.size,
         chunk_size: args.chunk_size,
         store: root,
         durable,
         threads: rayon::current_num_threads(),
-        memcpy_s,
+        memcpy_s: median(memcpys),
         prefault_s,
-        ckpt_first_cold_s,
-        ckpt_first_s: ckpt_first,
-        ckpt_full_s,
+        ckpt_first_cold_s: first_cold.time(),
+        ckpt_first_s: first.time(),
+        ckpt_full_s: full.time(),
         ckpt_incr_1pct_s: median(incr),
-        ckpt_async_blocked_s: median(async_blocked.clone()),
+        ckpt_async_blocked_s: async_blocked.time(),
         ckpt_async_publish_s: median(async_publish),
-        restore_s,
-        restore_cold_s: median(restore_cold.clone()),
+        restore_s: restore.time(),
+        restore_cold_s: restore_cold.time(),
         incr_bytes,
-        ckpt_first_cold_over_memcpy: ckpt_first_cold_s / memcpy_s,
-        ckpt_first_over_memcpy: ckpt_first / memcpy_s,
-        ckpt_full_over_memcpy: ckpt_full_s / memcpy_s,
-        ckpt_async_blocked_over_memcpy: median(async_blocked) / memcpy_s,
-        restore_over_memcpy: restore_s / memcpy_s,
-        restore_cold_over_memcpy: median(restore_cold) / memcpy_s,
+        ckpt_first_cold_over_memcpy: first_cold.ratio(),
+        ckpt_first_over_memcpy: first.ratio(),
+        ckpt_full_over_memcpy: full.ratio(),
+        ckpt_async_blocked_over_memcpy: async_blocked.ratio(),
+        restore_over_memcpy: restore.ratio(),
+        restore_cold_over_memcpy: restore_cold.ratio(),
         incr_bytes_over_full: incr_bytes as f64 / args.size as f64,
     };
     if args.json {
@@ -245,29 +264,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
         println!(
             "memcpy           {:8.4} s  {:6.2} GB/s",
-            memcpy_s,
-            gbs(memcpy_s)
+            report.memcpy_s,
+            gbs(report.memcpy_s)
         );
         println!(
             "pre-faulting     {:8.4} s  in the background, before the first checkpoint",
-            prefault_s
+            report.prefault_s
         );
         println!(
             "first, cold      {:8.4} s  {:6.2} GB/s  {:.2}x memcpy (no pre-faulting)",
-            ckpt_first_cold_s,
-            gbs(ckpt_first_cold_s),
+            report.ckpt_first_cold_s,
+            gbs(report.ckpt_first_cold_s),
             report.ckpt_first_cold_over_memcpy
         );
         println!(
             "first checkpoint {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
-            ckpt_first,
-            gbs(ckpt_first),
+            report.ckpt_first_s,
+            gbs(report.ckpt_first_s),
             report.ckpt_first_over_memcpy
         );
         println!(
             "full checkpoint  {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
-            ckpt_full_s,
-            gbs(ckpt_full_s),
+            report.ckpt_full_s,
+            gbs(report.ckpt_full_s),
             report.ckpt_full_over_memcpy
         );
         println!(
@@ -283,8 +302,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
         println!(
             "restore+verify   {:8.4} s  {:6.2} GB/s  {:.2}x memcpy",
-            restore_s,
-            gbs(restore_s),
+            report.restore_s,
+            gbs(report.restore_s),
             report.restore_over_memcpy
         );
         println!(
@@ -295,4 +314,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A figure's times, each with the faster of the memcpys of the same bytes
+/// timed just before and after it.
+#[derive(Default)]
+struct Paired {
+    times: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+impl Paired {
+    fn push(&mut self, seconds: f64, memcpy_s: f64) {
+        self.times.push(seconds);
+        self.ratios.push(seconds / memcpy_s);
+    }
+
+    fn time(&self) -> f64 {
+        median(self.times.clone())
+    }
+
+    fn ratio(&self) -> f64 {
+        median(self.ratios.clone())
+    }
 }

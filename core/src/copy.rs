@@ -35,9 +35,44 @@ pub fn copy_nontemporal(dst: &mut [u8], src: &[u8]) {
     dst.copy_from_slice(src);
 }
 
+/// Bytes hashed and then copied at a time: small enough to still be in
+/// L1/L2 for the copy.
+const HASHED_PIECE: usize = 64 << 10;
+
+/// Copies `src` into `dst` as [`copy_nontemporal`] does and returns
+/// [`chunk_hash`](crate::format::chunk_hash) of `src`, hashing each piece
+/// just before copying it, so that `src` is read from memory once.
+pub fn copy_hashed(dst: &mut [u8], src: &[u8]) -> u128 {
+    assert_eq!(dst.len(), src.len(), "copy_hashed needs equal lengths");
+    let mut hasher = crate::format::ChunkHasher::new();
+    for (d, s) in dst.chunks_mut(HASHED_PIECE).zip(src.chunks(HASHED_PIECE)) {
+        hasher.update(s);
+        copy_nontemporal(d, s);
+    }
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::copy_nontemporal;
+    use super::{copy_hashed, copy_nontemporal};
+
+    #[test]
+    fn copy_hashed_copies_and_hashes_as_chunk_hash_does() {
+        let src: Vec<u8> = (0..300_000u32).map(|i| (i * 131 + 7) as u8).collect();
+        for len in [
+            0,
+            1,
+            4096,
+            super::HASHED_PIECE,
+            super::HASHED_PIECE + 1,
+            src.len(),
+        ] {
+            let mut dst = vec![0u8; len];
+            let hash = copy_hashed(&mut dst, &src[..len]);
+            assert_eq!(dst, &src[..len]);
+            assert_eq!(hash, crate::format::chunk_hash(&src[..len]), "len {len}");
+        }
+    }
 
     #[test]
     fn copies_every_length_and_alignment() {

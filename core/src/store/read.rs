@@ -3,7 +3,7 @@
 
 use super::Store;
 use crate::StoreError;
-use crate::copy::copy_nontemporal;
+use crate::copy::copy_hashed;
 use crate::format::{ChunkHasher, Manifest, RegionManifest};
 use memmap2::{Mmap, MmapOptions};
 use rayon::prelude::*;
@@ -16,8 +16,6 @@ use std::sync::Arc;
 
 /// Bytes verified per `pread` (`verify`): fits in a core's L2 cache.
 const READ_PIECE: usize = 256 << 10;
-/// Bytes hashed and then copied at a time on restore, while in L1/L2.
-const RESTORE_PIECE: usize = 64 << 10;
 
 /// An opened snapshot: its checked manifest and its data files.
 pub struct Snapshot {
@@ -231,12 +229,8 @@ impl Snapshot {
         let Some(src) = map.get(start..start + dst.len()) else {
             return Err(self.missing(region, i, dst.len()));
         };
-        let mut hasher = ChunkHasher::new();
-        for (d, s) in dst.chunks_mut(RESTORE_PIECE).zip(src.chunks(RESTORE_PIECE)) {
-            hasher.update(s);
-            copy_nontemporal(d, s);
-        }
-        self.check_hash(region, i, hasher.finish(), dst.len())
+        let hash = copy_hashed(dst, src);
+        self.check_hash(region, i, hash, dst.len())
     }
 
     fn missing(&self, region: &RegionManifest, i: usize, len: usize) -> StoreError {

@@ -3,7 +3,7 @@
 use super::commit::{self, CommitRecord};
 use super::{CachedMap, Store};
 use crate::StoreError;
-use crate::copy::copy_nontemporal;
+use crate::copy::{copy_hashed, copy_nontemporal};
 use crate::format::{ChunkRef, Manifest, RegionManifest, chunk_hash};
 use crate::names::validate_region_name;
 use crate::region::{RegionRef, page_align};
@@ -141,14 +141,25 @@ impl Store {
                 }
             }
         }
+        // A chunk that changed in the previous epoch is likely to change
+        // again: it is hashed while it is copied (read from memory once);
+        // if it did not change after all, the copy is simply not referenced.
+        // Others are hashed first and copied only if they changed.
+        let prev_epoch = prev.as_ref().map(|m| m.epoch);
         let refs: Vec<(ChunkRef, bool)> = items
             .into_par_iter()
             .map(|(src, dst, reusable, offset)| {
-                let hash = chunk_hash(src);
+                let likely_changed = reusable.is_none_or(|old| Some(old.file_epoch) == prev_epoch);
+                let (hash, copied) = match likely_changed {
+                    true => (copy_hashed(dst, src), true),
+                    false => (chunk_hash(src), false),
+                };
                 match reusable {
                     Some(old) if old.hash == hash => (old, false),
                     _ => {
-                        copy_nontemporal(dst, src);
+                        if !copied {
+                            copy_nontemporal(dst, src);
+                        }
                         let fresh = ChunkRef {
                             hash,
                             file_epoch: epoch,
