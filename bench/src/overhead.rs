@@ -7,11 +7,13 @@
 //! mean overhead is narrower than ±`--ci` (or `--max-pairs` is reached,
 //! which the report says). It also reports the time each checkpoint blocks
 //! the slowest rank (write plus commit agreement, or with `--async` the
-//! copy) against a memcpy of one rank's state measured in this run: every
+//! copy) against the node's floor: every rank copying its state at once
+//! (the ranks checkpoint at the same step and share the memory bandwidth),
+//! timed just before and just after each pm run. It reports every
 //! checkpoint, the first ones against the later ones, and the share of the
 //! run they took.
 
-use crate::util::{median, memcpy_seconds};
+use crate::util::{concurrent_memcpy_seconds, median, memcpy_seconds};
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
 use pm_core::RegionBuf;
@@ -81,9 +83,17 @@ struct Report {
     ci_reached: bool,
     overhead_each: Vec<f64>,
     checkpoints: u32,
+    /// The node's floor for one checkpoint, per pm run: the slowest of one
+    /// memcpy of a rank's state per rank, all at once (the faster of the
+    /// timings before and after the run).
+    memcpy_each_s: Vec<f64>,
+    /// Their median.
     memcpy_s: f64,
+    /// One memcpy of a rank's state with the rest of the node idle, for
+    /// comparison: what a rank alone would take.
+    memcpy_idle_s: f64,
     /// Every checkpoint of every pm run, in order: the time it blocked the
-    /// slowest rank over a memcpy of one rank's state.
+    /// slowest rank over that run's floor (`memcpy_each_s`).
     ckpt_blocked_each_over_memcpy: Vec<Vec<f64>>,
     /// The first checkpoint of each run (mean), and every later one (median).
     ckpt_first_over_memcpy: f64,
@@ -92,6 +102,8 @@ struct Report {
     /// Median time one checkpoint blocked the slowest rank.
     ckpt_blocked_s: f64,
     ckpt_blocked_over_memcpy: f64,
+    /// The later checkpoints (median) over `memcpy_idle_s`.
+    ckpt_later_over_idle_memcpy: f64,
     /// Share of the pm runs' loop time that checkpoints blocked the slowest
     /// rank (mean over the runs): the direct cost, less noisy than the
     /// difference of two runs.
@@ -217,8 +229,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let job = format!("pmbench-overhead-{}", std::process::id());
     let progress = crate::util::progress("overhead", args.json);
 
+    // heat's largest row block with its two halo rows: one rank's state.
+    let rank_bytes =
+        usize::try_from((args.rows.div_ceil(u64::from(args.ranks)) + 2) * args.cols * 8)?;
+    let mut node_copies = (0..args.ranks)
+        .map(|_| Ok((RegionBuf::new(rank_bytes)?, RegionBuf::new(rank_bytes)?)))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("cannot allocate the memcpy baseline's buffers")?;
     let (mut plain, mut with_pm) = (Vec::new(), Vec::new());
-    let mut pm_runs = Vec::new();
+    let (mut pm_runs, mut floors) = (Vec::new(), Vec::new());
     let mut i = 0;
     let ci_reached = loop {
         let overheads: Vec<f64> = plain
@@ -253,7 +272,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 String::new()
             };
             progress(&format!("pair {} {what}{ci}", i + 1));
-            pair[usize::from(with)] = Some(heat_run(args, &heat, &store, &job, with)?);
+            if !with {
+                pair[0] = Some(heat_run(args, &heat, &store, &job, false)?);
+                continue;
+            }
+            let before = concurrent_memcpy_seconds(&mut node_copies, 5);
+            pair[1] = Some(heat_run(args, &heat, &store, &job, true)?);
+            floors.push(before.min(concurrent_memcpy_seconds(&mut node_copies, 5)));
         }
         let [Some(p), Some(m)] = pair else {
             unreachable!("both runs happened")
@@ -273,21 +298,28 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let checkpoints = m.ranks.iter().map(|r| r.0).min().unwrap_or(0);
     let per_rank_bytes = m.ranks.iter().map(|r| r.3).max().unwrap_or(0);
     let blocked = m.ranks.iter().map(|r| r.2).fold(0.0, f64::max);
-
-    progress(&format!("memcpy of {per_rank_bytes} bytes"));
-    let size = usize::try_from(per_rank_bytes)?;
-    let src = RegionBuf::new(size)?;
-    let mut dst = RegionBuf::new(size)?;
-    let memcpy_s = memcpy_seconds(&src, &mut dst, 5);
+    let memcpy_s = median(floors.clone());
+    let (src, dst) = &mut node_copies[0];
+    let memcpy_idle_s = memcpy_seconds(src, dst, 5);
 
     // Per run, each checkpoint's time on the slowest rank.
     let slowest = |r: &HeatReport| -> Vec<f64> {
         let n = r.each.iter().map(Vec::len).min().unwrap_or(0);
         (0..n)
-            .map(|k| r.each.iter().map(|e| e[k]).fold(0.0, f64::max) / memcpy_s)
+            .map(|k| r.each.iter().map(|e| e[k]).fold(0.0, f64::max))
             .collect()
     };
-    let each: Vec<Vec<f64>> = pm_runs.iter().map(slowest).collect();
+    let seconds: Vec<Vec<f64>> = pm_runs.iter().map(slowest).collect();
+    let later_s: Vec<f64> = seconds
+        .iter()
+        .flat_map(|e| e.iter().skip(1).copied())
+        .collect();
+    // The same over each run's floor.
+    let each: Vec<Vec<f64>> = seconds
+        .iter()
+        .zip(&floors)
+        .map(|(e, floor)| e.iter().map(|t| t / floor).collect())
+        .collect();
     let firsts: Vec<f64> = each.iter().filter_map(|e| e.first().copied()).collect();
     let later: Vec<f64> = each
         .iter()
@@ -319,7 +351,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ci_reached,
         overhead_each: overheads,
         checkpoints,
+        memcpy_each_s: floors,
         memcpy_s,
+        memcpy_idle_s,
         ckpt_first_over_memcpy: if firsts.is_empty() {
             0.0
         } else {
@@ -330,6 +364,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ckpt_blocked_each_over_memcpy: each,
         ckpt_blocked_s: blocked,
         ckpt_blocked_over_memcpy: blocked / memcpy_s,
+        ckpt_later_over_idle_memcpy: if later_s.is_empty() {
+            0.0
+        } else {
+            median(later_s) / memcpy_idle_s
+        },
         blocked_fraction: mean(&pm_runs.iter().map(fraction).collect::<Vec<_>>()),
     };
     if args.json {
@@ -365,10 +404,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.interval
         );
         println!(
-            "per checkpoint    first {:.2}x, later {:.2}x (median), worst {:.2}x a memcpy of one rank's state ({memcpy_s:.4} s)",
+            "per checkpoint    first {:.2}x, later {:.2}x (median), worst {:.2}x the node's floor ({memcpy_s:.4} s: {} ranks' memcpys at once)",
             report.ckpt_first_over_memcpy,
             report.ckpt_later_over_memcpy,
-            report.ckpt_max_over_memcpy
+            report.ckpt_max_over_memcpy,
+            args.ranks
+        );
+        println!(
+            "                  later {:.2}x one rank's memcpy on an idle node ({memcpy_idle_s:.4} s)",
+            report.ckpt_later_over_idle_memcpy
         );
         println!(
             "checkpoints blocked the slowest rank for {:.2}% of the pm runs",

@@ -1,6 +1,8 @@
 //! Helpers the scenarios share: medians, timing, and synthetic state.
 
+use pm_core::RegionBuf;
 use rayon::prelude::*;
+use std::sync::Barrier;
 use std::time::Instant;
 
 /// The median of `v` (the upper one for an even count); `v` must not be empty.
@@ -24,6 +26,36 @@ pub fn memcpy_seconds(src: &[u8], dst: &mut [u8], runs: usize) -> f64 {
             let t = Instant::now();
             dst.copy_from_slice(src);
             t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(times)
+}
+
+/// The median over `runs` of the slowest of one memcpy per pair in
+/// `pairs`, all started together: the floor of a node whose ranks copy
+/// their states at the same moment and share its memory bandwidth.
+pub fn concurrent_memcpy_seconds(pairs: &mut [(RegionBuf, RegionBuf)], runs: usize) -> f64 {
+    let times = (0..runs.max(1))
+        .map(|_| {
+            let start = Barrier::new(pairs.len());
+            std::thread::scope(|s| {
+                let copies: Vec<_> = pairs
+                    .iter_mut()
+                    .map(|(src, dst)| {
+                        let start = &start;
+                        s.spawn(move || {
+                            start.wait();
+                            let t = Instant::now();
+                            dst.copy_from_slice(src);
+                            t.elapsed().as_secs_f64()
+                        })
+                    })
+                    .collect();
+                copies
+                    .into_iter()
+                    .map(|c| c.join().expect("a memcpy thread panicked"))
+                    .fold(0.0, f64::max)
+            })
         })
         .collect();
     median(times)

@@ -175,6 +175,50 @@ mod with_libfabric {
     }
 
     mod shm {
+        use pm_core::transport::TransportError;
+        use pm_core::transport::suite::{ChildPeer, Harness, test_name, wait};
+        use pm_core::transport::{Access, LocalSlice, Region, RemoteSlice, Transport};
+        use pm_transport_fabric::FabricTransport;
+        use std::sync::Arc;
+
         pm_core::transport_suite!(super::harness("shm", None));
+
+        /// A `shm` peer that has exited fails the next transfer at once with
+        /// an error that says so, before anything is posted into its region
+        /// (whose lock it may have died holding: see `liveness.rs`).
+        #[test]
+        fn a_transfer_to_an_exited_peer_fails_saying_it_has_exited() {
+            let Some(h) = super::harness("shm", None) else {
+                return;
+            };
+            let child_test = test_name(module_path!(), "child_endpoint");
+            let mut child = ChildPeer::<FabricTransport>::spawn(&child_test);
+            let me = h.endpoint("reader");
+            let local = Arc::new(Region::buffer(4096, Access::ReadWrite).unwrap());
+            let into = LocalSlice {
+                key: me.register(local.clone()).unwrap(),
+                offset: 0,
+                len: 4096,
+            };
+            let remote = RemoteSlice {
+                key: child.key,
+                offset: 0,
+            };
+            // Resolved, and its process watched, while it lives.
+            assert_eq!(wait(me.read(&child.peer, remote, into)).unwrap(), 4096);
+            let mut first = [0u8; 1];
+            local.copy_out(0, &mut first).unwrap();
+            assert_eq!(first, [0xA5]);
+
+            child.child.kill();
+            let err = wait(me.read(&child.peer, remote, into)).unwrap_err();
+            assert!(
+                matches!(&err, TransportError::Connect { .. })
+                    && err
+                        .to_string()
+                        .contains(&format!("(pid {}) has exited", child.child.id())),
+                "{err}"
+            );
+        }
     }
 }

@@ -319,27 +319,11 @@ pub fn child_endpoint<H: Harness>(h: &H) {
 /// SIGKILLs it once the first bytes have landed: the transfer must end with
 /// an error, not hang, and so must a later one.
 pub fn a_peer_killed_mid_transfer_fails_it<H: Harness>(h: &H, child_test: &str) {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", child_test, "--ignored", "--nocapture"])
-        .env(CHILD_ENV, "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    // libtest may print the test's name on the same line first.
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.find("READY ").map(|i| l[i..].to_owned()));
-    let Some(ready) = ready else {
-        panic!("the child endpoint ({child_test}) did not start");
-    };
-    let mut parts = ready.split_whitespace().skip(1);
-    let peer: <H::T as Transport>::Peer =
-        postcard::from_bytes(&unhex(parts.next().unwrap())).unwrap();
-    let key = RegionKey::from_bytes(unhex(parts.next().unwrap()).try_into().unwrap());
-
+    let ChildPeer {
+        mut child,
+        peer,
+        key,
+    } = ChildPeer::<H::T>::spawn(child_test);
     let me = h.endpoint("killer");
     let local = Arc::new(Region::buffer(KILL_LEN, Access::ReadWrite).unwrap());
     let local_key = me.register(local.clone()).unwrap();
@@ -351,8 +335,7 @@ pub fn a_peer_killed_mid_transfer_fails_it<H: Harness>(h: &H, child_test: &str) 
         std::thread::yield_now();
         local.copy_out(0, &mut first).unwrap();
     }
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.kill();
     assert_eq!(first[0], 0xA5, "no byte arrived before the kill");
 
     let err = wait(transfer).unwrap_err();
@@ -361,10 +344,58 @@ pub fn a_peer_killed_mid_transfer_fails_it<H: Harness>(h: &H, child_test: &str) 
     assert!(!matches!(err, TransportError::Shutdown), "{err}");
 }
 
-/// The child must not outlive a failed test.
-struct KillOnDrop(std::process::Child);
+/// The endpoint [`child_endpoint`] serves in a child process: its address
+/// and the key of its region of `KILL_LEN` bytes of 0xA5. The child is
+/// killed when this is dropped, so it never outlives a failed test.
+pub struct ChildPeer<T: Transport> {
+    pub child: KilledOnDrop,
+    pub peer: T::Peer,
+    pub key: RegionKey,
+}
 
-impl Drop for KillOnDrop {
+impl<T: Transport> ChildPeer<T> {
+    /// Runs `child_test` (the full test name of the suite's `child_endpoint`
+    /// in the calling binary) as a child process and waits until it serves.
+    pub fn spawn(child_test: &str) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", child_test, "--ignored", "--nocapture"])
+            .env(CHILD_ENV, "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = KilledOnDrop(child);
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+        // libtest may print the test's name on the same line first.
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.find("READY ").map(|i| l[i..].to_owned()));
+        let Some(ready) = ready else {
+            panic!("the child endpoint ({child_test}) did not start");
+        };
+        let mut parts = ready.split_whitespace().skip(1);
+        let peer = postcard::from_bytes(&unhex(parts.next().unwrap())).unwrap();
+        let key = RegionKey::from_bytes(unhex(parts.next().unwrap()).try_into().unwrap());
+        Self { child, peer, key }
+    }
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct KilledOnDrop(std::process::Child);
+
+impl KilledOnDrop {
+    /// SIGKILLs the child and reaps it.
+    pub fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KilledOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

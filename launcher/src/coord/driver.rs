@@ -159,6 +159,7 @@ pub fn run(
         max_restarts: spec.max_restarts,
         verbose: spec.verbose,
         store: spec.store.display().to_string(),
+        // What the ranks will see, whether it came from --async, -x or Slurm's --pm-async.
         asynchronous: spec
             .env
             .iter()
