@@ -7,6 +7,8 @@
 CARGO ?= cargo
 # Extra arguments for `make bench`, e.g. make bench BENCH_ARGS='ckpt --size 256MiB --json'
 BENCH_ARGS ?= ckpt --json
+# Seconds `make fuzz` (and `make test`) fuzzes each decoder for.
+FUZZ_SECONDS ?= 60
 # Where `make install` puts bin/, lib/ and include/ (DESTDIR=... stages them),
 # and the cargo profile it builds (PROFILE=dev installs the target/debug build).
 PREFIX ?= /usr/local
@@ -21,7 +23,7 @@ export CARGO_TERM_COLOR := always
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help build lib install test demo demo-slurm bench clean
+.PHONY: help build lib install test fuzz demo demo-slurm bench clean
 
 help:
 	@echo 'pmrun targets:'
@@ -30,7 +32,8 @@ help:
 	@echo '  make lib     release libpm.so and target/release/pkgconfig/pm.pc for C/C++/Fortran'
 	@echo '  make install release build, then pmrun, pmd, libpm.so, pm.h, the Fortran module pm'
 	@echo '               and pm.pc into PREFIX=$(PREFIX) (DESTDIR stages, PROFILE=dev: the debug build)'
-	@echo '  make test    cargo fmt --check, clippy -D warnings, cargo test --workspace (what CI runs)'
+	@echo '  make test    cargo fmt --check, clippy -D warnings, cargo test --workspace, make fuzz (what CI runs)'
+	@echo '  make fuzz    cargo fuzz every decoder of untrusted input for FUZZ_SECONDS=$(FUZZ_SECONDS) s each'
 	@echo '  make demo    an MPI job killed and resumed bit-exactly, then the store surviving damage'
 	@echo '  make demo-slurm  the same under a real Slurm started on this machine: a node lost,'
 	@echo '               a node drained by the administrator, a stop before the time limit and resume'
@@ -69,6 +72,12 @@ test:
 	$(CARGO) build --workspace --all-targets
 	@echo '==> cargo test'
 	$(CARGO) test --workspace
+	@echo '==> cargo fuzz (each decoder of untrusted input for $(FUZZ_SECONDS) s)'
+	CARGO='$(CARGO)' bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz:
+	@$(ENSURE_PACKAGES) build
+	CARGO='$(CARGO)' bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo:
 	@$(ENSURE_PACKAGES) demo

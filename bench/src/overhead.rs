@@ -104,6 +104,9 @@ struct Report {
     ckpt_blocked_over_memcpy: f64,
     /// The later checkpoints (median) over `memcpy_idle_s`.
     ckpt_later_over_idle_memcpy: f64,
+    /// The later checkpoints' delay to the job (median over them of the
+    /// least any rank was blocked, the rank that arrived last) over the floor.
+    ckpt_later_job_delay_over_memcpy: f64,
     /// Share of the pm runs' loop time that checkpoints blocked the slowest
     /// rank (mean over the runs): the direct cost, less noisy than the
     /// difference of two runs.
@@ -302,14 +305,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (src, dst) = &mut node_copies[0];
     let memcpy_idle_s = memcpy_seconds(src, dst, 5);
 
-    // Per run, each checkpoint's time on the slowest rank.
-    let slowest = |r: &HeatReport| -> Vec<f64> {
+    // Per run, each checkpoint's time on the slowest rank, and on the rank
+    // that blocked least: the one that arrived last, whose wait is what
+    // the checkpoint added to the job's critical path (every rank leaves
+    // the commit together; the others' surplus was waiting for it).
+    let per_checkpoint = |r: &HeatReport, pick: fn(f64, f64) -> f64, start: f64| -> Vec<f64> {
         let n = r.each.iter().map(Vec::len).min().unwrap_or(0);
         (0..n)
-            .map(|k| r.each.iter().map(|e| e[k]).fold(0.0, f64::max))
+            .map(|k| r.each.iter().map(|e| e[k]).fold(start, pick))
             .collect()
     };
-    let seconds: Vec<Vec<f64>> = pm_runs.iter().map(slowest).collect();
+    let seconds: Vec<Vec<f64>> = pm_runs
+        .iter()
+        .map(|r| per_checkpoint(r, f64::max, 0.0))
+        .collect();
+    let delays: Vec<f64> = pm_runs
+        .iter()
+        .zip(&floors)
+        .flat_map(|(r, floor)| {
+            per_checkpoint(r, f64::min, f64::INFINITY)
+                .into_iter()
+                .skip(1)
+                .map(move |t| t / floor)
+        })
+        .collect();
     let later_s: Vec<f64> = seconds
         .iter()
         .flat_map(|e| e.iter().skip(1).copied())
@@ -364,6 +383,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ckpt_blocked_each_over_memcpy: each,
         ckpt_blocked_s: blocked,
         ckpt_blocked_over_memcpy: blocked / memcpy_s,
+        ckpt_later_job_delay_over_memcpy: if delays.is_empty() {
+            0.0
+        } else {
+            median(delays)
+        },
         ckpt_later_over_idle_memcpy: if later_s.is_empty() {
             0.0
         } else {
@@ -411,8 +435,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.ranks
         );
         println!(
-            "                  later {:.2}x one rank's memcpy on an idle node ({memcpy_idle_s:.4} s)",
-            report.ckpt_later_over_idle_memcpy
+            "                  later {:.2}x one rank's memcpy on an idle node ({memcpy_idle_s:.4} s); the job delayed {:.2}x the floor per checkpoint",
+            report.ckpt_later_over_idle_memcpy, report.ckpt_later_job_delay_over_memcpy
         );
         println!(
             "checkpoints blocked the slowest rank for {:.2}% of the pm runs",

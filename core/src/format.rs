@@ -98,6 +98,18 @@ pub struct Manifest {
     pub regions: Vec<RegionManifest>,
 }
 
+/// Header and checksum around a postcard body: a manifest file's bytes.
+pub(crate) fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    let sum = xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
 impl Manifest {
     /// Total bytes of region data.
     pub fn state_bytes(&self) -> u64 {
@@ -110,15 +122,7 @@ impl Manifest {
 
     /// Serialises the manifest into its file form.
     pub fn encode(&self) -> Vec<u8> {
-        let body = postcard::to_stdvec(self).expect("manifest encoding cannot fail");
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&body);
-        let sum = xxh3_64(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
-        out
+        framed(&postcard::to_stdvec(self).expect("manifest encoding cannot fail"))
     }
 
     /// Parses and checks a manifest file's bytes; `path` is only used in errors.

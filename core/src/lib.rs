@@ -22,6 +22,8 @@ mod copy;
 mod error;
 pub mod estimate;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gossip;
 pub mod history;
 pub mod names;

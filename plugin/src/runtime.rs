@@ -52,7 +52,10 @@ pub struct CheckpointReport {
     pub step: u64,
     pub state_bytes: u64,
     pub bytes_written: u64,
-    /// Time the application was blocked: local write plus the commit agreement.
+    /// Time the checkpoint blocked the application: the write (with
+    /// asynchronous checkpoints, the copy), the agreements, and the commit
+    /// (or the hand-off to the node agent); asynchronous ones add any wait
+    /// for their background publish and their commit, when they end.
     pub blocked: Duration,
 }
 
@@ -655,7 +658,7 @@ impl Runtime {
         let step = self.step;
         let written = self.with_regions(|store, regions| store.write(epoch, step, regions));
         let report = self.comm.agree("write its snapshot", written)?;
-        self.complete(epoch, step, &report, started.elapsed())
+        self.complete(epoch, step, &report, Duration::ZERO, started)
     }
 
     /// At a decision point with an asynchronous checkpoint in flight: once
@@ -674,6 +677,7 @@ impl Runtime {
         let Some(f) = self.in_flight.take() else {
             return Ok(());
         };
+        let started = Instant::now();
         let finished = self
             .store
             .finish_staged()
@@ -682,17 +686,19 @@ impl Runtime {
                 r.ok_or_else(|| PmError::InvalidArgument("no checkpoint was in flight".into()))
             });
         let report = self.comm.agree("publish its snapshot", finished)?;
-        self.complete(f.epoch, f.step, &report, f.blocked)
+        self.complete(f.epoch, f.step, &report, f.blocked, started)
     }
 
     /// A published snapshot of every rank: to the agent (which replicates
-    /// it; pmrun commits), or committed here.
+    /// it; pmrun commits), or committed here. The checkpoint blocked the
+    /// rank for `blocked` before `since`, and from then until this returns.
     fn complete(
         &mut self,
         epoch: u64,
         step: u64,
         report: &pm_core::WriteReport,
         blocked: Duration,
+        since: Instant,
     ) -> Result<(), PmError> {
         if let Some(agent) = &mut self.agent {
             let published = FromRank::Published {
@@ -711,6 +717,7 @@ impl Runtime {
 
         self.epoch = epoch;
         self.last_checkpoint = Instant::now();
+        let blocked = blocked + since.elapsed();
         self.last_report = Some(CheckpointReport {
             epoch,
             step,

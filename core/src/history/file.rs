@@ -60,7 +60,8 @@ pub fn load(path: &Path) -> Result<History, HistoryError> {
     decode(&bytes, path)
 }
 
-fn decode(bytes: &[u8], path: &Path) -> Result<History, HistoryError> {
+/// Parses and checks a history file's bytes; `path` is only used in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<History, HistoryError> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(HistoryError::NotHistory(path.to_owned()));
     }
@@ -85,16 +86,27 @@ fn decode(bytes: &[u8], path: &Path) -> Result<History, HistoryError> {
     postcard::from_bytes(payload).map_err(|_| HistoryError::Damaged(path.to_owned()))
 }
 
-/// Replaces the history file atomically and durably.
-pub fn save(path: &Path, history: &History) -> Result<(), HistoryError> {
+/// The bytes of a history file holding `history`.
+pub fn encode(history: &History) -> Result<Vec<u8>, HistoryError> {
     let payload =
         postcard::to_allocvec(history).map_err(|e| HistoryError::Encode(e.to_string()))?;
+    Ok(frame(&payload))
+}
+
+/// Header and checksum around a postcard payload.
+pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&twox_hash::XxHash3_64::oneshot(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&twox_hash::XxHash3_64::oneshot(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// Replaces the history file atomically and durably.
+pub fn save(path: &Path, history: &History) -> Result<(), HistoryError> {
+    let bytes = encode(history)?;
 
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

@@ -28,7 +28,7 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
-    fn encode(&self) -> [u8; LEN] {
+    pub(crate) fn encode(&self) -> [u8; LEN] {
         let mut out = [0u8; LEN];
         out[..8].copy_from_slice(&MAGIC);
         out[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -40,7 +40,7 @@ impl CommitRecord {
         out
     }
 
-    fn decode(bytes: &[u8], path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Self, StoreError> {
         let invalid = |reason: &str| StoreError::CommitRecordInvalid {
             path: path.to_owned(),
             reason: reason.to_owned(),

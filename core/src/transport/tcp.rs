@@ -65,7 +65,7 @@ impl Default for TcpOptions {
 
 /// A request frame; the payload of a write follows it raw.
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
+pub(crate) enum Request {
     Read {
         key: RegionKey,
         offset: u64,
@@ -80,14 +80,14 @@ enum Request {
 
 /// A reply frame; the payload of a read follows `Data` raw.
 #[derive(Debug, Serialize, Deserialize)]
-enum Reply {
+pub(crate) enum Reply {
     Data { len: u64 },
     Written { len: u64 },
     Refused(Refusal),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Refusal {
+pub(crate) enum Refusal {
     UnknownKey,
     OutOfBounds { region_len: u64 },
     ReadOnly,
