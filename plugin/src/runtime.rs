@@ -715,6 +715,9 @@ impl Runtime {
             self.commit(epoch, step)?;
         }
 
+        // Over for this rank: what the next checkpoint writes into is made
+        // ready in the background.
+        self.store.top_up_pool();
         self.epoch = epoch;
         self.last_checkpoint = Instant::now();
         let blocked = blocked + since.elapsed();

@@ -19,6 +19,7 @@ pub mod flush;
 mod import;
 mod pool;
 mod read;
+mod reaper;
 mod stage;
 mod write;
 
@@ -127,6 +128,10 @@ pub struct Store {
     ready: Vec<pool::Prepared>,
     /// An asynchronous checkpoint being published in the background.
     staged: Option<stage::Staged>,
+    /// Removes the data files pruning frees, in the background.
+    reaper: reaper::Reaper,
+    /// The last pruning left no spare and none in the making.
+    top_up_wanted: bool,
 }
 
 impl Store {
@@ -161,6 +166,8 @@ impl Store {
             prefault_len: None,
             ready: Vec::new(),
             staged: None,
+            reaper: reaper::Reaper::default(),
+            top_up_wanted: false,
         })
     }
 
@@ -285,7 +292,9 @@ impl Store {
                 listing.temporaries.push(entry.path());
             } else if name.starts_with("spare") && name.ends_with(".data") {
                 listing.spares.push(entry.path());
-            } else if name.starts_with("prefault-") && name.ends_with(".tmp") {
+            } else if (name.starts_with("prefault-") && name.ends_with(".tmp"))
+                || reaper::is_doomed(name)
+            {
                 listing.prefault_leftovers.push(entry.path());
             } else if let Some(e) = parse_epoch(name, ".manifest") {
                 listing.manifests.push(e);
@@ -326,7 +335,8 @@ struct Listing {
     temporaries: Vec<PathBuf>,
     /// Recycled data files (`spare-<n>.data`), ready to be reused.
     spares: Vec<PathBuf>,
-    /// Files an interrupted pre-fault left behind (`prefault-<n>.tmp`).
+    /// Files an interrupted pre-fault or removal left behind
+    /// (`prefault-<n>.tmp`, `doomed-<pid>-<n>.tmp`).
     prefault_leftovers: Vec<PathBuf>,
 }
 

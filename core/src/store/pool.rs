@@ -193,9 +193,18 @@ impl Store {
         Ok(())
     }
 
+    /// After a checkpoint (its commit included): starts pre-faulting one
+    /// new file if the last pruning found the pool empty, pre-faulting was
+    /// asked for, and its thread is done.
+    pub fn top_up_pool(&mut self) {
+        if std::mem::take(&mut self.top_up_wanted) {
+            self.prefault_one_more();
+        }
+    }
+
     /// Starts pre-faulting one new file if pre-faulting was asked for and
     /// its thread is done (the pool has no spare left).
-    pub(super) fn prefault_one_more(&mut self) {
+    fn prefault_one_more(&mut self) {
         let Some(len) = self.prefault_len else {
             return;
         };
@@ -284,11 +293,11 @@ impl Store {
         Ok(true)
     }
 
-    /// Drops ready files beyond `keep`, removing them.
+    /// Drops ready files beyond `keep`, removing them in the background.
     pub(super) fn trim_ready(&mut self, keep: usize) {
         while self.ready.len() > keep {
             if let Some(p) = self.ready.pop() {
-                let _ = std::fs::remove_file(&p.path);
+                let _ = self.reaper.remove(&p.path, Some(p.map));
             }
         }
     }

@@ -160,6 +160,7 @@ impl Store {
         if let Some(staged) = self.staged.take() {
             let _ = staged.handle.join();
         }
+        self.reaper.finish();
     }
 }
 

@@ -461,10 +461,14 @@ impl Store {
             self.forget_and_remove(spare)?;
         }
         let spares_left = spares.len().min(keep_spares);
-        if spares_left == 0 && self.pool_in_waiting() == 0 {
-            // Snapshots share older files (unchanged chunks), so none was
-            // freed: have one more made ready for the next checkpoint.
-            self.prefault_one_more();
+        // Snapshots share older files (unchanged chunks), so none was
+        // freed: the next checkpoint needs one more made ready. Where a
+        // commit follows the write, it may free one: the writer tops up
+        // once the checkpoint is over (`top_up_pool`), so that no file is
+        // made only to be removed at the commit.
+        self.top_up_wanted = spares_left == 0 && self.pool_in_waiting() == 0;
+        if self.opts.auto_commit {
+            self.top_up_pool();
         }
         Ok(pruned)
     }
@@ -582,11 +586,12 @@ impl Store {
     }
 
     /// Removes a data file and drops its mapping (its pages are freed).
+    /// Removes a data file pruning freed, and its mapping, in the background.
     fn forget_and_remove(&mut self, path: &std::path::Path) -> Result<(), StoreError> {
-        if let Ok(meta) = fs::metadata(path) {
-            self.maps.remove(&meta.ino());
-        }
-        fs::remove_file(path).map_err(|err| StoreError::io("remove data file", path, err))
+        let map = fs::metadata(path)
+            .ok()
+            .and_then(|meta| self.maps.remove(&meta.ino()));
+        self.reaper.remove(path, map)
     }
 }
 
