@@ -26,9 +26,14 @@ cd fuzz
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <("$CARGO" fuzz list)
+    echo "==> cargo fuzz build (every target)"
+    "$CARGO" fuzz build -O
+else
+    for t in "${targets[@]}"; do
+        echo "==> cargo fuzz build $t"
+        "$CARGO" fuzz build -O "$t"
+    done
 fi
-echo "==> cargo fuzz build (${targets[*]})"
-"$CARGO" fuzz build -O "${targets[@]}"
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
