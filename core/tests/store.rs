@@ -520,6 +520,89 @@ fn a_checkpoint_taken_while_prefaulting_runs_is_exact_and_the_pool_stays_bounded
     }
 }
 
+/// The inode of every data file in the rank's store directory.
+fn data_inodes(store: &Store) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(store.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .map(|p| fs::metadata(p).unwrap().ino())
+        .collect()
+}
+
+#[test]
+fn commits_that_follow_writes_recycle_the_freed_file_instead_of_making_new_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let explicit = StoreOptions {
+        auto_commit: false,
+        ..opts(2)
+    };
+    let mut store = Store::open(root.path(), "job-1", 0, explicit).unwrap();
+    let len = 64 * CHUNK;
+    store
+        .prefault(pm_core::store::data_file_len([len as u64]))
+        .unwrap();
+    store.prefault_wait();
+    let mut seen = std::collections::HashSet::new();
+    for epoch in 1..10u64 {
+        // Every chunk changes: no snapshot shares an older file.
+        let state = pattern(epoch, len);
+        write(&mut store, epoch, &[("s", &state)]);
+        store.commit(epoch, 1).unwrap();
+        store.top_up_pool();
+        store.prefault_wait();
+        assert_eq!(read(&store, epoch, "s", len), state);
+        seen.extend(data_inodes(&store));
+        // The first three took the files pre-faulted at the start.
+        let files = names(&store);
+        assert!(
+            epoch < 3 || !files.iter().any(|n| n.starts_with("prefault-")),
+            "epoch {epoch}: a file was made while one was freed: {files:?}"
+        );
+    }
+    // The pool's three files (two kept epochs and the spare), over and over.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[test]
+fn pruned_data_files_are_removed_in_the_background_and_none_is_left_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let states: Vec<Vec<u8>> = (1..=6).map(|e| pattern(e, 8 * CHUNK)).collect();
+    {
+        let mut store = open(root.path(), 4);
+        for e in 1..=5 {
+            write(&mut store, e, &[("s", &states[e as usize - 1])]);
+        }
+    }
+    // Fewer kept epochs now: pruning frees more files than the pool holds.
+    let mut store = open(root.path(), 1);
+    write(&mut store, 6, &[("s", &states[5])]);
+    assert_eq!(read(&store, 6, "s", 8 * CHUNK), states[5]);
+    let dir = store.dir().to_owned();
+    drop(store);
+    let mut files: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".data") || n.ends_with(".tmp"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["epoch-00000000000000000006.data", "spare-0.data"]);
+}
+
+#[test]
+fn a_removal_a_killed_writer_left_is_finished_by_the_next_prefault() {
+    let root = tempfile::tempdir().unwrap();
+    let mut store = open(root.path(), 2);
+    write(&mut store, 1, &[("s", &pattern(1, CHUNK))]);
+    let leftover = store.dir().join("doomed-4194304-0.tmp");
+    fs::write(&leftover, pattern(2, CHUNK)).unwrap();
+    store.prefault(CHUNK as u64).unwrap();
+    store.prefault_wait();
+    assert!(!leftover.exists(), "{:?}", names(&store));
+    assert_eq!(read(&store, 1, "s", CHUNK), pattern(1, CHUNK));
+}
+
 #[test]
 fn prefaulting_a_store_with_snapshots_only_adds_what_the_pool_lacks() {
     let root = tempfile::tempdir().unwrap();
