@@ -20,8 +20,14 @@ use serde::de::DeserializeOwned;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+/// A check: panics if the decoder misbehaves on the input.
+pub type Check = fn(&[u8]);
+
+/// Seed inputs, each with the name of the check it is for.
+pub type Seeds = Vec<(&'static str, Vec<u8>)>;
+
 /// Every check, by the name of its fuzz target and corpus directory.
-pub const CHECKS: &[(&str, fn(&[u8]))] = &[
+pub const CHECKS: &[(&str, Check)] = &[
     ("wire_stream", wire_stream),
     ("wire_hello", wire_hello),
     ("messages", messages),
@@ -177,7 +183,7 @@ pub fn gossip(data: &[u8]) {
 /// Seed inputs for every check, by check name, made by the real code: a
 /// recorded handshake and message, real messages of every link, files the
 /// store and the history write into `scratch`, gossip rounds.
-pub fn seeds(scratch: &Path) -> Result<Vec<(&'static str, Vec<u8>)>, Box<dyn std::error::Error>> {
+pub fn seeds(scratch: &Path) -> Result<Seeds, Box<dyn std::error::Error>> {
     let mut out = Vec::new();
     let stream = recorded_connection()?;
     let first_len = u32::from_le_bytes(stream[8..12].try_into()?) as usize;
