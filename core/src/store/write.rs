@@ -585,7 +585,6 @@ impl Store {
         })
     }
 
-    /// Removes a data file and drops its mapping (its pages are freed).
     /// Removes a data file pruning freed, and its mapping, in the background.
     fn forget_and_remove(&mut self, path: &std::path::Path) -> Result<(), StoreError> {
         let map = fs::metadata(path)
